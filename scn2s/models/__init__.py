@@ -1,0 +1,1 @@
+"""Denoising models, array level: no AnnData here."""

@@ -1,0 +1,251 @@
+"""Low-rank denoising in square-root space: one truncated SVD scores every rank (array level).
+
+Counts are library-normalised and square-root transformed, ``Y = sqrt(X * c / s)`` with ``s`` the cell's
+library size and ``c`` a common target, which keeps zeros as zeros and stabilises the Poisson variance. A
+rank-``k`` reconstruction of the column-centred ``Y`` estimates ``E[Y]``; mapped back to a cell's own depth,
+``sqrt(s / c) * Y_hat`` estimates ``m(lambda)``, the expected square root of its Poisson counts, so the
+denoised expected counts are ``m^{-1}(sqrt(s / c) * Y_hat)`` (see :mod:`scn2s.loss`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg, sparse
+
+from ..loss import convert_sqrt_mean, sqrt_poisson_mean_inverse
+
+__all__ = [
+    "LowRankFactors",
+    "heldout_loss_per_rank",
+    "randomized_svd",
+    "reconstruct_counts",
+    "sqrt_normalize",
+    "transfer_rank",
+]
+
+
+@dataclass
+class LowRankFactors:
+    """A centred truncated SVD, ``Y ~ 1 mean^T + U diag(s) Vt``."""
+
+    mean: np.ndarray  # (n_genes,)
+    U: np.ndarray  # (n_cells, k), orthonormal columns
+    s: np.ndarray  # (k,), descending
+    Vt: np.ndarray  # (k, n_genes), orthonormal rows
+
+    @property
+    def max_rank(self) -> int:
+        return len(self.s)
+
+
+def sqrt_normalize(counts: sparse.csr_matrix, library_size: np.ndarray, target_sum: float) -> sparse.csr_matrix:
+    """``sqrt(counts * target_sum / library_size)`` per cell, as a new CSR matrix (zero rows stay zero)."""
+    counts = sparse.csr_matrix(counts)
+    scale = np.divide(target_sum, library_size, out=np.zeros(len(library_size)), where=library_size > 0)
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    data = np.sqrt(counts.data * scale[rows])
+    return sparse.csr_matrix((data, counts.indices.copy(), counts.indptr.copy()), shape=counts.shape)
+
+
+def randomized_svd(
+    Y: sparse.spmatrix | np.ndarray,
+    rank: int,
+    *,
+    rng: np.random.Generator,
+    n_oversamples: int = 10,
+    n_iter: int = 4,
+) -> LowRankFactors:
+    """Truncated SVD of the column-centred ``Y`` without forming it (Halko, Martinsson & Tropp 2011).
+
+    Centring is implicit: products with ``Y - 1 mean^T`` are computed as products with ``Y`` minus a rank-one
+    correction, so a sparse ``Y`` stays sparse. Cost ``O(nnz * (rank + n_oversamples) * n_iter)``.
+    """
+    n, g = Y.shape
+    rank = int(min(rank, n - 1, g))
+    if rank < 1:
+        msg = f"Need at least 2 cells and 1 gene for a rank-1 fit, got shape {Y.shape}."
+        raise ValueError(msg)
+    mean = np.asarray(Y.mean(axis=0)).ravel()
+    width = min(rank + n_oversamples, n, g)
+
+    def right(M: np.ndarray) -> np.ndarray:  # (Y - 1 mean^T) @ M
+        return np.asarray(Y @ M) - mean @ M
+
+    def left(M: np.ndarray) -> np.ndarray:  # (Y - 1 mean^T).T @ M
+        return np.asarray(Y.T @ M) - np.outer(mean, M.sum(axis=0))
+
+    Q = right(rng.standard_normal((g, width)))
+    Q, _ = linalg.qr(Q, mode="economic", check_finite=False)
+    for _ in range(n_iter):
+        Z, _ = linalg.qr(left(Q), mode="economic", check_finite=False)
+        Q, _ = linalg.qr(right(Z), mode="economic", check_finite=False)
+    B = left(Q).T  # (width, g) = Q^T (Y - 1 mean^T)
+    Ub, s, Vt = linalg.svd(B, full_matrices=False, check_finite=False)
+    U = Q @ Ub[:, :rank]
+    return LowRankFactors(mean=mean, U=U, s=s[:rank], Vt=Vt[:rank])
+
+
+def heldout_loss_per_rank(
+    factors: LowRankFactors,
+    cell_scale: np.ndarray,
+    heldout: sparse.csr_matrix,
+    *,
+    depth_ratio: float = 1.0,
+    chunk_size: int = 2048,
+) -> np.ndarray:
+    """Summed held-out loss of every rank ``0..K`` (0: the gene means alone) from one factorisation.
+
+    The prediction of rank ``k`` for ``E[sqrt(heldout)]`` is
+    ``convert_sqrt_mean(cell_scale * (mean + U_k diag(s_k) Vt_k), depth_ratio)``, scored by
+    :func:`scn2s.loss.heldout_sqrt_mse`. With ``depth_ratio == 1`` (equal-depth halves, ``p = 0.5``) the
+    prediction is linear in the components and all ranks are scored exactly in ``O(nnz * K + n * K)``
+    from the expansion ``|T - P_k|^2 = |T|^2 - 2 <T, P_k> + |P_k|^2``. Otherwise the depth conversion is
+    non-linear and ranks are scored on dense row chunks, ``O(n * g * K)``.
+
+    Parameters
+    ----------
+    factors
+        Centred truncated SVD of the normalised training half.
+    cell_scale
+        Per-cell factor from normalised square-root space back to the training half's counts.
+    heldout
+        Held-out counts (CSR).
+    depth_ratio
+        Expected depth of the held-out half over that of the training half, ``(1 - p) / p``.
+    chunk_size
+        Rows per dense chunk on the non-linear path.
+
+    Returns
+    -------
+    Array of length ``K + 1``: the summed squared error of each rank.
+    """
+    heldout = sparse.csr_matrix(heldout)
+    if depth_ratio == 1.0:
+        return _loss_per_rank_linear(factors, cell_scale, heldout)
+    return _loss_per_rank_converted(factors, cell_scale, heldout, depth_ratio, chunk_size)
+
+
+def _loss_per_rank_linear(factors: LowRankFactors, a: np.ndarray, heldout: sparse.csr_matrix) -> np.ndarray:
+    mean, U, s, Vt = factors.mean, factors.U, factors.s, factors.Vt
+    T = heldout.astype(np.float64)
+    T.data = np.sqrt(T.data)
+    target_sq = float(np.sum(T.data**2))
+    # <T, P_k> = sum_i a_i (T mean)_i + sum_{j<=k} s_j sum_i a_i U_ij (T V)_ij
+    cross0 = float(a @ (T @ mean))
+    cross = s * np.einsum("i,ij,ij->j", a, U, np.asarray(T @ Vt.T))
+    # |P_k|^2 = sum_i a_i^2 (|mean|^2 + 2 sum_{j<=k} s_j U_ij (Vt mean)_j + sum_{j<=k} s_j^2 U_ij^2)
+    a2 = a**2
+    pred0 = float(a2.sum() * (mean @ mean))
+    pred = 2 * s * (Vt @ mean) * (a2 @ U) + s**2 * (a2 @ U**2)
+    loss = target_sq - 2 * np.concatenate([[cross0], cross0 + np.cumsum(cross)])
+    return loss + np.concatenate([[pred0], pred0 + np.cumsum(pred)])
+
+
+def _loss_per_rank_converted(
+    factors: LowRankFactors, a: np.ndarray, heldout: sparse.csr_matrix, ratio: float, chunk_size: int
+) -> np.ndarray:
+    mean, U, s, Vt = factors.mean, factors.U, factors.s, factors.Vt
+    loss = np.zeros(len(s) + 1)
+    for start in range(0, heldout.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        target = np.sqrt(heldout[rows].toarray().astype(np.float64))
+        pred = a[rows, None] * mean[None, :]
+        for k in range(len(s) + 1):
+            if k > 0:
+                pred += np.outer(a[rows] * U[rows, k - 1] * s[k - 1], Vt[k - 1])
+            diff = target - convert_sqrt_mean(pred, ratio)
+            loss[k] += np.einsum("ij,ij->", diff, diff)
+    return loss
+
+
+def reconstruct_counts(
+    factors: LowRankFactors,
+    rank: int,
+    library_size: np.ndarray,
+    target_sum: float,
+    *,
+    rows: slice | np.ndarray = slice(None),
+    genes: np.ndarray | None = None,
+) -> np.ndarray:
+    """Denoised expected counts of the rank-``rank`` reconstruction for a block of cells.
+
+    Each cell's values are rescaled to sum to its own library size (over all modelled genes), and genes
+    whose mean is zero (no molecule in any cell) stay exactly zero.
+
+    Parameters
+    ----------
+    factors
+        Centred truncated SVD of ``sqrt_normalize(counts, library_size, target_sum)``.
+    rank
+        Number of components to keep (``0``: gene means only).
+    library_size
+        All cells' library sizes.
+    target_sum
+        The normalisation target used for the factorisation.
+    rows
+        Which cells to reconstruct.
+    genes
+        Optional gene indices to return (the rescaling still uses all genes).
+
+    Returns
+    -------
+    Dense float64 array of expected counts, ``cells x genes``.
+    """
+    U = factors.U[rows, :rank]
+    y_hat = factors.mean[None, :] + (U * factors.s[:rank]) @ factors.Vt[:rank]
+    s = library_size[rows]
+    y_hat *= np.sqrt(s / target_sum)[:, None]
+    counts = sqrt_poisson_mean_inverse(y_hat)
+    counts[:, factors.mean == 0] = 0.0
+    total = counts.sum(axis=1)
+    scale = np.divide(s, total, out=np.zeros_like(total), where=total > 0)
+    counts *= scale[:, None]
+    return counts if genes is None else counts[:, genes]
+
+
+def transfer_rank(
+    split_singular_values: np.ndarray,
+    full_singular_values: np.ndarray,
+    split_rank: int,
+    *,
+    max_noise_ratio: float,
+    window: int = 10,
+) -> tuple[int, float]:
+    """Carry a rank chosen on a thinned half (depth ``p N``) to the full counts (depth ``N``).
+
+    In normalised square-root space the signal barely depends on depth while the noise shrinks with it, so
+    a component is worth keeping when its singular value clears a threshold measured in units of the noise
+    level. On the half, the weakest kept component (singular value ``s'_k``) still lowered the held-out
+    loss, so the threshold is taken there. The noise ratio between the depths, ``r``, is the median ratio of
+    the two spectra over the ``window`` singular values just past the kept ones (the top of the noise bulk,
+    where the threshold lies), bounded to ``[1, max_noise_ratio]``. The full-depth rank is the number of
+    full-depth singular values above ``s'_k / r``, and never below ``k``.
+
+    Parameters
+    ----------
+    split_singular_values
+        Singular values of the normalised training half (averaged over splits), length ``K``.
+    full_singular_values
+        Singular values of the normalised full counts, length ``K``.
+    split_rank
+        Rank ``k`` chosen by held-out loss on the half.
+    max_noise_ratio
+        Upper bound of the noise ratio, ``1 / sqrt(p)`` (the high-count limit).
+    window
+        Number of singular values past the kept ones used to estimate the noise ratio.
+
+    Returns
+    -------
+    ``(rank, noise_ratio)``; the ratio is NaN when no correction applies (``k`` is 0 or the largest rank).
+    """
+    K = min(len(split_singular_values), len(full_singular_values))
+    if split_rank == 0 or split_rank >= K:
+        return min(split_rank, K), float("nan")
+    bulk = slice(split_rank, min(split_rank + window, K))
+    ratio = float(np.median(split_singular_values[bulk] / full_singular_values[bulk]))
+    ratio = float(np.clip(ratio, 1.0, max_noise_ratio))
+    threshold = split_singular_values[split_rank - 1] / ratio
+    rank = int(np.sum(full_singular_values[:K] >= threshold))
+    return max(rank, split_rank), ratio

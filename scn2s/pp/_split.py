@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._validate import get_counts, seed_record
+from ..split import binomial_split
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+
+def split_counts(
+    adata: AnnData,
+    *,
+    p: float = 0.5,
+    layer: str | None = None,
+    key_added: tuple[str, str] = ("counts_a", "counts_b"),
+    sample_ratio: float | None = None,
+    rng: int | np.random.Generator | None = 0,
+    copy: bool = False,
+) -> AnnData | None:
+    """Split each cell's molecules into two halves by binomial thinning.
+
+    ``X_a ~ Binomial(X, p)`` and ``X_b = X - X_a``: given the true expression, the halves are independent
+    Poisson samples at depths ``p`` and ``1 - p`` of the original, which is what molecular cross-validation
+    and Noise2Self need. Sparse counts stay sparse.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with raw UMI counts.
+    p
+        Expected fraction of each count in the first half.
+    layer
+        Layer holding the counts; ``None`` uses ``adata.X``.
+    key_added
+        Names of the two layers written.
+    sample_ratio
+        Fraction of the library's molecules observed, for the finite-pool overlap correction of molecular
+        cross-validation (:func:`scn2s.split.overlap_probabilities` gives the formula). The halves then share
+        some molecules and sum to more than the counts. ``None``: plain thinning.
+    rng
+        Seed or :class:`numpy.random.Generator`.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None``, or a copy of ``adata`` if ``copy=True``, with
+
+    ``adata.layers[key_added[0]]``, ``adata.layers[key_added[1]]``
+        The two halves, of the input's kind (dense, CSR or CSC) and dtype.
+    ``adata.uns["split_counts"]["params"]``
+        ``p``, ``layer``, ``key_added``, ``sample_ratio`` and the seed.
+    """
+    key_a, key_b = key_added
+    counts = get_counts(adata, layer)
+    seed = seed_record(rng)
+    halves = binomial_split(counts, p, rng=np.random.default_rng(rng), sample_ratio=sample_ratio)
+    if copy:
+        adata = adata.copy()
+    adata.layers[key_a], adata.layers[key_b] = halves
+    params = {"p": p, "layer": layer or "X", "key_added": [key_a, key_b], "seed": seed}
+    if sample_ratio is not None:
+        params["sample_ratio"] = sample_ratio
+    adata.uns["split_counts"] = {"params": params}
+    logger.info("split %s into layers %r and %r (p=%.2f)", layer or "X", key_a, key_b, p)
+    return adata if copy else None

@@ -1,0 +1,186 @@
+"""Self-supervised model selection by held-out molecules (array level).
+
+Each split thins the counts into a training half ``X'`` (fraction ``p``) and a held-out half ``X''``. A
+candidate is fit on ``X'`` alone, predicts the rate of every held-out count, and is scored on ``X''`` by
+:mod:`scn2s.loss`. No held-out molecule is seen by the model it scores, and every candidate is scored by
+the same loss on the same held-out molecules.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import sparse
+from tqdm.auto import tqdm
+
+from .models.lowrank import LowRankFactors, heldout_loss_per_rank, randomized_svd, sqrt_normalize, transfer_rank
+from .split import binomial_split, overlap_probabilities
+
+__all__ = ["LowRankSelection", "fit_lowrank", "search_lowrank"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LowRankSelection:
+    """Outcome of the rank search, and the full-depth fit it chose."""
+
+    ranks: np.ndarray
+    losses: np.ndarray  # (n_splits, n_ranks), mean per entry
+    split_singular_values: np.ndarray  # (n_splits, K)
+    split_rank: int
+    rank: int
+    noise_ratio: float
+    factors: LowRankFactors
+    library_size: np.ndarray
+    target_sum: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def loss_mean(self) -> np.ndarray:
+        return self.losses.mean(axis=0)
+
+    @property
+    def loss_std(self) -> np.ndarray:
+        return self.losses.std(axis=0, ddof=1) if len(self.losses) > 1 else np.zeros(self.losses.shape[1])
+
+
+def split_fractions(p: float, sample_ratio: float | None) -> tuple[float, float]:
+    """Expected fractions of ``X`` in the training and held-out halves."""
+    if sample_ratio is None:
+        return p, 1 - p
+    both, first, second = overlap_probabilities(p, sample_ratio)
+    return first + both, second + both
+
+
+def search_lowrank(
+    counts: sparse.csr_matrix,
+    *,
+    max_rank: int,
+    p: float = 0.5,
+    n_splits: int = 3,
+    sample_ratio: float | None = None,
+    rng: np.random.Generator,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out loss of every rank ``0..max_rank`` on ``n_splits`` independent splits.
+
+    Returns
+    -------
+    ``(losses, singular_values)``: per-entry losses ``(n_splits, max_rank + 1)`` and each split's
+    singular values ``(n_splits, max_rank)``.
+    """
+    n, g = counts.shape
+    train_frac, heldout_frac = split_fractions(p, sample_ratio)
+    depth_ratio = 1.0 if np.isclose(train_frac, heldout_frac) else heldout_frac / train_frac
+    losses = np.empty((n_splits, max_rank + 1))
+    spectra = np.empty((n_splits, max_rank))
+    for i, split_rng in enumerate(tqdm(rng.spawn(n_splits), desc="rank search", disable=not progress)):
+        train, heldout = binomial_split(counts, p, rng=split_rng, sample_ratio=sample_ratio)
+        library = np.asarray(train.sum(axis=1), dtype=np.float64).ravel()
+        # normalise to the full-depth scale estimated from the training half alone
+        target_sum = float(np.median(library[library > 0])) / train_frac
+        factors = randomized_svd(sqrt_normalize(train, library, target_sum), max_rank, rng=split_rng)
+        cell_scale = np.sqrt(library / target_sum)
+        losses[i] = heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=depth_ratio) / (n * g)
+        spectra[i] = factors.s
+        logger.debug("split %d: best rank %d", i, int(np.argmin(losses[i])))
+    return losses, spectra
+
+
+def fit_lowrank(
+    counts: sparse.csr_matrix,
+    *,
+    max_rank: int = 50,
+    rank: int | None = None,
+    p: float = 0.5,
+    n_splits: int = 3,
+    sample_ratio: float | None = None,
+    depth_correction: bool = True,
+    rng: np.random.Generator,
+    progress: bool = False,
+) -> LowRankSelection:
+    """Choose a rank by held-out molecules and fit it on the full counts.
+
+    The rank minimising the mean held-out loss over splits is chosen at the training half's depth and, with
+    ``depth_correction``, carried to full depth by :func:`scn2s.models.lowrank.transfer_rank`. With
+    ``rank`` given, the search is skipped and that rank is fit.
+
+    Parameters
+    ----------
+    counts
+        Cells x genes counts (CSR).
+    max_rank
+        Largest rank searched (clamped to what the shape allows).
+    rank
+        Fixed rank instead of a search.
+    p
+        Training fraction of each split.
+    n_splits
+        Number of independent splits averaged.
+    sample_ratio
+        Finite-pool overlap correction (:func:`scn2s.split.binomial_split`).
+    depth_correction
+        Carry the rank chosen at depth ``p N`` to depth ``N``.
+    rng
+        Source of randomness; each split and the final fit get their own stream.
+    progress
+        Show a progress bar.
+    """
+    n, g = counts.shape
+    limit = min(n - 1, g)
+    if limit < 1:
+        msg = f"Need at least 2 cells and 1 gene, got {n} x {g}."
+        raise ValueError(msg)
+    if max_rank > limit:
+        logger.warning("max_rank=%d exceeds what %d cells x %d genes allow; using %d.", max_rank, n, g, limit)
+        max_rank = limit
+    if rank is not None and rank > limit:
+        logger.warning("rank=%d exceeds what %d cells x %d genes allow; using %d.", rank, n, g, limit)
+        rank = limit
+    search_rng, fit_rng = rng.spawn(2)
+    K = max_rank if rank is None else max(rank, 1)
+    library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    expressed = library > 0
+    target_sum = float(np.median(library[expressed])) if expressed.any() else 1.0
+    factors = randomized_svd(sqrt_normalize(counts, library, target_sum), K, rng=fit_rng)
+    if rank is not None:
+        return LowRankSelection(
+            ranks=np.arange(0),
+            losses=np.empty((0, 0)),
+            split_singular_values=np.empty((0, 0)),
+            split_rank=rank,
+            rank=rank,
+            noise_ratio=float("nan"),
+            factors=factors,
+            library_size=library,
+            target_sum=target_sum,
+        )
+    losses, spectra = search_lowrank(
+        counts, max_rank=K, p=p, n_splits=n_splits, sample_ratio=sample_ratio, rng=search_rng, progress=progress
+    )
+    split_rank = int(np.argmin(losses.mean(axis=0)))
+    chosen, ratio = split_rank, float("nan")
+    if depth_correction:
+        train_frac, _ = split_fractions(p, sample_ratio)
+        chosen, ratio = transfer_rank(
+            spectra.mean(axis=0), factors.s, split_rank, max_noise_ratio=1 / np.sqrt(train_frac)
+        )
+    if max(split_rank, chosen) >= K:
+        logger.warning(
+            "The chosen rank is the largest searched (%d); the optimum may lie beyond. Increase max_rank.", K
+        )
+    logger.info("rank %d chosen at depth p=%.2f, %d at full depth", split_rank, p, chosen)
+    return LowRankSelection(
+        ranks=np.arange(K + 1),
+        losses=losses,
+        split_singular_values=spectra,
+        split_rank=split_rank,
+        rank=chosen,
+        noise_ratio=ratio,
+        factors=factors,
+        library_size=library,
+        target_sum=target_sum,
+    )

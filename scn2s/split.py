@@ -1,0 +1,125 @@
+"""Binomial thinning of molecule counts into two halves (array level).
+
+A UMI count is modelled as a Poisson sample of a cell's expression. Thinning each count
+``X' ~ Binomial(X, p)``, ``X'' = X - X'`` gives two matrices that, given the truth, are independent
+Poisson samples at depths ``p`` and ``1 - p`` (Noise2Self; molecular cross-validation).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import sparse
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+__all__ = ["binomial_split", "overlap_probabilities"]
+
+
+def overlap_probabilities(p: float, sample_ratio: float) -> tuple[float, float, float]:
+    """Per-molecule probabilities of the finite-pool split.
+
+    When the observed molecules ``X ~ Binomial(M, a)`` are a sample, at ratio ``a = sample_ratio``, of a
+    finite pool ``M`` (a sequenced library), two independent samples of that pool at ratios ``p t`` and
+    ``(1 - p) t`` overlap. Choosing ``t`` so that their union is the observed sample,
+    ``t - p (1 - p) t**2 = a``, that is ``t = (1 - sqrt(1 - 4 p (1 - p) a)) / (2 p (1 - p))``, each
+    observed molecule goes to
+
+    * both halves with probability ``p (1 - p) t**2 / a``,
+    * the first half only with probability ``p t (1 - (1 - p) t) / a``,
+    * the second half only with probability ``(1 - p) t (1 - p t) / a``.
+
+    As ``a -> 0`` (a pool much larger than the sample) this is plain thinning: ``(0, p, 1 - p)``.
+
+    Parameters
+    ----------
+    p
+        Fraction of the molecules for the first half, in (0, 1).
+    sample_ratio
+        Fraction of the library's molecules observed in the counts, in (0, 1].
+
+    Returns
+    -------
+    ``(both, first_only, second_only)``, which sum to one.
+    """
+    _check_fraction(p)
+    if not 0 < sample_ratio <= 1:
+        msg = f"sample_ratio must be in (0, 1], got {sample_ratio}."
+        raise ValueError(msg)
+    q = p * (1 - p)
+    t = (1 - np.sqrt(1 - 4 * q * sample_ratio)) / (2 * q)
+    both = q * t**2 / sample_ratio
+    first = p * t * (1 - (1 - p) * t) / sample_ratio
+    second = (1 - p) * t * (1 - p * t) / sample_ratio
+    return float(both), float(first), float(second)
+
+
+def binomial_split(
+    X: ArrayLike | sparse.spmatrix | sparse.sparray,
+    p: float = 0.5,
+    *,
+    rng: np.random.Generator,
+    sample_ratio: float | None = None,
+) -> tuple:
+    """Split molecule counts into two halves by binomial thinning.
+
+    Parameters
+    ----------
+    X
+        Non-negative integer counts, dense or CSR/CSC (integer or integer-valued float dtype).
+    p
+        Expected fraction of each count that goes to the first half.
+    rng
+        Source of randomness.
+    sample_ratio
+        If given, the finite-pool overlap correction of molecular cross-validation
+        (see :func:`overlap_probabilities`): molecules are shared between the halves so that they
+        behave as two independent samples of the library. The halves then sum to more than ``X``.
+
+    Returns
+    -------
+    ``(X_a, X_b)`` of the same kind (dense, CSR or CSC), shape and dtype as ``X``, integer valued.
+    Without ``sample_ratio``, ``X_a + X_b == X`` exactly. Sparse halves hold no explicit zeros, so their
+    sparsity patterns are subsets of ``X``'s; a sparse input is never densified.
+    """
+    _check_fraction(p)
+    if sparse.issparse(X):
+        if X.format not in {"csr", "csc"}:
+            X = X.tocsr()
+        a_data, b_data = _split_values(X.data, p, rng, sample_ratio)
+        halves = []
+        for data in (a_data, b_data):
+            half = X.copy()
+            half.data = data
+            half.eliminate_zeros()
+            halves.append(half)
+        return tuple(halves)
+    X = np.asarray(X)
+    return _split_values(X, p, rng, sample_ratio)
+
+
+def _split_values(
+    values: np.ndarray, p: float, rng: np.random.Generator, sample_ratio: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    n = values.astype(np.int64, copy=False)
+    if sample_ratio is None:
+        a = rng.binomial(n, p)
+        b = n - a
+    else:
+        both_p, first_p, _ = overlap_probabilities(p, sample_ratio)
+        first = rng.binomial(n, first_p)
+        rest = n - first
+        # given not first-only: second-only vs both
+        second = rng.binomial(rest, 1 - both_p / (1 - first_p)) if first_p < 1 else np.zeros_like(rest)
+        both = rest - second
+        a = first + both
+        b = second + both
+    return a.astype(values.dtype, copy=False), b.astype(values.dtype, copy=False)
+
+
+def _check_fraction(p: float) -> None:
+    if not 0 < p < 1:
+        msg = f"p must be strictly between 0 and 1, got {p}."
+        raise ValueError(msg)
