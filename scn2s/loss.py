@@ -1,4 +1,4 @@
-"""Cross-molecule losses (array level).
+r"""Cross-molecule losses (array level).
 
 Every candidate denoiser, of every family, predicts the Poisson rate of each held-out count. It is scored
 by the mean squared error, in square-root space, between the held-out counts and the expected square root
@@ -6,13 +6,13 @@ of a Poisson variable with the predicted rate:
 
 .. math::
 
-    L = \\frac{1}{n g} \\sum_{ij} \\left(\\sqrt{x''_{ij}} - m(\\hat\\lambda''_{ij})\\right)^2,
-    \\qquad m(\\lambda) = \\mathbb{E}\\sqrt{\\mathrm{Poisson}(\\lambda)}.
+    L = \frac{1}{n g} \sum_{ij} \left(\sqrt{x''_{ij}} - m(\hat\lambda''_{ij})\right)^2,
+    \qquad m(\lambda) = \mathbb{E}\sqrt{\mathrm{Poisson}(\lambda)}.
 
 Given the truth, the held-out counts are independent of the prediction, so the expected loss equals the
-error of :math:`m(\\hat\\lambda'')` against :math:`m(\\lambda'')` plus a constant that does not depend on the
+error of :math:`m(\hat\lambda'')` against :math:`m(\lambda'')` plus a constant that does not depend on the
 candidate. The square root stabilises the Poisson variance (close to 1/4 per entry), so every entry counts
-about equally. :math:`m` is not :math:`\\sqrt{\\lambda}`: at low counts the two differ by a large factor
+about equally. :math:`m` is not :math:`\sqrt{\lambda}`: at low counts the two differ by a large factor
 (``m(0.1) ~ 0.095`` while ``sqrt(0.1) ~ 0.32``), which is why a linear rescaling of square-root values
 between depths is biased and :func:`convert_sqrt_mean` is used instead.
 """
@@ -55,11 +55,11 @@ def _table() -> tuple[np.ndarray, np.ndarray]:
 
 
 def sqrt_poisson_mean(lam: np.ndarray | float) -> np.ndarray:
-    """:math:`m(\\lambda) = \\mathbb{E}\\sqrt{X}` for :math:`X \\sim \\mathrm{Poisson}(\\lambda)`.
+    r""":math:`m(\lambda) = \mathbb{E}\sqrt{X}` for :math:`X \sim \mathrm{Poisson}(\lambda)`.
 
-    Exact (to ~1e-6 relative) for all :math:`\\lambda \\ge 0`: tabulated by summation, ``lambda`` itself below
-    ``1e-6`` (where :math:`m(\\lambda) = \\lambda + O(\\lambda^2)`) and the asymptotic series
-    :math:`\\sqrt\\lambda - 1/(8\\sqrt\\lambda)` above ``1e4``.
+    Exact (to ~1e-6 relative) for all :math:`\lambda \ge 0`: tabulated by summation, ``lambda`` itself below
+    ``1e-6`` (where :math:`m(\lambda) = \lambda + O(\lambda^2)`) and the asymptotic series
+    :math:`\sqrt\lambda - 1/(8\sqrt\lambda)` above ``1e4``.
     """
     lam = np.asarray(lam, dtype=np.float64)
     log_lam, log_m = _table()

@@ -40,10 +40,12 @@ class LowRankSelection:
 
     @property
     def loss_mean(self) -> np.ndarray:
+        """Mean held-out loss of each rank over splits."""
         return self.losses.mean(axis=0)
 
     @property
     def loss_std(self) -> np.ndarray:
+        """Standard deviation of each rank's held-out loss over splits."""
         return self.losses.std(axis=0, ddof=1) if len(self.losses) > 1 else np.zeros(self.losses.shape[1])
 
 

@@ -37,6 +37,7 @@ class LowRankFactors:
 
     @property
     def max_rank(self) -> int:
+        """Number of components."""
         return len(self.s)
 
 

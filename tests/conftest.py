@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def _data_file(name: str) -> Path:
+    path = DATA_DIR / name
+    if not path.exists():
+        if os.environ.get("SCN2S_REQUIRE_DATA") == "1":
+            pytest.fail(f"SCN2S_REQUIRE_DATA=1 but {path} is missing")
+        pytest.skip(f"real data not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_file():
+    """Path to a file of ../shared/data: skips when absent, fails when SCN2S_REQUIRE_DATA=1."""
+    return _data_file
+
+
+@pytest.fixture(scope="session")
+def poisson_counts() -> tuple[np.ndarray, np.ndarray]:
+    """(rates, counts): a small low-rank Poisson matrix, 200 cells x 60 genes."""
+    rng = np.random.default_rng(42)
+    rates = rng.gamma(2.0, 1.0, (200, 3)) @ rng.gamma(1.0, 0.5, (3, 60))
+    rates[:, :5] = 0.0  # genes without molecules
+    return rates, rng.poisson(rates)
+
+
+@pytest.fixture(params=["dense", "csr", "csc"])
+def array_type(request):
+    return {"dense": np.asarray, "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}[request.param]

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from scn2s.loss import convert_sqrt_mean, heldout_sqrt_mse, sqrt_poisson_mean_inverse
+from scn2s.models.lowrank import (
+    heldout_loss_per_rank,
+    randomized_svd,
+    reconstruct_counts,
+    sqrt_normalize,
+    transfer_rank,
+)
+from scn2s.split import binomial_split
+
+
+@pytest.fixture
+def split_fit(poisson_counts):
+    _, counts = poisson_counts
+    rng = np.random.default_rng(0)
+    train, heldout = binomial_split(sparse.csr_matrix(counts), 0.5, rng=rng)
+    library = np.asarray(train.sum(axis=1), dtype=float).ravel()
+    target = float(np.median(library)) / 0.5
+    factors = randomized_svd(sqrt_normalize(train, library, target), 12, rng=rng)
+    return factors, np.sqrt(library / target), heldout
+
+
+def test_sqrt_normalize_keeps_sparsity_and_zero_rows():
+    counts = sparse.csr_matrix(np.array([[4, 0, 0], [0, 0, 0], [1, 3, 0]]))
+    library = np.asarray(counts.sum(axis=1), dtype=float).ravel()
+    Y = sqrt_normalize(counts, library, 4.0)
+    assert Y.nnz == counts.nnz
+    np.testing.assert_allclose(Y.toarray(), [[2, 0, 0], [0, 0, 0], [1, np.sqrt(3), 0]])
+
+
+def test_randomized_svd_matches_exact_svd_of_centred_matrix(poisson_counts):
+    _, counts = poisson_counts
+    Y = sparse.csr_matrix(np.sqrt(counts.astype(float)))
+    factors = randomized_svd(Y, 5, rng=np.random.default_rng(0))
+    dense = Y.toarray()
+    centred = dense - dense.mean(axis=0)
+    exact = np.linalg.svd(centred, compute_uv=False)[:5]
+    np.testing.assert_allclose(factors.s[:3], exact[:3], rtol=1e-5)  # the rank-3 signal
+    np.testing.assert_allclose(factors.s, exact, rtol=1e-2)  # noise components converge more slowly
+    np.testing.assert_allclose(factors.mean, dense.mean(axis=0))
+    np.testing.assert_allclose(factors.U.T @ factors.U, np.eye(5), atol=1e-10)
+    np.testing.assert_allclose(factors.Vt @ factors.Vt.T, np.eye(5), atol=1e-10)
+
+
+def test_randomized_svd_never_densifies_sparse_input(poisson_counts, monkeypatch):
+    _, counts = poisson_counts
+    Y = sparse.csr_matrix(np.sqrt(counts.astype(float)))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("densified")
+
+    monkeypatch.setattr(sparse.csr_matrix, "toarray", refuse)
+    monkeypatch.setattr(sparse.csr_matrix, "todense", refuse)
+    randomized_svd(Y, 4, rng=np.random.default_rng(0))
+
+
+def _brute_force_losses(factors, scale, heldout, ratio):
+    losses = []
+    for k in range(factors.max_rank + 1):
+        y_hat = factors.mean + (factors.U[:, :k] * factors.s[:k]) @ factors.Vt[:k]
+        pred = scale[:, None] * y_hat
+        if ratio != 1:
+            pred = convert_sqrt_mean(pred, ratio)
+        losses.append(heldout_sqrt_mse(heldout, pred))
+    return np.array(losses)
+
+
+def test_all_rank_losses_equal_one_refit_per_rank(split_fit):
+    factors, scale, heldout = split_fit
+    fast = heldout_loss_per_rank(factors, scale, heldout)
+    np.testing.assert_allclose(fast, _brute_force_losses(factors, scale, heldout, 1.0), rtol=1e-9)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 3.0])
+def test_converted_losses_for_unequal_halves(split_fit, ratio):
+    factors, scale, heldout = split_fit
+    chunked = heldout_loss_per_rank(factors, scale, heldout, depth_ratio=ratio, chunk_size=37)
+    np.testing.assert_allclose(chunked, _brute_force_losses(factors, scale, heldout, ratio), rtol=1e-9)
+
+
+def test_held_out_loss_has_an_interior_minimum(split_fit):
+    factors, scale, heldout = split_fit
+    losses = heldout_loss_per_rank(factors, scale, heldout)
+    best = int(np.argmin(losses))
+    assert 1 <= best < factors.max_rank  # rank-3 truth: neither the means alone nor everything
+
+
+def test_reconstruction_keeps_library_sizes_and_zero_genes(poisson_counts):
+    _, counts = poisson_counts
+    X = sparse.csr_matrix(counts)
+    library = np.asarray(X.sum(axis=1), dtype=float).ravel()
+    target = float(np.median(library))
+    factors = randomized_svd(sqrt_normalize(X, library, target), 6, rng=np.random.default_rng(0))
+    out = reconstruct_counts(factors, 3, library, target)
+    assert out.shape == counts.shape
+    assert np.all(out >= 0)
+    np.testing.assert_allclose(out.sum(axis=1), library)
+    np.testing.assert_array_equal(out[:, :5], 0.0)
+    block = reconstruct_counts(factors, 3, library, target, rows=slice(10, 20), genes=np.array([7, 9]))
+    np.testing.assert_allclose(block, out[10:20][:, [7, 9]])
+
+
+def test_reconstruction_inverts_expected_square_root(poisson_counts):
+    """Rank-k output is m^{-1} of the rescaled reconstruction, before the library rescaling."""
+    _, counts = poisson_counts
+    X = sparse.csr_matrix(counts)
+    library = np.asarray(X.sum(axis=1), dtype=float).ravel()
+    target = float(np.median(library))
+    factors = randomized_svd(sqrt_normalize(X, library, target), 6, rng=np.random.default_rng(0))
+    y_hat = factors.mean + (factors.U[:, :4] * factors.s[:4]) @ factors.Vt[:4]
+    raw = sqrt_poisson_mean_inverse(np.sqrt(library / target)[:, None] * y_hat)
+    raw[:, factors.mean == 0] = 0
+    expected = raw * (library / raw.sum(axis=1))[:, None]
+    np.testing.assert_allclose(reconstruct_counts(factors, 4, library, target), expected)
+
+
+def test_transfer_rank_adds_components_the_lower_noise_reveals():
+    signal = np.array([100.0, 60, 40, 32, 29])
+    noise = np.linspace(20, 15, 25)
+    half = np.concatenate([signal, noise])  # at depth p N the weaker signal sinks into the noise
+    half[3:5] = [22.0, 21.0]  # noise-dominated at the lower depth: rank 3 is chosen there
+    full = np.concatenate([signal, noise / np.sqrt(2)])
+    rank, ratio = transfer_rank(half, full, 3, max_noise_ratio=np.sqrt(2))
+    assert ratio == pytest.approx(np.sqrt(2), rel=0.05)
+    assert rank == 5
+
+
+def test_transfer_rank_keeps_the_split_rank_without_new_components():
+    half = np.concatenate([[100.0, 60, 40], np.linspace(20, 15, 27)])
+    full = np.concatenate([[100.0, 60, 40], np.linspace(20, 15, 27) / 1.2])
+    assert transfer_rank(half, full, 3, max_noise_ratio=np.sqrt(2))[0] == 3
+    assert transfer_rank(half, full, 0, max_noise_ratio=np.sqrt(2))[0] == 0
+    assert transfer_rank(half, full, 30, max_noise_ratio=np.sqrt(2))[0] == 30

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scn2s.datasets import simulate
+from scn2s.models.lowrank import reconstruct_counts
+from scn2s.select import fit_lowrank, search_lowrank, split_fractions
+
+
+def sqrt_cp10k_error(estimate: np.ndarray, truth: np.ndarray) -> float:
+    def transform(values):
+        return np.sqrt(values / values.sum(axis=1, keepdims=True) * 1e4)
+
+    return float(np.mean((transform(estimate) - transform(truth)) ** 2))
+
+
+@pytest.fixture(scope="module")
+def simulation():
+    return simulate(1500, 800, n_types=6, rank=4, depth=1500, rng=11)
+
+
+@pytest.fixture(scope="module")
+def selection(simulation):
+    return fit_lowrank(simulation.X, max_rank=40, rng=np.random.default_rng(0))
+
+
+def test_chosen_rank_is_within_two_percent_of_the_oracle(simulation, selection):
+    truth = simulation.layers["rates"].astype(np.float64)
+    errors = np.array(
+        [
+            sqrt_cp10k_error(
+                reconstruct_counts(selection.factors, k, selection.library_size, selection.target_sum), truth
+            )
+            for k in range(41)
+        ]
+    )
+    oracle = int(np.argmin(errors))
+    assert 0 < oracle < 40
+    assert errors[selection.rank] <= 1.02 * errors[oracle], (selection.rank, oracle)
+    # and it is a real choice: the extremes of the grid are far worse
+    assert errors[0] > 2 * errors[oracle]
+    assert errors[40] > 1.1 * errors[oracle]
+
+
+def test_selection_record_is_complete(selection):
+    assert selection.losses.shape == (3, 41)
+    assert selection.split_singular_values.shape == (3, 40)
+    assert selection.split_rank == int(np.argmin(selection.loss_mean))
+    assert selection.rank >= selection.split_rank
+    assert np.all(selection.loss_std > 0)
+    assert 1.0 <= selection.noise_ratio <= np.sqrt(2)
+
+
+def test_depth_correction_can_be_switched_off(simulation):
+    fit = fit_lowrank(simulation.X, max_rank=40, depth_correction=False, rng=np.random.default_rng(0))
+    assert fit.rank == fit.split_rank
+
+
+def test_fixed_rank_skips_the_search(simulation):
+    fit = fit_lowrank(simulation.X, rank=7, rng=np.random.default_rng(0))
+    assert fit.rank == 7
+    assert fit.losses.size == 0
+
+
+def test_rank_clamped_to_shape(caplog):
+    small = simulate(6, 30, rng=0)
+    fit = fit_lowrank(small.X, max_rank=50, rng=np.random.default_rng(0))
+    assert fit.factors.max_rank == 5
+    assert "exceeds what 6 cells x 30 genes allow" in caplog.text
+
+
+def test_unequal_split_uses_the_depth_conversion(simulation):
+    counts = simulation.X[:300]
+    losses, _ = search_lowrank(counts, max_rank=10, p=0.7, n_splits=2, rng=np.random.default_rng(0))
+    assert losses.shape == (2, 11)
+    assert np.all(np.isfinite(losses))
+    assert 0 < int(np.argmin(losses.mean(axis=0))) <= 10
+
+
+def test_split_fractions_with_overlap():
+    assert split_fractions(0.3, None) == (0.3, 0.7)
+    a, b = split_fractions(0.5, 0.4)
+    assert a == pytest.approx(b)
+    assert a > 0.5
