@@ -24,7 +24,7 @@ def _silhouette(values: np.ndarray, labels: np.ndarray) -> float:
 def pbmc3k(request):
     path = request.getfixturevalue("data_file")("pbmc3k_10x_hg19.h5ad")
     adata = ad.read_h5ad(path)
-    scn2s.pp.denoise(adata, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", progress=False)
     return adata
 
 

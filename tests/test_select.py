@@ -5,7 +5,7 @@ import pytest
 
 from scn2s.datasets import simulate
 from scn2s.models.lowrank import reconstruct_counts
-from scn2s.select import fit_lowrank, search_lowrank, split_fractions
+from scn2s.select import Splits, fit_lowrank, search_lowrank, split_fractions
 
 
 def sqrt_cp10k_error(estimate: np.ndarray, truth: np.ndarray) -> float:
@@ -72,7 +72,8 @@ def test_rank_clamped_to_shape(caplog):
 
 def test_unequal_split_uses_the_depth_conversion(simulation):
     counts = simulation.X[:300]
-    losses, _ = search_lowrank(counts, max_rank=10, p=0.7, n_splits=2, rng=np.random.default_rng(0))
+    splits = Splits.draw(np.random.default_rng(1), 2, 0.7)
+    losses, _ = search_lowrank(counts, max_rank=10, splits=splits, rng=np.random.default_rng(0))
     assert losses.shape == (2, 11)
     assert np.all(np.isfinite(losses))
     assert 0 < int(np.argmin(losses.mean(axis=0))) <= 10

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -9,22 +10,29 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from .._validate import describe_source, get_counts, seed_record
-from ..models.lowrank import reconstruct_counts
-from ..select import LowRankSelection, fit_lowrank
+from ..select import (
+    AutoencoderSelection,
+    LowRankSelection,
+    Splits,
+    compare_families,
+    fit_autoencoder,
+    fit_lowrank,
+)
+from ..select.autoencoder import config_label
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
 
-_METHODS = ("lowrank",)
+_METHODS = ("auto", "lowrank", "autoencoder")
 _CHUNK = 1024
 
 
 def denoise(
     adata: AnnData,
     *,
-    method: Literal["lowrank"] = "lowrank",
+    method: Literal["auto", "lowrank", "autoencoder"] = "auto",
     layer: str | None = None,
     key_added: str = "denoised",
     mask_var: str | np.ndarray | None = None,
@@ -34,6 +42,9 @@ def denoise(
     rank: int | None = None,
     depth_correction: bool = True,
     sample_ratio: float | None = None,
+    autoencoder_configs: Sequence[Mapping] | None = None,
+    autoencoder_splits: int = 1,
+    device: str | None = None,
     rng: int | np.random.Generator | None = 0,
     progress: bool = True,
     copy: bool = False,
@@ -41,11 +52,18 @@ def denoise(
     """Denoise UMI counts with a model chosen by held-out molecules.
 
     The counts are split by binomial thinning into a training half (fraction ``p``) and a held-out half,
-    ``n_splits`` times. For ``method="lowrank"`` the library-normalised square-root counts of the training half
-    are factorised once by a randomized truncated SVD, and every rank ``0..max_rank`` is scored on the
-    held-out molecules (:mod:`scn2s.loss`). The rank with the lowest mean held-out loss, carried from depth
-    ``p N`` to the full depth ``N`` (``depth_correction``), is refit on the full counts, and its expected
-    counts are written back.
+    ``n_splits`` times, and every candidate of every family is scored by the same loss (:mod:`scn2s.loss`)
+    on the same held-out molecules, which the candidate never sees.
+
+    * ``"lowrank"``: the library-normalised square-root counts of each training half are factorised once by
+      a randomized truncated SVD, and every rank ``0..max_rank`` is scored. The rank with the lowest mean
+      held-out loss, carried from depth ``p N`` to the full depth ``N`` (``depth_correction``), is refit on
+      the full counts.
+    * ``"autoencoder"``: for each candidate of ``autoencoder_configs``, a count autoencoder is trained across
+      the molecules of the first ``autoencoder_splits`` training halves (a fresh input/target split every
+      epoch) with early stopping on the held-out half. The best candidate, its epoch count and inference mode
+      are trained on the full counts.
+    * ``"auto"``: both, and the family with the lower held-out loss on the splits both used is written.
 
     Parameters
     ----------
@@ -69,12 +87,20 @@ def denoise(
     max_rank
         Largest rank searched.
     rank
-        Fit this rank without a search.
+        Fit this rank without a search (``method="lowrank"`` only).
     depth_correction
         Carry the rank chosen at depth ``p N`` to the full depth (:func:`scn2s.models.lowrank.transfer_rank`).
     sample_ratio
         Fraction of the library's molecules observed, for the finite-pool overlap correction
         (:func:`scn2s.split.overlap_probabilities`). ``None``: plain thinning.
+    autoencoder_configs
+        Autoencoder candidates, dicts of :class:`~scn2s.models.autoencoder.train.TrainConfig` fields
+        (``hidden``, ``bottleneck``, ``dropout``, ``max_epochs``, ``batch_size``, ``likelihood``, ...);
+        default :data:`scn2s.select.DEFAULT_CONFIGS`.
+    autoencoder_splits
+        Number of splits the autoencoder candidates are trained on (each costs one training per candidate).
+    device
+        Torch device of the autoencoder; ``None`` picks CUDA when available.
     rng
         Seed or :class:`numpy.random.Generator`; the same seed gives the same output.
     progress
@@ -91,42 +117,66 @@ def denoise(
         genes sum to its observed count over them), non-negative, zero for genes with no molecule. Normalise
         and log it as you would counts.
     ``adata.uns[key_added]``
-        ``method``; ``params`` (the arguments); ``best_params`` (``{"rank": k}``); ``selection``, per family,
-        with ``grid`` (the ranks), ``loss_mean``, ``loss_std`` and ``loss_per_split`` (held-out loss per entry,
-        see :mod:`scn2s.loss`), ``split_rank`` (chosen at depth ``p N``), ``rank`` (applied at full depth),
-        ``noise_ratio``, the singular values of the splits and of the full fit, ``p``, ``n_splits`` and
-        ``seed``; ``version``; ``elapsed_seconds``.
+        ``method`` (the family written); ``params`` (the arguments); ``best_params`` (``{"rank": k}``, or the
+        autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``epochs`` and ``inference``); ``selection``,
+        per family searched: for ``"lowrank"``, ``grid`` (``{"rank": ranks}``), ``loss_mean``, ``loss_std`` and
+        ``loss_per_split`` (held-out loss per entry, see :mod:`scn2s.loss`), ``split_rank`` (chosen at depth
+        ``p N``), ``rank`` (applied at full depth), ``noise_ratio``, the singular values of the splits and of
+        the full fit; for ``"autoencoder"``, ``grid`` (``{"config": labels}``), ``hidden``, ``bottleneck``,
+        ``dropout``, the same loss keys, ``loss_full_input`` and ``loss_replicas`` (the two inference modes),
+        ``best_epochs``, ``heldout_curves`` and ``train_curves`` (per candidate and split, per epoch),
+        ``chosen``, ``epochs``, ``inference``, ``device``, ``batch_size``; both with ``p``, ``n_splits`` and
+        ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared splits and the
+        choice); ``version``; ``elapsed_seconds``.
     """
     start = time.perf_counter()
     if method not in _METHODS:
         msg = f"method must be one of {_METHODS}, got {method!r}."
         raise ValueError(msg)
+    if rank is not None and method != "lowrank":
+        msg = f'rank= fixes the low-rank model and needs method="lowrank", got method={method!r}.'
+        raise ValueError(msg)
     counts = get_counts(adata, layer)
     genes = _gene_mask(adata, mask_var)
     seed = seed_record(rng)
-    generator = np.random.default_rng(rng)
+    split_rng, lowrank_rng, autoencoder_rng = np.random.default_rng(rng).spawn(3)
+    splits = Splits.draw(split_rng, n_splits, p, sample_ratio)
 
     modelled = sparse.csr_matrix(counts[:, genes] if genes is not None else counts)
     logger.info(
         "denoising %s: %d cells x %d genes, %d non-zeros", describe_source(layer), *modelled.shape, modelled.nnz
     )
-    fit = fit_lowrank(
-        modelled,
-        max_rank=max_rank,
-        rank=rank,
-        p=p,
-        n_splits=n_splits,
-        sample_ratio=sample_ratio,
-        depth_correction=depth_correction,
-        rng=generator,
-        progress=progress,
-    )
-    output = _write_dense(fit, counts, genes, progress=progress)
+    fits: dict[str, LowRankSelection | AutoencoderSelection] = {}
+    if method in ("auto", "lowrank"):
+        fits["lowrank"] = fit_lowrank(
+            modelled,
+            max_rank=max_rank,
+            rank=rank,
+            splits=splits,
+            depth_correction=depth_correction,
+            rng=lowrank_rng,
+            progress=progress,
+        )
+    if method in ("auto", "autoencoder"):
+        fits["autoencoder"] = fit_autoencoder(
+            modelled,
+            splits=splits,
+            configs=autoencoder_configs,
+            n_splits=autoencoder_splits,
+            device=device,
+            rng=autoencoder_rng,
+            progress=progress,
+        )
+    comparison = compare_families(fits["lowrank"], fits["autoencoder"]) if method == "auto" else None
+    family = comparison["chosen"] if comparison else method
+    fit = fits[family]
+    output = _write_dense(fit, modelled, counts, genes, progress=progress)
 
     if copy:
         adata = adata.copy()
     params = {
         "method": method,
+        "autoencoder_splits": autoencoder_splits,
         "layer": layer or "X",
         "mask_var": mask_var if isinstance(mask_var, str) else ("custom" if mask_var is not None else "all"),
         "p": p,
@@ -139,17 +189,30 @@ def denoise(
         params["rank"] = rank
     if sample_ratio is not None:
         params["sample_ratio"] = sample_ratio
+    if device is not None:
+        params["device"] = device
+    if autoencoder_configs is not None:
+        params["autoencoder_configs"] = [dict(c) for c in autoencoder_configs]
+    selection = {}
+    if "lowrank" in fits:
+        selection["lowrank"] = _lowrank_record(fits["lowrank"]) | {"p": p, "n_splits": n_splits, "seed": seed}
+    if "autoencoder" in fits:
+        selection["autoencoder"] = _autoencoder_record(fits["autoencoder"]) | {"p": p, "seed": seed}
     record = {
-        "method": method,
+        "method": family,
         "params": params,
-        "best_params": {"rank": fit.rank},
-        "selection": {"lowrank": _selection_record(fit, p=p, n_splits=n_splits, seed=seed)},
+        "best_params": _best_params(fit),
+        "selection": selection,
         "version": _version(),
         "elapsed_seconds": time.perf_counter() - start,
     }
+    if comparison is not None:
+        record["comparison"] = comparison
     adata.layers[key_added] = output
     adata.uns[key_added] = record
-    logger.info("wrote layers[%r]: rank %d in %.1f s", key_added, fit.rank, record["elapsed_seconds"])
+    logger.info(
+        "wrote layers[%r] (%s, %s) in %.1f s", key_added, family, record["best_params"], record["elapsed_seconds"]
+    )
     return adata if copy else None
 
 
@@ -172,7 +235,7 @@ def _gene_mask(adata: AnnData, mask_var) -> np.ndarray | None:
     return np.flatnonzero(mask)
 
 
-def _write_dense(fit: LowRankSelection, counts, genes: np.ndarray | None, *, progress: bool) -> np.ndarray:
+def _write_dense(fit, modelled: sparse.csr_matrix, counts, genes: np.ndarray | None, *, progress: bool) -> np.ndarray:
     n_cells, n_genes = counts.shape
     output = np.empty((n_cells, n_genes), dtype=np.float32)
     if genes is not None:
@@ -180,7 +243,7 @@ def _write_dense(fit: LowRankSelection, counts, genes: np.ndarray | None, *, pro
         rest = np.setdiff1d(np.arange(n_genes), genes)
     for start in tqdm(range(0, n_cells, _CHUNK), desc="writing", disable=not progress):
         rows = slice(start, min(start + _CHUNK, n_cells))
-        block = reconstruct_counts(fit.factors, fit.rank, fit.library_size, fit.target_sum, rows=rows)
+        block = fit.reconstruct(modelled, rows)
         if genes is None:
             output[rows] = block
         else:
@@ -189,15 +252,25 @@ def _write_dense(fit: LowRankSelection, counts, genes: np.ndarray | None, *, pro
     return output
 
 
-def _selection_record(fit: LowRankSelection, *, p: float, n_splits: int, seed) -> dict:
+def _best_params(fit) -> dict:
+    if isinstance(fit, LowRankSelection):
+        return {"rank": fit.rank}
+    config = fit.configs[fit.best]
+    return {
+        "hidden": config.hidden,
+        "bottleneck": config.bottleneck,
+        "dropout": config.dropout,
+        "epochs": fit.epochs,
+        "inference": fit.mode,
+    }
+
+
+def _lowrank_record(fit: LowRankSelection) -> dict:
     record = {
         "loss": "heldout_sqrt_mse",
         "split_rank": fit.split_rank,
         "rank": fit.rank,
         "singular_values": fit.factors.s,
-        "p": p,
-        "n_splits": n_splits,
-        "seed": seed,
     }
     if len(fit.ranks):
         record |= {
@@ -210,6 +283,37 @@ def _selection_record(fit: LowRankSelection, *, p: float, n_splits: int, seed) -
         if np.isfinite(fit.noise_ratio):
             record["noise_ratio"] = fit.noise_ratio
     return record
+
+
+def _autoencoder_record(fit: AutoencoderSelection) -> dict:
+    labels = [config_label(c) for c in fit.configs]
+    curves = {
+        name: {
+            label: {f"split_{i}": np.asarray(per_split[j], dtype=np.float64) for i, per_split in enumerate(source)}
+            for j, label in enumerate(labels)
+        }
+        for name, source in (("heldout_curves", fit.heldout_curves), ("train_curves", fit.train_curves))
+    }
+    return {
+        "loss": "heldout_sqrt_mse",
+        "grid": {"config": np.array(labels)},
+        "hidden": np.array([c.hidden for c in fit.configs]),
+        "bottleneck": np.array([c.bottleneck for c in fit.configs]),
+        "dropout": np.array([c.dropout for c in fit.configs]),
+        "loss_mean": fit.loss_mean,
+        "loss_std": fit.loss_std,
+        "loss_per_split": fit.losses,
+        "loss_full_input": fit.losses_full,
+        "loss_replicas": fit.losses_replicas,
+        "best_epochs": fit.best_epochs,
+        **curves,
+        "chosen": labels[fit.best],
+        "epochs": fit.epochs,
+        "inference": fit.mode,
+        "device": fit.device,
+        "batch_size": fit.batch_size,
+        "n_splits": int(fit.losses.shape[0]),
+    }
 
 
 def _version() -> str:

@@ -1,10 +1,4 @@
-"""Self-supervised model selection by held-out molecules (array level).
-
-Each split thins the counts into a training half ``X'`` (fraction ``p``) and a held-out half ``X''``. A
-candidate is fit on ``X'`` alone, predicts the rate of every held-out count, and is scored on ``X''`` by
-:mod:`scn2s.loss`. No held-out molecule is seen by the model it scores, and every candidate is scored by
-the same loss on the same held-out molecules.
-"""
+"""Rank search of the low-rank family (array level)."""
 
 from __future__ import annotations
 
@@ -15,8 +9,15 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from .models.lowrank import LowRankFactors, heldout_loss_per_rank, randomized_svd, sqrt_normalize, transfer_rank
-from .split import binomial_split, overlap_probabilities
+from ..models.lowrank import (
+    LowRankFactors,
+    heldout_loss_per_rank,
+    randomized_svd,
+    reconstruct_counts,
+    sqrt_normalize,
+    transfer_rank,
+)
+from .splits import Splits
 
 __all__ = ["LowRankSelection", "fit_lowrank", "search_lowrank"]
 
@@ -43,31 +44,28 @@ class LowRankSelection:
         """Mean held-out loss of each rank over splits."""
         return self.losses.mean(axis=0)
 
+    def reconstruct(self, counts: sparse.csr_matrix, rows: slice) -> np.ndarray:
+        """Denoised expected counts of a block of cells (all modelled genes)."""
+        del counts  # the factors hold everything needed
+        return reconstruct_counts(self.factors, self.rank, self.library_size, self.target_sum, rows=rows)
+
     @property
     def loss_std(self) -> np.ndarray:
         """Standard deviation of each rank's held-out loss over splits."""
         return self.losses.std(axis=0, ddof=1) if len(self.losses) > 1 else np.zeros(self.losses.shape[1])
 
 
-def split_fractions(p: float, sample_ratio: float | None) -> tuple[float, float]:
-    """Expected fractions of ``X`` in the training and held-out halves."""
-    if sample_ratio is None:
-        return p, 1 - p
-    both, first, second = overlap_probabilities(p, sample_ratio)
-    return first + both, second + both
-
-
 def search_lowrank(
     counts: sparse.csr_matrix,
     *,
     max_rank: int,
-    p: float = 0.5,
-    n_splits: int = 3,
-    sample_ratio: float | None = None,
+    splits: Splits,
     rng: np.random.Generator,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out loss of every rank ``0..max_rank`` on ``n_splits`` independent splits.
+    """Held-out loss of every rank ``0..max_rank`` on every split.
+
+    Each split's training half is factorised once; its held-out half scores all ranks.
 
     Returns
     -------
@@ -75,18 +73,18 @@ def search_lowrank(
     singular values ``(n_splits, max_rank)``.
     """
     n, g = counts.shape
-    train_frac, heldout_frac = split_fractions(p, sample_ratio)
-    depth_ratio = 1.0 if np.isclose(train_frac, heldout_frac) else heldout_frac / train_frac
-    losses = np.empty((n_splits, max_rank + 1))
-    spectra = np.empty((n_splits, max_rank))
-    for i, split_rng in enumerate(tqdm(rng.spawn(n_splits), desc="rank search", disable=not progress)):
-        train, heldout = binomial_split(counts, p, rng=split_rng, sample_ratio=sample_ratio)
+    train_frac, _ = splits.fractions
+    losses = np.empty((len(splits), max_rank + 1))
+    spectra = np.empty((len(splits), max_rank))
+    svd_rngs = rng.spawn(len(splits))
+    for i in tqdm(range(len(splits)), desc="rank search", disable=not progress):
+        train, heldout = splits.get(i, counts)
         library = np.asarray(train.sum(axis=1), dtype=np.float64).ravel()
         # normalise to the full-depth scale estimated from the training half alone
         target_sum = float(np.median(library[library > 0])) / train_frac
-        factors = randomized_svd(sqrt_normalize(train, library, target_sum), max_rank, rng=split_rng)
+        factors = randomized_svd(sqrt_normalize(train, library, target_sum), max_rank, rng=svd_rngs[i])
         cell_scale = np.sqrt(library / target_sum)
-        losses[i] = heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=depth_ratio) / (n * g)
+        losses[i] = heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=splits.depth_ratio) / (n * g)
         spectra[i] = factors.s
         logger.debug("split %d: best rank %d", i, int(np.argmin(losses[i])))
     return losses, spectra
@@ -97,9 +95,7 @@ def fit_lowrank(
     *,
     max_rank: int = 50,
     rank: int | None = None,
-    p: float = 0.5,
-    n_splits: int = 3,
-    sample_ratio: float | None = None,
+    splits: Splits | None = None,
     depth_correction: bool = True,
     rng: np.random.Generator,
     progress: bool = False,
@@ -118,12 +114,9 @@ def fit_lowrank(
         Largest rank searched (clamped to what the shape allows).
     rank
         Fixed rank instead of a search.
-    p
-        Training fraction of each split.
-    n_splits
-        Number of independent splits averaged.
-    sample_ratio
-        Finite-pool overlap correction (:func:`scn2s.split.binomial_split`).
+    splits
+        The splits whose held-out losses are averaged (default: three splits at ``p = 0.5`` drawn from
+        ``rng``).
     depth_correction
         Carry the rank chosen at depth ``p N`` to depth ``N``.
     rng
@@ -142,7 +135,9 @@ def fit_lowrank(
     if rank is not None and rank > limit:
         logger.warning("rank=%d exceeds what %d cells x %d genes allow; using %d.", rank, n, g, limit)
         rank = limit
-    search_rng, fit_rng = rng.spawn(2)
+    search_rng, fit_rng, split_rng = rng.spawn(3)
+    if splits is None:
+        splits = Splits.draw(split_rng, 3, 0.5)
     K = max_rank if rank is None else max(rank, 1)
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     expressed = library > 0
@@ -160,13 +155,11 @@ def fit_lowrank(
             library_size=library,
             target_sum=target_sum,
         )
-    losses, spectra = search_lowrank(
-        counts, max_rank=K, p=p, n_splits=n_splits, sample_ratio=sample_ratio, rng=search_rng, progress=progress
-    )
+    losses, spectra = search_lowrank(counts, max_rank=K, splits=splits, rng=search_rng, progress=progress)
     split_rank = int(np.argmin(losses.mean(axis=0)))
     chosen, ratio = split_rank, float("nan")
     if depth_correction:
-        train_frac, _ = split_fractions(p, sample_ratio)
+        train_frac, _ = splits.fractions
         chosen, ratio = transfer_rank(
             spectra.mean(axis=0), factors.s, split_rank, max_noise_ratio=1 / np.sqrt(train_frac)
         )
@@ -174,7 +167,7 @@ def fit_lowrank(
         logger.warning(
             "The chosen rank is the largest searched (%d); the optimum may lie beyond. Increase max_rank.", K
         )
-    logger.info("rank %d chosen at depth p=%.2f, %d at full depth", split_rank, p, chosen)
+    logger.info("rank %d chosen at depth p=%.2f, %d at full depth", split_rank, splits.p, chosen)
     return LowRankSelection(
         ranks=np.arange(K + 1),
         losses=losses,

@@ -1,0 +1,97 @@
+"""Sparse minibatches, thinning and the input transform (torch; no AnnData)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from scipy import sparse
+
+__all__ = ["CsrBatches", "input_transform", "thin"]
+
+
+class CsrBatches:
+    """Rows of a CSR count matrix as dense minibatches on a device.
+
+    The matrix stays sparse on the host; each batch is gathered from CSR, moved (pinned, non-blocking on
+    CUDA) and densified on the device. Nothing is copied per epoch beyond the batches themselves.
+
+    Parameters
+    ----------
+    counts
+        Cells x genes counts.
+    device
+        Where batches are densified.
+    """
+
+    def __init__(self, counts: sparse.csr_matrix, device: torch.device) -> None:
+        counts = sparse.csr_matrix(counts)
+        self.shape = counts.shape
+        self.device = torch.device(device)
+        pin = self.device.type == "cuda"
+        self._indptr = torch.from_numpy(counts.indptr.astype(np.int64))
+        self._indices = torch.from_numpy(counts.indices.astype(np.int64))
+        self._data = torch.from_numpy(counts.data.astype(np.float32))
+        if pin:
+            self._indices, self._data = self._indices.pin_memory(), self._data.pin_memory()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def dense(self, rows: np.ndarray) -> torch.Tensor:
+        """Dense ``len(rows) x genes`` float32 tensor of the given rows, on the device."""
+        row_ids, cols, vals = self._entries(rows)
+        return self._scatter(len(rows), row_ids, cols, vals)
+
+    def thinned(
+        self, rows: np.ndarray, fraction: float, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense ``(input, target)`` of the given rows: ``input ~ Binomial(counts, fraction)``, ``target`` the rest.
+
+        Only the stored (non-zero) counts are thinned, so the cost follows the non-zeros, not the batch size.
+        """
+        row_ids, cols, vals = self._entries(rows)
+        kept = torch.binomial(vals, torch.full_like(vals, fraction), generator=generator)
+        n = len(rows)
+        return self._scatter(n, row_ids, cols, kept), self._scatter(n, row_ids, cols, vals - kept)
+
+    def _scatter(self, n: int, row_ids: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((n, self.shape[1]), dtype=torch.float32, device=self.device)
+        out[row_ids, cols] = vals
+        return out
+
+    def _entries(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Row positions, columns and values of the stored entries of ``rows``, on the device."""
+        rows = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        starts = self._indptr[rows]
+        lengths = self._indptr[rows + 1] - starts
+        total = int(lengths.sum())
+        # positions of every stored entry of the selected rows
+        offsets = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths)
+        flat = torch.arange(total) + offsets
+        row_ids = torch.repeat_interleave(torch.arange(len(rows)), lengths)
+        non_blocking = self.device.type == "cuda"
+        cols = self._indices[flat].to(self.device, non_blocking=non_blocking)
+        vals = self._data[flat].to(self.device, non_blocking=non_blocking)
+        return row_ids.to(self.device, non_blocking=non_blocking), cols, vals
+
+    def batches(self, batch_size: int, *, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Yield row indices of consecutive batches over all rows, in ``order`` (default: as stored)."""
+        order = np.arange(self.shape[0]) if order is None else order
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+
+
+def thin(counts: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binomial thinning of a dense count tensor: ``(input, target)`` with ``input ~ Binomial(counts, fraction)``."""
+    probs = torch.full_like(counts, fraction)
+    kept = torch.binomial(counts, probs, generator=generator)
+    return kept, counts - kept
+
+
+def input_transform(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log1p`` of counts per 10,000 molecules, and the library sizes (zero rows stay zero)."""
+    library = counts.sum(dim=1, keepdim=True)
+    scale = torch.where(library > 0, 1e4 / library.clamp_min(1.0), torch.zeros_like(library))
+    return torch.log1p(counts * scale), library

@@ -1,0 +1,290 @@
+"""Cross-molecule training of the count autoencoder, early stopping on held-out molecules, inference.
+
+Training follows Noise2Self for counts: every epoch each cell's training molecules are split afresh into an
+input half (fraction ``input_fraction``) and a target half, and the loss is the Poisson (or negative binomial)
+negative log-likelihood of the target half given the rates predicted from the input half, rescaled to the
+target's depth. The network never sees the molecules it is asked to predict. Molecules held out once, before
+training (``heldout``), are never input or target: they only score epochs and hyperparameters, with the
+cross-molecule loss of :mod:`scn2s.loss`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import sparse
+from tqdm.auto import tqdm
+
+from ...loss import _table
+from .data import CsrBatches, input_transform, thin
+from .module import CountAutoencoder
+
+__all__ = ["TrainConfig", "TrainResult", "heldout_loss", "predict_rates", "resolve_device", "train"]
+
+logger = logging.getLogger(__name__)
+
+InferenceMode = Literal["full", "replicas"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Architecture and optimisation settings of one autoencoder candidate."""
+
+    hidden: int = 256
+    bottleneck: int = 32
+    dropout: float = 0.1
+    likelihood: Literal["poisson", "nb"] = "poisson"
+    max_epochs: int = 150
+    patience: int = 15
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    input_fraction: float = 0.5
+    n_replicas: int = 8
+
+
+@dataclass
+class TrainResult:
+    """A trained network with its learning curves."""
+
+    model: CountAutoencoder
+    best_epoch: int
+    train_loss: list[float] = field(default_factory=list)
+    heldout_loss: list[float] = field(default_factory=list)
+    batch_size: int = 0
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def sqrt_poisson_mean_torch(rate: torch.Tensor) -> torch.Tensor:
+    """Torch version of :func:`scn2s.loss.sqrt_poisson_mean` (same table, evenly spaced in log rate)."""
+    table_log_lam, table_log_m = _table()
+    log_m = torch.as_tensor(table_log_m, dtype=torch.float32, device=rate.device)
+    start, step = float(table_log_lam[0]), float(table_log_lam[1] - table_log_lam[0])
+    lam_min, lam_max = float(np.exp(table_log_lam[0])), float(np.exp(table_log_lam[-1]))
+    position = (torch.log(rate.clamp(lam_min, lam_max)) - start) / step
+    idx = position.floor().long().clamp(0, len(log_m) - 2)
+    weight = position - idx
+    mid = torch.exp(log_m[idx] + (log_m[idx + 1] - log_m[idx]) * weight)
+    high = torch.sqrt(rate.clamp_min(lam_max)) - 1 / (8 * torch.sqrt(rate.clamp_min(lam_max)))
+    return torch.where(rate < lam_min, rate.clamp_min(0), torch.where(rate > lam_max, high, mid))
+
+
+def _nll(
+    log_freq: torch.Tensor, log_scale: torch.Tensor, target: torch.Tensor, model: CountAutoencoder
+) -> torch.Tensor:
+    log_rate = log_freq + log_scale
+    if model.likelihood == "poisson":
+        per_cell = (torch.exp(log_rate) - target * log_rate).sum(dim=1)
+    else:
+        theta = torch.exp(model.log_theta)
+        log_theta_mu = torch.logaddexp(torch.log(theta), log_rate)
+        per_cell = -(
+            torch.lgamma(target + theta)
+            - torch.lgamma(theta)
+            - torch.lgamma(target + 1)
+            + theta * (torch.log(theta) - log_theta_mu)
+            + target * (log_rate - log_theta_mu)
+        ).sum(dim=1)
+    return per_cell.mean()
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.inference_mode()
+def predict_rates(
+    model: CountAutoencoder,
+    data: CsrBatches,
+    rows: np.ndarray,
+    *,
+    mode: InferenceMode = "full",
+    input_fraction: float = 0.5,
+    n_replicas: int = 8,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Expected counts of the given cells at their own depth.
+
+    ``mode="full"`` feeds all of a cell's molecules (a deeper input than in training); ``"replicas"``
+    averages the predicted frequencies over ``n_replicas`` thinnings at the training input depth. Either
+    way the frequencies are scaled by the cell's full library size.
+    """
+    model.eval()
+    counts = data.dense(rows)
+    library = counts.sum(dim=1, keepdim=True)
+    with _autocast(data.device):
+        if mode == "full":
+            freq = torch.exp(model(input_transform(counts)[0]))
+        else:
+            freq = torch.zeros_like(counts)
+            for _ in range(n_replicas):
+                freq += torch.exp(model(input_transform(thin(counts, input_fraction, generator)[0])[0]))
+            freq /= n_replicas
+    return freq.float() * library
+
+
+@torch.inference_mode()
+def heldout_loss(
+    model: CountAutoencoder,
+    data: CsrBatches,
+    heldout: CsrBatches,
+    depth_ratio: float,
+    *,
+    mode: InferenceMode = "full",
+    input_fraction: float = 0.5,
+    n_replicas: int = 8,
+    generator: torch.Generator | None = None,
+    batch_size: int = 1024,
+) -> float:
+    """Cross-molecule loss (:mod:`scn2s.loss`) of the network on held-out molecules, mean per entry."""
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(data)))
+        rates = predict_rates(
+            model, data, rows, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
+        )
+        diff = torch.sqrt(heldout.dense(rows)) - sqrt_poisson_mean_torch(rates * depth_ratio)
+        total += float((diff * diff).sum())
+    return total / (data.shape[0] * data.shape[1])
+
+
+def train(
+    counts: sparse.csr_matrix,
+    config: TrainConfig,
+    *,
+    heldout: sparse.csr_matrix | None = None,
+    depth_ratio: float = 1.0,
+    epochs: int | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> TrainResult:
+    """Train a :class:`CountAutoencoder` across molecules of ``counts``.
+
+    Parameters
+    ----------
+    counts
+        Training molecules (cells x genes, CSR). The only data the network learns from.
+    config
+        Architecture and optimisation settings.
+    heldout
+        Molecules held out once (same shape), for early stopping: the network state of the epoch with the
+        lowest held-out loss is returned. ``None``: train ``epochs`` epochs and return the last state.
+    depth_ratio
+        Expected depth of ``heldout`` over that of ``counts``.
+    epochs
+        Number of epochs without ``heldout`` (default ``config.max_epochs``).
+    device
+        Torch device; ``None`` picks CUDA when available.
+    seed
+        Seeds the batch order, the thinning and the weights. On CPU the same seed gives the same network.
+    progress
+        Show a progress bar over epochs.
+    on_epoch
+        Called as ``on_epoch(epoch, train_loss, heldout_loss)`` after each epoch.
+
+    Returns
+    -------
+    The trained network, the best epoch (1-based) and the per-epoch losses.
+    """
+    device = resolve_device(device)
+    n_genes = counts.shape[1]
+    data = CsrBatches(counts, device)
+    held = CsrBatches(heldout, device) if heldout is not None else None
+    n_epochs = config.max_epochs if held is not None or epochs is None else epochs
+    order_rng = np.random.default_rng(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model = CountAutoencoder(
+            n_genes,
+            hidden=config.hidden,
+            bottleneck=config.bottleneck,
+            dropout=config.dropout,
+            likelihood=config.likelihood,
+        ).to(device)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        result = TrainResult(model=model, best_epoch=0, batch_size=config.batch_size)
+        best_loss, best_state, stale = np.inf, None, 0
+        log_ratio = float(np.log((1 - config.input_fraction) / config.input_fraction))
+        for epoch in tqdm(range(1, n_epochs + 1), desc="training", disable=not progress, leave=False):
+            train_loss = _run_epoch(model, optimiser, data, order_rng, generator, config, log_ratio, result)
+            loss = np.nan
+            if held is not None:
+                loss = heldout_loss(model, data, held, depth_ratio, generator=generator)
+                if loss < best_loss:
+                    best_loss, best_state, stale, result.best_epoch = loss, copy.deepcopy(model.state_dict()), 0, epoch
+                else:
+                    stale += 1
+            result.train_loss.append(train_loss)
+            result.heldout_loss.append(loss)
+            if on_epoch is not None:
+                on_epoch(epoch, train_loss, loss)
+            if held is not None and stale >= config.patience:
+                break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        else:
+            result.best_epoch = n_epochs
+    model.eval()
+    return result
+
+
+def _run_epoch(
+    model: CountAutoencoder,
+    optimiser: torch.optim.Optimizer,
+    data: CsrBatches,
+    order_rng: np.random.Generator,
+    generator: torch.Generator,
+    config: TrainConfig,
+    log_ratio: float,
+    result: TrainResult,
+) -> float:
+    """One pass over the cells with fresh input/target splits; backs off the batch size on CUDA OOM."""
+    order = order_rng.permutation(len(data))
+    while True:
+        try:
+            return _epoch_pass(model, optimiser, data, order, generator, config, log_ratio, result.batch_size)
+        except torch.cuda.OutOfMemoryError:
+            if result.batch_size <= 1:
+                raise
+            result.batch_size //= 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            logger.warning("GPU out of memory: retrying the epoch with batch size %d", result.batch_size)
+
+
+def _epoch_pass(model, optimiser, data, order, generator, config, log_ratio, batch_size) -> float:
+    model.train()
+    total, n = 0.0, 0
+    for rows in data.batches(batch_size, order=order):
+        inputs, target = data.thinned(rows, config.input_fraction, generator)
+        x, library = input_transform(inputs)
+        keep = library[:, 0] > 0
+        if not bool(keep.any()):
+            continue
+        with _autocast(data.device):
+            log_freq = model(x[keep])
+        loss = _nll(log_freq, torch.log(library[keep]) + log_ratio, target[keep], model)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        total += float(loss.detach()) * int(keep.sum())
+        n += int(keep.sum())
+    return total / max(n, 1) / data.shape[1]

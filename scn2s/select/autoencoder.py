@@ -1,0 +1,216 @@
+"""Hyperparameter search of the autoencoder family (array level; torch inside)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+from scipy import sparse
+from tqdm.auto import tqdm
+
+from .splits import Splits
+
+__all__ = ["DEFAULT_CONFIGS", "AutoencoderSelection", "fit_autoencoder", "make_configs"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIGS: tuple[dict, ...] = (
+    {"hidden": 256, "bottleneck": 32, "dropout": 0.1},
+    {"hidden": 128, "bottleneck": 16, "dropout": 0.0},
+    {"hidden": 512, "bottleneck": 64, "dropout": 0.2},
+)
+
+
+def make_configs(configs: Sequence[Mapping] | None, **overrides):
+    """:class:`~scn2s.models.autoencoder.train.TrainConfig` objects from dicts (default grid if ``None``)."""
+    from ..models.autoencoder.train import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    out = []
+    for config in DEFAULT_CONFIGS if configs is None else configs:
+        unknown = set(config) - names
+        if unknown:
+            msg = f"Unknown autoencoder setting(s) {sorted(unknown)}; valid: {sorted(names)}."
+            raise ValueError(msg)
+        out.append(TrainConfig(**{**overrides, **config}))
+    if not out:
+        msg = "autoencoder_configs is empty."
+        raise ValueError(msg)
+    return out
+
+
+def config_label(config) -> str:
+    """Short name of a candidate, e.g. ``h256-b32-d0.1``."""
+    return f"h{config.hidden}-b{config.bottleneck}-d{config.dropout:g}"
+
+
+@dataclass
+class AutoencoderSelection:
+    """Outcome of the autoencoder search, and the full-depth fit it chose."""
+
+    configs: list
+    losses_full: np.ndarray  # (n_splits_used, n_configs), mean per entry, full-input inference
+    losses_replicas: np.ndarray  # (n_splits_used, n_configs), thinned-replica inference
+    best_epochs: np.ndarray  # (n_splits_used, n_configs)
+    heldout_curves: list = field(default_factory=list)  # [split][config] -> per-epoch held-out loss
+    train_curves: list = field(default_factory=list)
+    best: int = 0
+    mode: str = "full"
+    epochs: int = 1
+    model: object = None
+    genes: np.ndarray | None = None
+    device: str = "cpu"
+    seed: int = 0
+    batch_size: int = 0
+
+    @property
+    def losses(self) -> np.ndarray:
+        """Held-out loss of each candidate under its better inference mode, ``(n_splits_used, n_configs)``."""
+        return np.minimum(self.losses_full, self.losses_replicas)
+
+    @property
+    def loss_mean(self) -> np.ndarray:
+        """Mean held-out loss of each candidate over the splits used."""
+        return self.losses.mean(axis=0)
+
+    @property
+    def loss_std(self) -> np.ndarray:
+        """Standard deviation of each candidate's held-out loss over the splits used (0 for one split)."""
+        return self.losses.std(axis=0, ddof=1) if len(self.losses) > 1 else np.zeros(self.losses.shape[1])
+
+    def reconstruct(self, counts: sparse.csr_matrix, rows: slice) -> np.ndarray:
+        """Denoised expected counts of a block of cells (all modelled genes)."""
+        import torch
+
+        from ..models.autoencoder.data import CsrBatches
+        from ..models.autoencoder.train import predict_rates
+
+        n_genes = counts.shape[1]
+        block = counts[rows]
+        out = np.zeros((block.shape[0], n_genes))
+        data = CsrBatches(block[:, self.genes], self.device)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed + (rows.start or 0))
+        config = self.configs[self.best]
+        rates = predict_rates(
+            self.model,
+            data,
+            np.arange(block.shape[0]),
+            mode=self.mode,
+            input_fraction=config.input_fraction,
+            n_replicas=config.n_replicas,
+            generator=generator,
+        )
+        out[:, self.genes] = rates.cpu().numpy()
+        return out
+
+
+def fit_autoencoder(
+    counts: sparse.csr_matrix,
+    *,
+    splits: Splits,
+    configs: Sequence[Mapping] | None = None,
+    n_splits: int = 1,
+    device: str | None = None,
+    rng: np.random.Generator,
+    progress: bool = False,
+) -> AutoencoderSelection:
+    """Choose autoencoder hyperparameters by held-out molecules and train the choice on the full counts.
+
+    For each of the first ``n_splits`` splits and each candidate, a network is trained across the molecules
+    of the training half (:func:`scn2s.models.autoencoder.train.train`) with early stopping on the held-out
+    half, which it never sees as input or target. The candidate, its number of epochs and its inference mode
+    (all molecules as input, or the average over thinned replicas at the training input depth) are chosen by
+    the held-out loss of :mod:`scn2s.loss`, the same loss and molecules that score the low-rank family. The
+    choice is then trained on the full counts for the chosen number of epochs.
+
+    Parameters
+    ----------
+    counts
+        Cells x genes counts (CSR).
+    splits
+        The shared splits.
+    configs
+        Candidate settings (dicts of :class:`~scn2s.models.autoencoder.train.TrainConfig` fields); default
+        :data:`DEFAULT_CONFIGS`.
+    n_splits
+        How many of the splits to train on (each costs one training per candidate).
+    device
+        Torch device; ``None`` picks CUDA when available.
+    rng
+        Seeds of the networks.
+    progress
+        Show progress bars.
+    """
+    import torch
+
+    from ..models.autoencoder.data import CsrBatches
+    from ..models.autoencoder.train import heldout_loss, resolve_device, train
+
+    device = resolve_device(device)
+    candidates = make_configs(configs)
+    n, g = counts.shape
+    used = min(n_splits, len(splits))
+    shape = (used, len(candidates))
+    full, replicas, best_epochs = np.empty(shape), np.empty(shape), np.zeros(shape, dtype=int)
+    heldout_curves, train_curves = [], []
+    seeds = [int(s) for s in rng.integers(2**31, size=used + 1)]
+    total = used * len(candidates)
+    bar = tqdm(total=total, desc="autoencoder search", disable=not progress)
+    for i in range(used):
+        train_half, heldout_half = splits.get(i, counts)
+        genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
+        # held-out molecules of genes absent from the training half are predicted as zero
+        unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
+        train_part, held_part = train_half[:, genes], heldout_half[:, genes]
+        split_curves, split_train = [], []
+        for j, config in enumerate(candidates):
+            result = train(
+                train_part, config, heldout=held_part, depth_ratio=splits.depth_ratio, device=device, seed=seeds[i]
+            )
+            scale = len(genes) / g
+            generator = torch.Generator(device=device).manual_seed(seeds[i])
+            full[i, j] = min(result.heldout_loss) * scale + unseen / (n * g)
+            replicas[i, j] = heldout_loss(
+                result.model,
+                CsrBatches(train_part, device),
+                CsrBatches(held_part, device),
+                splits.depth_ratio,
+                mode="replicas",
+                input_fraction=config.input_fraction,
+                n_replicas=config.n_replicas,
+                generator=generator,
+            ) * scale + unseen / (n * g)
+            best_epochs[i, j] = result.best_epoch
+            split_curves.append(np.asarray(result.heldout_loss) * scale + unseen / (n * g))
+            split_train.append(np.asarray(result.train_loss))
+            logger.debug("split %d %s: epoch %d, loss %.6g", i, config_label(config), result.best_epoch, full[i, j])
+            bar.update()
+        heldout_curves.append(split_curves)
+        train_curves.append(split_train)
+    bar.close()
+    selection = AutoencoderSelection(
+        configs=candidates,
+        losses_full=full,
+        losses_replicas=replicas,
+        best_epochs=best_epochs,
+        heldout_curves=heldout_curves,
+        train_curves=train_curves,
+        device=str(device),
+        seed=seeds[-1],
+    )
+    selection.best = int(np.argmin(selection.loss_mean))
+    selection.mode = "replicas" if replicas[:, selection.best].mean() < full[:, selection.best].mean() else "full"
+    selection.epochs = max(1, int(np.round(best_epochs[:, selection.best].mean())))
+    config = candidates[selection.best]
+    logger.info(
+        "autoencoder %s chosen: %d epochs, %s inference", config_label(config), selection.epochs, selection.mode
+    )
+    selection.genes = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
+    final = train(
+        counts[:, selection.genes], config, epochs=selection.epochs, device=device, seed=seeds[-1], progress=progress
+    )
+    selection.model = final.model
+    selection.batch_size = final.batch_size
+    return selection

@@ -1,0 +1,59 @@
+"""The molecule splits shared by every candidate of every family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+
+from ..split import binomial_split, overlap_probabilities
+
+__all__ = ["Splits", "split_fractions"]
+
+
+def split_fractions(p: float, sample_ratio: float | None) -> tuple[float, float]:
+    """Expected fractions of the counts in the training and held-out halves."""
+    if sample_ratio is None:
+        return p, 1 - p
+    both, first, second = overlap_probabilities(p, sample_ratio)
+    return first + both, second + both
+
+
+@dataclass(frozen=True)
+class Splits:
+    """``n_splits`` reproducible training/held-out splits of the same counts.
+
+    Each split has its own seed, so every family that asks for split ``i`` gets the very same molecules: all
+    candidates are scored on the same held-out molecules.
+    """
+
+    p: float
+    seeds: tuple[int, ...]
+    sample_ratio: float | None = None
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, n_splits: int, p: float, sample_ratio: float | None = None) -> Splits:
+        """Draw the seeds of ``n_splits`` splits from ``rng``."""
+        if n_splits < 1:
+            msg = f"n_splits must be at least 1, got {n_splits}."
+            raise ValueError(msg)
+        return cls(p=p, seeds=tuple(int(s) for s in rng.integers(2**63, size=n_splits)), sample_ratio=sample_ratio)
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def get(self, i: int, counts: sparse.csr_matrix) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+        """``(training half, held-out half)`` of split ``i``."""
+        return binomial_split(counts, self.p, rng=np.random.default_rng(self.seeds[i]), sample_ratio=self.sample_ratio)
+
+    @property
+    def fractions(self) -> tuple[float, float]:
+        """Expected fractions of the counts in the training and held-out halves."""
+        return split_fractions(self.p, self.sample_ratio)
+
+    @property
+    def depth_ratio(self) -> float:
+        """Expected depth of the held-out half over the training half (exactly 1 for equal halves)."""
+        train, heldout = self.fractions
+        return 1.0 if np.isclose(train, heldout) else heldout / train

@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from scipy import sparse
+
+import scn2s
+from scn2s.datasets import simulate
+from scn2s.loss import sqrt_poisson_mean
+from scn2s.models.autoencoder import train as train_module
+from scn2s.models.autoencoder.data import CsrBatches, input_transform
+from scn2s.models.autoencoder.module import CountAutoencoder
+from scn2s.models.autoencoder.train import TrainConfig, sqrt_poisson_mean_torch, train
+from scn2s.split import binomial_split
+
+TINY = {"hidden": 32, "bottleneck": 4, "dropout": 0.0, "max_epochs": 12, "patience": 4, "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def halves():
+    adata = simulate(300, 80, n_types=3, rank=2, depth=800, rng=2)
+    train_half, heldout = binomial_split(adata.X, 0.5, rng=np.random.default_rng(0))
+    return adata, train_half, heldout
+
+
+def test_module_outputs_log_frequencies():
+    model = CountAutoencoder(20, hidden=8, bottleneck=2, likelihood="nb")
+    out = model(torch.rand(5, 20))
+    assert out.shape == (5, 20)
+    torch.testing.assert_close(out.exp().sum(dim=1), torch.ones(5))
+    assert model.log_theta.shape == (20,)
+
+
+def test_batches_densify_the_right_rows(halves):
+    _, train_half, _ = halves
+    data = CsrBatches(train_half, "cpu")
+    rows = np.array([5, 0, 299, 17])
+    np.testing.assert_array_equal(data.dense(rows).numpy(), train_half[rows].toarray())
+    seen = np.concatenate(list(data.batches(64, order=np.random.default_rng(0).permutation(300))))
+    np.testing.assert_array_equal(np.sort(seen), np.arange(300))
+
+
+def test_thinned_batches_split_the_stored_counts(halves):
+    _, train_half, _ = halves
+    data = CsrBatches(train_half, "cpu")
+    rows = np.arange(50)
+    inputs, target = data.thinned(rows, 0.3, torch.Generator().manual_seed(0))
+    dense = train_half[rows].toarray()
+    np.testing.assert_array_equal((inputs + target).numpy(), dense)
+    assert torch.all(inputs >= 0)
+    assert abs(float(inputs.sum()) / dense.sum() - 0.3) < 0.03
+
+
+def test_input_transform_handles_empty_cells():
+    x, library = input_transform(torch.tensor([[0.0, 0.0], [1.0, 3.0]]))
+    assert torch.all(torch.isfinite(x))
+    torch.testing.assert_close(x[0], torch.zeros(2))
+    torch.testing.assert_close(library[:, 0], torch.tensor([0.0, 4.0]))
+
+
+def test_torch_sqrt_poisson_mean_matches_numpy():
+    rate = np.concatenate([[0.0, 1e-8], np.geomspace(1e-5, 1e5, 300)])
+    ours = sqrt_poisson_mean_torch(torch.tensor(rate, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(ours, sqrt_poisson_mean(rate), rtol=1e-4, atol=1e-12)
+
+
+def test_training_lowers_the_heldout_loss(halves):
+    _, train_half, heldout = halves
+    result = train(train_half, TrainConfig(**TINY), heldout=heldout, seed=0)
+    assert result.heldout_loss[result.best_epoch - 1] < 0.95 * result.heldout_loss[0]
+    assert result.best_epoch >= 2
+    assert np.isfinite(result.train_loss).all()
+
+
+def test_heldout_molecules_never_enter_training(halves):
+    """The training trajectory is a function of the training molecules alone: any held-out set gives the
+    same weights after every epoch; the held-out set only decides which epoch is kept."""
+    _, train_half, heldout = halves
+    other = sparse.csr_matrix(np.random.default_rng(9).poisson(5.0, heldout.shape))
+    snapshots = {}
+    for name, held in (("real", heldout), ("other", other)):
+        weights = []
+        config = TrainConfig(**{**TINY, "patience": 100, "max_epochs": 5})
+        train(
+            train_half,
+            config,
+            heldout=held,
+            seed=3,
+            on_epoch=lambda *_, w=weights, h=held: w.append(_current_weights()),
+        )
+        snapshots[name] = weights
+    for a, b in zip(snapshots["real"], snapshots["other"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+_LAST_MODEL: list = []
+
+
+def _current_weights() -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in _LAST_MODEL[-1].parameters()])
+
+
+@pytest.fixture(autouse=True)
+def _track_models(monkeypatch):
+    original = CountAutoencoder.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        _LAST_MODEL.append(self)
+
+    monkeypatch.setattr(CountAutoencoder, "__init__", init)
+    yield
+    _LAST_MODEL.clear()
+
+
+def test_same_seed_same_network_on_cpu(halves):
+    _, train_half, heldout = halves
+    config = TrainConfig(**{**TINY, "dropout": 0.2})
+    a = train(train_half, config, heldout=heldout, seed=5)
+    b = train(train_half, config, heldout=heldout, seed=5)
+    c = train(train_half, config, heldout=heldout, seed=6)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+    assert not torch.equal(next(a.model.parameters()), next(c.model.parameters()))
+
+
+def test_negative_binomial_likelihood_trains(halves):
+    _, train_half, heldout = halves
+    result = train(train_half, TrainConfig(**TINY, likelihood="nb"), heldout=heldout, seed=0)
+    assert result.heldout_loss[result.best_epoch - 1] < result.heldout_loss[0]
+
+
+def test_out_of_memory_backs_off_the_batch_size(halves, monkeypatch, caplog):
+    _, train_half, _ = halves
+    original = train_module._epoch_pass
+    calls = []
+
+    def flaky(*args):
+        calls.append(args[-1])
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return original(*args)
+
+    monkeypatch.setattr(train_module, "_epoch_pass", flaky)
+    with caplog.at_level(logging.WARNING):
+        result = train(train_half, TrainConfig(**TINY), epochs=2, seed=0)
+    assert calls[:2] == [64, 32]
+    assert result.batch_size == 32
+    assert "GPU out of memory: retrying the epoch with batch size 32" in caplog.text
+
+
+def test_denoise_autoencoder_writes_layer_and_curves(halves):
+    adata = halves[0].copy()
+    configs = [{**TINY, "max_epochs": 80, "patience": 10}, {**TINY, "bottleneck": 8, "max_epochs": 80, "patience": 10}]
+    scn2s.pp.denoise(adata, method="autoencoder", autoencoder_configs=configs, progress=False)
+    out = adata.layers["denoised"]
+    assert out.shape == adata.shape
+    assert out.dtype == np.float32
+    assert np.all(out >= 0)
+    np.testing.assert_allclose(out.sum(axis=1), np.asarray(adata.X.sum(axis=1)).ravel(), rtol=1e-4)
+    record = adata.uns["denoised"]
+    assert record["method"] == "autoencoder"
+    selection = record["selection"]["autoencoder"]
+    assert list(selection["grid"]["config"]) == ["h32-b4-d0", "h32-b8-d0"]
+    assert selection["loss_mean"].shape == (2,)
+    assert selection["chosen"] in selection["grid"]["config"]
+    assert selection["inference"] in ("full", "replicas")
+    assert record["best_params"]["epochs"] == selection["epochs"]
+    curve = selection["heldout_curves"][selection["chosen"]]["split_0"]
+    assert len(curve) >= selection["epochs"]
+    assert "lowrank" not in record["selection"]
+    truth = adata.layers["rates"]
+    raw_error = np.mean((np.sqrt(adata.X.toarray()) - np.sqrt(truth)) ** 2)
+    assert np.mean((np.sqrt(out) - np.sqrt(truth)) ** 2) < 0.7 * raw_error
+
+
+def test_rank_needs_lowrank(halves):
+    with pytest.raises(ValueError, match='needs method="lowrank"'):
+        scn2s.pp.denoise(halves[0].copy(), rank=3, progress=False)
+
+
+def test_unknown_autoencoder_setting(halves):
+    with pytest.raises(ValueError, match=r"Unknown autoencoder setting\(s\) \['width'\]"):
+        scn2s.pp.denoise(halves[0].copy(), method="autoencoder", autoencoder_configs=[{"width": 3}], progress=False)
