@@ -91,12 +91,18 @@ def test_held_out_loss_has_an_interior_minimum(split_fit):
     assert 1 <= best < factors.max_rank  # rank-3 truth: neither the means alone nor everything
 
 
-def test_reconstruction_keeps_library_sizes_and_zero_genes(poisson_counts):
+@pytest.fixture
+def full_fit(poisson_counts):
     _, counts = poisson_counts
     X = sparse.csr_matrix(counts)
     library = np.asarray(X.sum(axis=1), dtype=float).ravel()
     target = float(np.median(library))
-    factors = randomized_svd(sqrt_normalize(X, library, target), 6, rng=np.random.default_rng(0))
+    return randomized_svd(sqrt_normalize(X, library, target), 6, rng=np.random.default_rng(0)), library, target
+
+
+def test_reconstruction_keeps_library_sizes_and_zero_genes(poisson_counts, full_fit):
+    _, counts = poisson_counts
+    factors, library, target = full_fit
     out = reconstruct_counts(factors, 3, library, target)
     assert out.shape == counts.shape
     assert np.all(out >= 0)
@@ -106,13 +112,9 @@ def test_reconstruction_keeps_library_sizes_and_zero_genes(poisson_counts):
     np.testing.assert_allclose(block, out[10:20][:, [7, 9]])
 
 
-def test_reconstruction_inverts_expected_square_root(poisson_counts):
+def test_reconstruction_inverts_expected_square_root(full_fit):
     """Rank-k output is m^{-1} of the rescaled reconstruction, before the library rescaling."""
-    _, counts = poisson_counts
-    X = sparse.csr_matrix(counts)
-    library = np.asarray(X.sum(axis=1), dtype=float).ravel()
-    target = float(np.median(library))
-    factors = randomized_svd(sqrt_normalize(X, library, target), 6, rng=np.random.default_rng(0))
+    factors, library, target = full_fit
     y_hat = factors.mean + (factors.U[:, :4] * factors.s[:4]) @ factors.Vt[:4]
     raw = sqrt_poisson_mean_inverse(np.sqrt(library / target)[:, None] * y_hat)
     raw[:, factors.mean == 0] = 0
