@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg, sparse
+from scipy import sparse
+from threadpoolctl import threadpool_limits
 
 from ..loss import convert_sqrt_mean, sqrt_poisson_mean_inverse
 
@@ -61,15 +62,25 @@ def randomized_svd(
     """Truncated SVD of the column-centred ``Y`` without forming it (Halko, Martinsson & Tropp 2011).
 
     Centring is implicit: products with ``Y - 1 mean^T`` are computed as products with ``Y`` minus a rank-one
-    correction, so a sparse ``Y`` stays sparse. Cost ``O(nnz * (rank + n_oversamples) * n_iter)``.
+    correction, so a sparse ``Y`` stays sparse. Cost ``O(nnz * (rank + n_oversamples) * n_iter)``. The dense
+    steps are tall and thin (QR of ``cells x width``), where BLAS threads gain little and, on a busy machine,
+    lose a lot to spinning; they run on one BLAS thread.
     """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _randomized_svd(Y, rank, rng=rng, n_oversamples=n_oversamples, n_iter=n_iter)
+
+
+def _randomized_svd(
+    Y: sparse.spmatrix | np.ndarray, rank: int, *, rng: np.random.Generator, n_oversamples: int, n_iter: int
+) -> LowRankFactors:
     n, g = Y.shape
     rank = int(min(rank, n - 1, g))
     if rank < 1:
         msg = f"Need at least 2 cells and 1 gene for a rank-1 fit, got shape {Y.shape}."
         raise ValueError(msg)
     mean = np.asarray(Y.mean(axis=0)).ravel()
-    width = min(rank + n_oversamples, n, g)
+    # a sketch of at least 40 columns: small ranks of a flat noise spectrum converge poorly otherwise
+    width = min(max(rank + n_oversamples, 40), n, g)
 
     def right(M: np.ndarray) -> np.ndarray:  # (Y - 1 mean^T) @ M
         return np.asarray(Y @ M) - mean @ M
@@ -78,12 +89,13 @@ def randomized_svd(
         return np.asarray(Y.T @ M) - np.outer(mean, M.sum(axis=0))
 
     Q = right(rng.standard_normal((g, width)))
-    Q, _ = linalg.qr(Q, mode="economic", check_finite=False)
+    # numpy's LAPACK throughout: mixing it with scipy's (a second BLAS thread pool) oversubscribes the cores
+    Q, _ = np.linalg.qr(Q)
     for _ in range(n_iter):
-        Z, _ = linalg.qr(left(Q), mode="economic", check_finite=False)
-        Q, _ = linalg.qr(right(Z), mode="economic", check_finite=False)
+        Z, _ = np.linalg.qr(left(Q))
+        Q, _ = np.linalg.qr(right(Z))
     B = left(Q).T  # (width, g) = Q^T (Y - 1 mean^T)
-    Ub, s, Vt = linalg.svd(B, full_matrices=False, check_finite=False)
+    Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
     U = Q @ Ub[:, :rank]
     return LowRankFactors(mean=mean, U=U, s=s[:rank], Vt=Vt[:rank])
 
