@@ -82,8 +82,9 @@ def search_lowrank(
     for i, split_rng in enumerate(tqdm(rng.spawn(n_splits), desc="rank search", disable=not progress)):
         train, heldout = binomial_split(counts, p, rng=split_rng, sample_ratio=sample_ratio)
         library = np.asarray(train.sum(axis=1), dtype=np.float64).ravel()
-        # normalise to the full-depth scale estimated from the training half alone
-        target_sum = float(np.median(library[library > 0])) / train_frac
+        # normalise to the full-depth scale estimated from the training half alone (which may hold no molecule)
+        expressed = library > 0
+        target_sum = float(np.median(library[expressed])) / train_frac if expressed.any() else 1.0
         factors = randomized_svd(sqrt_normalize(train, library, target_sum), max_rank, rng=split_rng)
         cell_scale = np.sqrt(library / target_sum)
         losses[i] = heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=depth_ratio) / (n * g)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import sparse
 
 from scn2s.datasets import simulate
 from scn2s.models.lowrank import reconstruct_counts
@@ -83,3 +84,12 @@ def test_split_fractions_with_overlap():
     a, b = split_fractions(0.5, 0.4)
     assert a == pytest.approx(b)
     assert a > 0.5
+
+
+def test_search_survives_a_training_half_without_molecules():
+    """Regression: an empty training half gave a NaN normalisation target and a 'Mean of empty slice' warning."""
+    counts = sparse.csr_matrix(np.array([[1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]))
+    # p = 0.01: the single molecule almost surely lands in the held-out half
+    losses, spectra = search_lowrank(counts, max_rank=2, p=0.01, n_splits=2, rng=np.random.default_rng(0))
+    assert np.all(np.isfinite(losses))
+    np.testing.assert_array_equal(spectra, 0.0)
