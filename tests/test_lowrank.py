@@ -137,3 +137,17 @@ def test_transfer_rank_keeps_the_split_rank_without_new_components():
     assert transfer_rank(half, full, 3, max_noise_ratio=np.sqrt(2))[0] == 3
     assert transfer_rank(half, full, 0, max_noise_ratio=np.sqrt(2))[0] == 0
     assert transfer_rank(half, full, 30, max_noise_ratio=np.sqrt(2))[0] == 30
+
+
+def test_transfer_rank_with_a_rank_deficient_full_spectrum():
+    """Regression: zero full-depth singular values past the kept ones divided by zero."""
+    half = np.array([50.0, 30.0, 4.0, 3.0, 2.0])
+    full = np.array([50.0, 30.0, 0.0, 0.0, 0.0])  # the full counts have rank 2
+    rank, ratio = transfer_rank(half, full, 2, max_noise_ratio=np.sqrt(2))
+    assert rank == 2
+    assert np.isnan(ratio)
+    # zeros among positive values are left out of the ratio
+    full[2] = 2.0
+    rank, ratio = transfer_rank(half, full, 2, max_noise_ratio=np.sqrt(2))
+    assert ratio == pytest.approx(np.sqrt(2))
+    assert rank == 2

@@ -239,13 +239,17 @@ def transfer_rank(
 
     Returns
     -------
-    ``(rank, noise_ratio)``; the ratio is NaN when no correction applies (``k`` is 0 or the largest rank).
+    ``(rank, noise_ratio)``; the ratio is NaN when no correction applies (``k`` is 0 or the largest rank, or
+    the full counts have no non-zero singular value past ``k``).
     """
     K = min(len(split_singular_values), len(full_singular_values))
     if split_rank == 0 or split_rank >= K:
         return min(split_rank, K), float("nan")
     bulk = slice(split_rank, min(split_rank + window, K))
-    ratio = float(np.median(split_singular_values[bulk] / full_singular_values[bulk]))
+    positive = full_singular_values[bulk] > 0  # exact zeros: the full counts have fewer components
+    if not positive.any():
+        return split_rank, float("nan")
+    ratio = float(np.median(split_singular_values[bulk][positive] / full_singular_values[bulk][positive]))
     ratio = float(np.clip(ratio, 1.0, max_noise_ratio))
     threshold = split_singular_values[split_rank - 1] / ratio
     rank = int(np.sum(full_singular_values[:K] >= threshold))
