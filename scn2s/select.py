@@ -15,6 +15,7 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from ._sparse import canonical_csr
 from .models.lowrank import LowRankFactors, heldout_loss_per_rank, randomized_svd, sqrt_normalize, transfer_rank
 from .split import binomial_split, overlap_probabilities
 
@@ -74,6 +75,7 @@ def search_lowrank(
     ``(losses, singular_values)``: per-entry losses ``(n_splits, max_rank + 1)`` and each split's
     singular values ``(n_splits, max_rank)``.
     """
+    counts = canonical_csr(counts)
     n, g = counts.shape
     train_frac, heldout_frac = split_fractions(p, sample_ratio)
     depth_ratio = 1.0 if np.isclose(train_frac, heldout_frac) else heldout_frac / train_frac
@@ -132,6 +134,7 @@ def fit_lowrank(
     progress
         Show a progress bar.
     """
+    counts = canonical_csr(counts)
     n, g = counts.shape
     limit = min(n - 1, g)
     if limit < 1:

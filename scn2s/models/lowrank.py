@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg, sparse
 
+from .._sparse import canonical_csr
 from ..loss import convert_sqrt_mean, sqrt_poisson_mean_inverse
 
 __all__ = [
@@ -42,8 +43,11 @@ class LowRankFactors:
 
 
 def sqrt_normalize(counts: sparse.csr_matrix, library_size: np.ndarray, target_sum: float) -> sparse.csr_matrix:
-    """``sqrt(counts * target_sum / library_size)`` per cell, as a new CSR matrix (zero rows stay zero)."""
-    counts = sparse.csr_matrix(counts)
+    """``sqrt(counts * target_sum / library_size)`` per cell, as a new CSR matrix (zero rows stay zero).
+
+    Duplicate entries of ``counts`` are summed before the square root.
+    """
+    counts = canonical_csr(counts)
     scale = np.divide(target_sum, library_size, out=np.zeros(len(library_size)), where=library_size > 0)
     rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
     data = np.sqrt(counts.data * scale[rows])
@@ -122,7 +126,7 @@ def heldout_loss_per_rank(
     -------
     Array of length ``K + 1``: the summed squared error of each rank.
     """
-    heldout = sparse.csr_matrix(heldout)
+    heldout = canonical_csr(heldout)
     if depth_ratio == 1.0:
         return _loss_per_rank_linear(factors, cell_scale, heldout)
     return _loss_per_rank_converted(factors, cell_scale, heldout, depth_ratio, chunk_size)

@@ -8,6 +8,7 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from .._sparse import canonical_csr
 from .._validate import describe_source, get_counts, seed_record
 from ..models.lowrank import reconstruct_counts
 from ..select import LowRankSelection, fit_lowrank
@@ -106,7 +107,8 @@ def denoise(
     seed = seed_record(rng)
     generator = np.random.default_rng(rng)
 
-    modelled = sparse.csr_matrix(counts[:, genes] if genes is not None else counts)
+    counts = canonical_csr(counts)  # a copy only if X holds duplicate entries; never modified
+    modelled = counts[:, genes] if genes is not None else counts
     logger.info(
         "denoising %s: %d cells x %d genes, %d non-zeros", describe_source(layer), *modelled.shape, modelled.nnz
     )
