@@ -49,11 +49,12 @@ def overlap_probabilities(p: float, sample_ratio: float) -> tuple[float, float, 
         msg = f"sample_ratio must be in (0, 1], got {sample_ratio}."
         raise ValueError(msg)
     q = p * (1 - p)
-    t = (1 - np.sqrt(1 - 4 * q * sample_ratio)) / (2 * q)
+    t = (1 - np.sqrt(max(1 - 4 * q * sample_ratio, 0.0))) / (2 * q)
     both = q * t**2 / sample_ratio
     first = p * t * (1 - (1 - p) * t) / sample_ratio
     second = (1 - p) * t * (1 - p * t) / sample_ratio
-    return float(both), float(first), float(second)
+    # near sample_ratio = 1 a probability that is exactly 0 can come out as -1e-19
+    return tuple(float(np.clip(value, 0.0, 1.0)) for value in (both, first, second))
 
 
 def binomial_split(
@@ -108,11 +109,12 @@ def _split_values(
         a = rng.binomial(n, p)
         b = n - a
     else:
-        both_p, first_p, _ = overlap_probabilities(p, sample_ratio)
+        both_p, first_p, second_p = overlap_probabilities(p, sample_ratio)
         first = rng.binomial(n, first_p)
         rest = n - first
         # given not first-only: second-only vs both
-        second = rng.binomial(rest, 1 - both_p / (1 - first_p)) if first_p < 1 else np.zeros_like(rest)
+        rest_p = second_p + both_p
+        second = rng.binomial(rest, second_p / rest_p) if rest_p > 0 else np.zeros_like(rest)
         both = rest - second
         a = first + both
         b = second + both
