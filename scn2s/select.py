@@ -9,6 +9,7 @@ the same loss on the same held-out molecules.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ from ._sparse import canonical_csr
 from .models.lowrank import LowRankFactors, heldout_loss_per_rank, randomized_svd, sqrt_normalize, transfer_rank
 from .split import binomial_split, overlap_probabilities
 
-__all__ = ["LowRankSelection", "fit_lowrank", "search_lowrank"]
+__all__ = ["LowRankSelection", "clamp_rank", "fit_lowrank", "rank_limit", "search_lowrank"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,46 @@ class LowRankSelection:
     def loss_std(self) -> np.ndarray:
         """Standard deviation of each rank's held-out loss over splits."""
         return self.losses.std(axis=0, ddof=1) if len(self.losses) > 1 else np.zeros(self.losses.shape[1])
+
+
+def rank_limit(shape: tuple[int, int]) -> int:
+    """Largest rank a centred factorisation of ``shape`` (cells x genes) has: ``min(n_cells - 1, n_genes)``."""
+    n, g = shape
+    return min(n - 1, g)
+
+
+def clamp_rank(name: str, value: int, shape: tuple[int, int], *, stacklevel: int = 2) -> int:
+    """``value`` clamped to :func:`rank_limit`, with a :class:`UserWarning` when it is lowered.
+
+    Parameters
+    ----------
+    name
+        Name of the argument, for the message.
+    value
+        The requested rank.
+    shape
+        Cells x genes of the counts.
+    stacklevel
+        Passed to :func:`warnings.warn`; ``2`` attributes the warning to the caller of this function.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` has fewer than 2 cells: nothing can be fit.
+    """
+    n, g = shape
+    limit = rank_limit(shape)
+    if limit < 1:
+        msg = f"Need at least 2 cells and 1 gene to fit a model across cells, got {n} x {g} (cells x genes)."
+        raise ValueError(msg)
+    if value > limit:
+        msg = (
+            f"{name}={value} exceeds what {n} cells x {g} genes allow (at most min(cells - 1, genes) = {limit}); "
+            f"using {limit}."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=stacklevel)
+        return limit
+    return value
 
 
 def split_fractions(p: float, sample_ratio: float | None) -> tuple[float, float]:
@@ -118,9 +159,9 @@ def fit_lowrank(
     counts
         Cells x genes counts (CSR).
     max_rank
-        Largest rank searched (clamped to what the shape allows).
+        Largest rank searched; clamped to :func:`rank_limit` with a :class:`UserWarning`.
     rank
-        Fixed rank instead of a search.
+        Fixed rank instead of a search (``0``: gene means only); clamped like ``max_rank``.
     p
         Training fraction of each split.
     n_splits
@@ -135,17 +176,10 @@ def fit_lowrank(
         Show a progress bar.
     """
     counts = canonical_csr(counts)
-    n, g = counts.shape
-    limit = min(n - 1, g)
-    if limit < 1:
-        msg = f"Need at least 2 cells and 1 gene, got {n} x {g}."
-        raise ValueError(msg)
-    if max_rank > limit:
-        logger.warning("max_rank=%d exceeds what %d cells x %d genes allow; using %d.", max_rank, n, g, limit)
-        max_rank = limit
-    if rank is not None and rank > limit:
-        logger.warning("rank=%d exceeds what %d cells x %d genes allow; using %d.", rank, n, g, limit)
-        rank = limit
+    if rank is None:
+        max_rank = clamp_rank("max_rank", max_rank, counts.shape, stacklevel=3)
+    else:
+        rank = clamp_rank("rank", rank, counts.shape, stacklevel=3)
     search_rng, fit_rng = rng.spawn(2)
     K = max_rank if rank is None else max(rank, 1)
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()

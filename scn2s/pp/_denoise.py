@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -9,9 +10,17 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from .._sparse import canonical_csr
-from .._validate import describe_source, get_counts, seed_record
+from .._validate import (
+    check_fraction,
+    check_integer,
+    check_key,
+    describe_source,
+    get_counts,
+    make_rng,
+    seed_record,
+)
 from ..models.lowrank import reconstruct_counts
-from ..select import LowRankSelection, fit_lowrank
+from ..select import LowRankSelection, clamp_rank, fit_lowrank
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -51,8 +60,10 @@ def denoise(
     Parameters
     ----------
     adata
-        Annotated data with raw UMI counts (cells x genes), dense or sparse; never modified except for the
-        keys written.
+        Annotated data with raw UMI counts (cells x genes, at least 2 cells): dense, CSR or CSC, of any integer
+        dtype (signed or unsigned, 8 to 64 bits; arithmetic is done in int64 / float64, so small types cannot
+        overflow) or a float dtype holding integers. A view is accepted. Never modified except for the keys
+        written.
     method
         Denoising family.
     layer
@@ -68,20 +79,25 @@ def denoise(
     n_splits
         Number of independent splits whose held-out losses are averaged.
     max_rank
-        Largest rank searched.
+        Largest rank searched. Above ``min(n_cells - 1, n_genes)`` (the modelled genes) it is lowered to that,
+        with a :class:`UserWarning`.
     rank
-        Fit this rank without a search.
+        Fit this rank without a search (``0``: the gene means alone); lowered like ``max_rank``. With a single
+        modelled gene the output equals the counts, and rank 0 is used with a :class:`UserWarning`.
     depth_correction
         Carry the rank chosen at depth ``p N`` to the full depth (:func:`scn2s.models.lowrank.transfer_rank`).
     sample_ratio
         Fraction of the library's molecules observed, for the finite-pool overlap correction
         (:func:`scn2s.split.overlap_probabilities`). ``None``: plain thinning.
     rng
-        Seed or :class:`numpy.random.Generator`; the same seed gives the same output.
+        Seed or :class:`numpy.random.Generator`; the same seed gives bit-identical output. A Generator is
+        advanced, so passing the same one twice gives two different splits.
     progress
         Show progress bars.
     copy
         Return a modified copy instead of writing to ``adata``.
+
+    Writing to a view makes it an actual AnnData (anndata warns); its parent is not changed.
 
     Returns
     -------
@@ -97,21 +113,60 @@ def denoise(
         see :mod:`scn2s.loss`), ``split_rank`` (chosen at depth ``p N``), ``rank`` (applied at full depth),
         ``noise_ratio``, the singular values of the splits and of the full fit, ``p``, ``n_splits`` and
         ``seed``; ``version``; ``elapsed_seconds``.
+
+    Raises
+    ------
+    TypeError
+        If the counts have a boolean or non-numeric dtype, or ``layer`` is not a string.
+    KeyError
+        If ``layer`` or the ``mask_var`` column does not exist (the message lists the layers).
+    ValueError
+        If the counts are not raw UMI counts (non-integer, negative, NaN, infinite, above ``2**53``) or hold no
+        molecule; if ``adata`` is empty, backed, or has a single cell; or if an argument is out of range. Each
+        message names where the counts were read (``adata.X`` or ``adata.layers[...]``) and what to do.
     """
     start = time.perf_counter()
     if method not in _METHODS:
         msg = f"method must be one of {_METHODS}, got {method!r}."
         raise ValueError(msg)
+    check_key("key_added", key_added)
+    check_fraction("p", p)
+    check_integer("n_splits", n_splits, minimum=1)
+    check_integer("max_rank", max_rank, minimum=1)
+    check_integer("rank", rank, minimum=0, allow_none=True)
+    if sample_ratio is not None:
+        check_fraction("sample_ratio", sample_ratio, closed_right=True)
+    seed = seed_record(rng)
+    generator = make_rng(rng)
     counts = get_counts(adata, layer)
     genes = _gene_mask(adata, mask_var)
-    seed = seed_record(rng)
-    generator = np.random.default_rng(rng)
 
+    source = describe_source(layer)
     counts = canonical_csr(counts)  # a copy only if X holds duplicate entries; never modified
     modelled = counts[:, genes] if genes is not None else counts
-    logger.info(
-        "denoising %s: %d cells x %d genes, %d non-zeros", describe_source(layer), *modelled.shape, modelled.nnz
-    )
+    if not modelled.data.any():
+        where = " in the genes selected by mask_var" if genes is not None else ""
+        msg = (
+            f"{source} holds no molecule{where} (every count is zero); there is nothing to denoise. Check that "
+            "layer= names the raw counts."
+        )
+        raise ValueError(msg)
+    n_cells, n_genes = modelled.shape
+    if n_cells < 2:
+        msg = f"denoise needs at least 2 cells to fit a model across cells; {source} has {n_cells}."
+        raise ValueError(msg)
+    if n_genes == 1 and rank != 0:
+        msg = (
+            "Only 1 gene is modelled: each cell's denoised count is its own count of that gene (the library size), "
+            "so the output equals the counts; using rank 0."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=2)
+        rank = 0
+    elif rank is None:
+        max_rank = clamp_rank("max_rank", max_rank, modelled.shape, stacklevel=3)
+    else:
+        rank = clamp_rank("rank", rank, modelled.shape, stacklevel=3)
+    logger.info("denoising %s: %d cells x %d genes, %d non-zeros", source, n_cells, n_genes, modelled.nnz)
     fit = fit_lowrank(
         modelled,
         max_rank=max_rank,
@@ -125,8 +180,6 @@ def denoise(
     )
     output = _write_dense(fit, counts, genes, progress=progress)
 
-    if copy:
-        adata = adata.copy()
     params = {
         "method": method,
         "layer": layer or "X",
@@ -149,6 +202,8 @@ def denoise(
         "version": _version(),
         "elapsed_seconds": time.perf_counter() - start,
     }
+    if copy:
+        adata = adata.copy()
     adata.layers[key_added] = output
     adata.uns[key_added] = record
     logger.info("wrote layers[%r]: rank %d in %.1f s", key_added, fit.rank, record["elapsed_seconds"])
