@@ -20,6 +20,7 @@ __all__ = [
     "check_fraction",
     "check_integer",
     "check_key",
+    "check_sample_ratio",
     "describe_source",
     "get_counts",
     "make_rng",
@@ -142,6 +143,24 @@ def check_fraction(name: str, value, *, closed_right: bool = False) -> None:
         valid = 0 < value <= 1 if closed_right else 0 < value < 1
     if not valid:
         msg = f"{name} must be {interval}, got {value!r}."
+        raise ValueError(msg)
+
+
+def check_sample_ratio(sample_ratio, *, held_out: bool) -> None:
+    """Raise unless ``sample_ratio`` is None or a fraction; with ``held_out``, below 1.
+
+    At ``sample_ratio=1`` the counts hold every molecule of the library, and the finite-pool split puts every
+    molecule of one half into the other too (:func:`scn2s.split.overlap_probabilities`): nothing is held out.
+    """
+    if sample_ratio is None:
+        return
+    check_fraction("sample_ratio", sample_ratio, closed_right=True)
+    if held_out and sample_ratio == 1:
+        msg = (
+            "sample_ratio=1 says the counts hold every molecule of the library; the two halves of a split then "
+            "overlap so that one contains the other, and no molecule is held out. Pass a value below 1, or None "
+            "for plain thinning."
+        )
         raise ValueError(msg)
 
 

@@ -12,7 +12,7 @@ from scipy import sparse
 import scn2s
 from scn2s._validate import MAX_COUNT, check_counts
 from scn2s.datasets import simulate
-from scn2s.split import binomial_split
+from scn2s.split import binomial_split, overlap_probabilities
 
 KINDS = {"dense": np.asarray, "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}
 HINT_X = 'If the raw counts are in a layer, pass layer="counts" (or its name).'
@@ -416,6 +416,21 @@ def test_numpy_scalars_are_valid_arguments(counts):
     adata = ad.AnnData(counts)
     _denoise(adata, p=np.float32(0.5), n_splits=np.int64(2), max_rank=np.int32(4))
     assert adata.uns["denoised"]["selection"]["lowrank"]["loss_per_split"].shape == (2, 5)
+
+
+def test_sample_ratio_of_one_holds_nothing_out(counts):
+    """Regression: denoise accepted sample_ratio=1, where one half of every split contains the other."""
+    both, _, _ = overlap_probabilities(0.5, 1.0)
+    assert both == pytest.approx(1.0)  # every molecule in both halves: nothing is held out
+    message = (
+        "sample_ratio=1 says the counts hold every molecule of the library; the two halves of a split then overlap "
+        "so that one contains the other, and no molecule is held out. Pass a value below 1, or None for plain "
+        "thinning."
+    )
+    _raises(ValueError, message, _denoise, ad.AnnData(counts), sample_ratio=1.0)
+    adata = ad.AnnData(counts)
+    scn2s.pp.split_counts(adata, sample_ratio=1.0)  # a valid split, just not one to select a model with
+    np.testing.assert_array_equal(adata.layers["counts_a"], counts)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from .._validate import (
     check_fraction,
     check_integer,
     check_key,
+    check_sample_ratio,
     describe_source,
     get_counts,
     make_rng,
@@ -88,7 +89,8 @@ def denoise(
         Carry the rank chosen at depth ``p N`` to the full depth (:func:`scn2s.models.lowrank.transfer_rank`).
     sample_ratio
         Fraction of the library's molecules observed, for the finite-pool overlap correction
-        (:func:`scn2s.split.overlap_probabilities`). ``None``: plain thinning.
+        (:func:`scn2s.split.overlap_probabilities`), in ``(0, 1)``: at 1 nothing would be held out. ``None``:
+        plain thinning.
     rng
         Seed or :class:`numpy.random.Generator`; the same seed gives bit-identical output. A Generator is
         advanced, so passing the same one twice gives two different splits.
@@ -134,8 +136,7 @@ def denoise(
     check_integer("n_splits", n_splits, minimum=1)
     check_integer("max_rank", max_rank, minimum=1)
     check_integer("rank", rank, minimum=0, allow_none=True)
-    if sample_ratio is not None:
-        check_fraction("sample_ratio", sample_ratio, closed_right=True)
+    check_sample_ratio(sample_ratio, held_out=True)
     seed = seed_record(rng)
     generator = make_rng(rng)
     counts = get_counts(adata, layer)

@@ -8,6 +8,7 @@ import numpy as np
 from .._validate import (
     check_fraction,
     check_key,
+    check_sample_ratio,
     describe_source,
     get_counts,
     make_rng,
@@ -73,8 +74,7 @@ def split_counts(
     check_key("key_added[0]", key_a)
     check_key("key_added[1]", key_b)
     check_fraction("p", p)
-    if sample_ratio is not None:
-        check_fraction("sample_ratio", sample_ratio, closed_right=True)
+    check_sample_ratio(sample_ratio, held_out=False)
     seed = seed_record(rng)
     generator = make_rng(rng)
     counts = get_counts(adata, layer)
