@@ -177,10 +177,16 @@ def check_integer(name: str, value, *, minimum: int, allow_none: bool = False) -
     raise ValueError(msg)
 
 
-def check_key(name: str, key) -> None:
-    """Raise unless ``key`` is a non-empty string."""
+def check_key(name: str, key, *, layer: str | None) -> None:
+    """Raise unless ``key`` is a non-empty string that does not name the input layer ``layer``."""
     if not isinstance(key, str) or not key:
         msg = f"{name} must be a non-empty string, got {key!r}."
+        raise ValueError(msg)
+    if key == layer:
+        msg = (
+            f"{name}={key!r} would overwrite the input counts in adata.layers[{layer!r}]; choose another name "
+            "for the output."
+        )
         raise ValueError(msg)
 
 

@@ -433,6 +433,18 @@ def test_sample_ratio_of_one_holds_nothing_out(counts):
     np.testing.assert_array_equal(adata.layers["counts_a"], counts)
 
 
+def test_output_cannot_overwrite_the_input_counts(counts):
+    adata = ad.AnnData(counts, layers={"counts": counts.copy()})
+    message = (
+        "key_added='counts' would overwrite the input counts in adata.layers['counts']; choose another name for the "
+        "output."
+    )
+    _raises(ValueError, message, _denoise, adata, layer="counts", key_added="counts")
+    message = message.replace("key_added=", "key_added[1]=")
+    _raises(ValueError, message, scn2s.pp.split_counts, adata, layer="counts", key_added=("a", "counts"))
+    np.testing.assert_array_equal(adata.layers["counts"], counts)
+
+
 @pytest.mark.parametrize(
     ("key_added", "message"),
     [

@@ -70,7 +70,7 @@ def denoise(
     layer
         Layer holding the raw counts; ``None`` uses ``adata.X``.
     key_added
-        Name of the layer and ``uns`` entry written.
+        Name of the layer and ``uns`` entry written; not ``layer``, whose counts it would overwrite.
     mask_var
         Genes to model: a boolean array, or the name of a boolean ``var`` column such as
         ``"highly_variable"``. ``None`` models every gene. Genes outside the mask keep their raw counts in the
@@ -131,7 +131,7 @@ def denoise(
     if method not in _METHODS:
         msg = f"method must be one of {_METHODS}, got {method!r}."
         raise ValueError(msg)
-    check_key("key_added", key_added)
+    check_key("key_added", key_added, layer=layer)
     check_fraction("p", p)
     check_integer("n_splits", n_splits, minimum=1)
     check_integer("max_rank", max_rank, minimum=1)

@@ -48,7 +48,7 @@ def split_counts(
     layer
         Layer holding the counts; ``None`` uses ``adata.X``.
     key_added
-        Names of the two layers written; two different names.
+        Names of the two layers written; two different names, neither of them ``layer``.
     sample_ratio
         Fraction of the library's molecules observed, for the finite-pool overlap correction of molecular
         cross-validation (:func:`scn2s.split.overlap_probabilities` gives the formula). The halves then share
@@ -71,8 +71,8 @@ def split_counts(
         msg = f"key_added must be two different layer names, got {key_added!r}."
         raise ValueError(msg)
     key_a, key_b = key_added
-    check_key("key_added[0]", key_a)
-    check_key("key_added[1]", key_b)
+    check_key("key_added[0]", key_a, layer=layer)
+    check_key("key_added[1]", key_b, layer=layer)
     check_fraction("p", p)
     check_sample_ratio(sample_ratio, held_out=False)
     seed = seed_record(rng)
