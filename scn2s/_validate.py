@@ -1,4 +1,4 @@
-"""Checks and fetches shared by the AnnData-level functions.
+"""Checks, fetches and writes shared by the AnnData-level functions.
 
 Every message says what was wrong, where (``adata.X`` or ``adata.layers[...]``) and what to do.
 """
@@ -6,12 +6,14 @@ Every message says what was wrong, where (``adata.X`` or ``adata.layers[...]``) 
 from __future__ import annotations
 
 from numbers import Integral, Real
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from anndata import AnnData
 
 __all__ = [
@@ -25,10 +27,13 @@ __all__ = [
     "get_counts",
     "make_rng",
     "seed_record",
+    "write_results",
 ]
 
 MAX_COUNT = 2**53
 """Largest count accepted: the largest integer that float64 arithmetic holds exactly."""
+
+_MISSING = object()
 
 
 def describe_source(layer: str | None) -> str:
@@ -211,3 +216,29 @@ def seed_record(seed) -> int | str:
         spawn_key = getattr(seq, "spawn_key", ())
         return f"Generator(entropy={entropy}, spawn_key={tuple(spawn_key)})"
     return repr(seed)
+
+
+def write_results(adata: AnnData, *, layers: Mapping[str, Any], uns: Mapping[str, Any]) -> None:
+    """Write ``layers`` and ``uns`` entries to ``adata``, all or none.
+
+    If any write fails, or is interrupted (``KeyboardInterrupt`` included), the entries already written are
+    restored to what they were (or removed), and the exception propagates. A view is made an actual
+    AnnData by the first write (anndata warns with ``ImplicitModificationWarning``); its parent is never
+    changed.
+    """
+    done: list[tuple[Any, str, Any]] = []
+    try:
+        for mapping_name, entries in (("layers", layers), ("uns", uns)):
+            for key, value in entries.items():
+                mapping = getattr(adata, mapping_name)  # anew: the first write makes a view actual
+                old = mapping.get(key, _MISSING)
+                mapping[key] = value
+                done.append((mapping_name, key, old))
+    except BaseException:
+        for mapping_name, key, old in reversed(done):
+            mapping = getattr(adata, mapping_name)
+            if old is _MISSING:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = old
+        raise

@@ -10,7 +10,7 @@ import pytest
 from scipy import sparse
 
 import scn2s
-from scn2s._validate import MAX_COUNT, check_counts
+from scn2s._validate import MAX_COUNT, check_counts, write_results
 from scn2s.datasets import simulate
 from scn2s.split import binomial_split, overlap_probabilities
 
@@ -503,3 +503,36 @@ def test_denoising_a_view_in_place_makes_it_actual_and_leaves_the_parent(counts)
     assert not parent.layers
     assert not parent.uns
     np.testing.assert_array_equal(parent.X.toarray(), counts)
+
+
+# --- all-or-nothing writes ---------------------------------------------------------------------------------------
+
+
+def test_write_results_rolls_back_a_failed_write(counts):
+    adata = ad.AnnData(counts, layers={"old": counts + 1}, uns={"old": {"a": 1}})
+    with pytest.raises(ValueError, match="Value passed for key 'bad' is of incorrect shape"):
+        write_results(
+            adata,
+            layers={"new": np.zeros_like(counts), "old": np.zeros_like(counts), "bad": np.zeros((2, 2))},
+            uns={"new": 1},
+        )
+    assert set(adata.layers) == {"old"}
+    np.testing.assert_array_equal(adata.layers["old"], counts + 1)
+    assert adata.uns == {"old": {"a": 1}}
+
+
+def test_write_results_rolls_back_an_interrupt(counts, monkeypatch):
+    adata = ad.AnnData(counts, uns={"old": 1})
+    uns_type = type(adata.uns)
+
+    class Interrupting(uns_type):
+        def __setitem__(self, key, value):
+            if key == "new":
+                raise KeyboardInterrupt
+            super().__setitem__(key, value)
+
+    adata.uns = Interrupting(adata.uns)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(adata, layers={"new": np.zeros_like(counts)}, uns={"old": 2, "new": 3})
+    assert not adata.layers
+    assert dict(adata.uns) == {"old": 1}

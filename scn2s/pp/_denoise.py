@@ -19,6 +19,7 @@ from .._validate import (
     get_counts,
     make_rng,
     seed_record,
+    write_results,
 )
 from ..models.lowrank import reconstruct_counts
 from ..select import LowRankSelection, clamp_rank, fit_lowrank
@@ -99,7 +100,9 @@ def denoise(
     copy
         Return a modified copy instead of writing to ``adata``.
 
-    Writing to a view makes it an actual AnnData (anndata warns); its parent is not changed.
+    Everything is computed before anything is written, and the writes are all or nothing: after an error or
+    an interrupt (``KeyboardInterrupt``) ``adata`` is as it was. Writing to a view makes it an actual AnnData
+    (anndata warns); its parent is not changed.
 
     Returns
     -------
@@ -203,10 +206,10 @@ def denoise(
         "version": _version(),
         "elapsed_seconds": time.perf_counter() - start,
     }
+    # everything is computed: write all or nothing
     if copy:
         adata = adata.copy()
-    adata.layers[key_added] = output
-    adata.uns[key_added] = record
+    write_results(adata, layers={key_added: output}, uns={key_added: record})
     logger.info("wrote layers[%r]: rank %d in %.1f s", key_added, fit.rank, record["elapsed_seconds"])
     return adata if copy else None
 

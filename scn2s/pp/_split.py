@@ -13,6 +13,7 @@ from .._validate import (
     get_counts,
     make_rng,
     seed_record,
+    write_results,
 )
 from ..split import binomial_split
 
@@ -58,6 +59,8 @@ def split_counts(
     copy
         Return a modified copy instead of writing to ``adata``.
 
+    The writes are all or nothing: after an error or an interrupt ``adata`` is as it was.
+
     Returns
     -------
     ``None``, or a copy of ``adata`` if ``copy=True``, with
@@ -84,7 +87,10 @@ def split_counts(
         params["sample_ratio"] = sample_ratio
     if copy:
         adata = adata.copy()
-    adata.layers[key_a], adata.layers[key_b] = halves
-    adata.uns["split_counts"] = {"params": params}
+    write_results(
+        adata,
+        layers={key_a: halves[0], key_b: halves[1]},
+        uns={"split_counts": {"params": params}},
+    )
     logger.info("split %s into layers %r and %r (p=%.2f)", describe_source(layer), key_a, key_b, p)
     return adata if copy else None
