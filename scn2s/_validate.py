@@ -5,6 +5,8 @@ Every message says what was wrong, where (``adata.X`` or ``adata.layers[...]``) 
 
 from __future__ import annotations
 
+import platform
+from importlib.metadata import PackageNotFoundError, version
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ __all__ = [
     "get_counts",
     "make_rng",
     "seed_record",
+    "versions",
     "write_results",
 ]
 
@@ -216,6 +219,17 @@ def seed_record(seed) -> int | str:
         spawn_key = getattr(seq, "spawn_key", ())
         return f"Generator(entropy={entropy}, spawn_key={tuple(spawn_key)})"
     return repr(seed)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages that determine the output, for ``uns`` records."""
+    record = {"python": platform.python_version()}
+    for package in ("scn2s", "numpy", "scipy", "anndata"):
+        try:
+            record[package] = version(package)
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+            record[package] = "unknown"
+    return record
 
 
 def write_results(adata: AnnData, *, layers: Mapping[str, Any], uns: Mapping[str, Any]) -> None:

@@ -19,6 +19,7 @@ from .._validate import (
     get_counts,
     make_rng,
     seed_record,
+    versions,
     write_results,
 )
 from ..models.lowrank import reconstruct_counts
@@ -117,7 +118,7 @@ def denoise(
         with ``grid`` (the ranks), ``loss_mean``, ``loss_std`` and ``loss_per_split`` (held-out loss per entry,
         see :mod:`scn2s.loss`), ``split_rank`` (chosen at depth ``p N``), ``rank`` (applied at full depth),
         ``noise_ratio``, the singular values of the splits and of the full fit, ``p``, ``n_splits`` and
-        ``seed``; ``version``; ``elapsed_seconds``.
+        ``seed``; ``version``; ``versions`` (of Python, scn2s, numpy, scipy and anndata); ``elapsed_seconds``.
 
     Raises
     ------
@@ -204,6 +205,7 @@ def denoise(
         "best_params": {"rank": fit.rank},
         "selection": {"lowrank": _selection_record(fit, p=p, n_splits=n_splits, seed=seed)},
         "version": _version(),
+        "versions": versions(),
         "elapsed_seconds": time.perf_counter() - start,
     }
     # everything is computed: write all or nothing

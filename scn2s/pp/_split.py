@@ -13,6 +13,7 @@ from .._validate import (
     get_counts,
     make_rng,
     seed_record,
+    versions,
     write_results,
 )
 from ..split import binomial_split
@@ -67,8 +68,9 @@ def split_counts(
 
     ``adata.layers[key_added[0]]``, ``adata.layers[key_added[1]]``
         The two halves, of the input's kind (dense, CSR or CSC) and dtype.
-    ``adata.uns["split_counts"]["params"]``
-        ``p``, ``layer``, ``key_added``, ``sample_ratio`` and the seed.
+    ``adata.uns["split_counts"]``
+        ``params`` (``p``, ``layer``, ``key_added``, ``sample_ratio`` and the seed) and ``versions`` (Python,
+        scn2s, numpy, scipy, anndata).
     """
     if not isinstance(key_added, (tuple, list)) or len(key_added) != 2 or key_added[0] == key_added[1]:
         msg = f"key_added must be two different layer names, got {key_added!r}."
@@ -90,7 +92,7 @@ def split_counts(
     write_results(
         adata,
         layers={key_a: halves[0], key_b: halves[1]},
-        uns={"split_counts": {"params": params}},
+        uns={"split_counts": {"params": params, "versions": versions()}},
     )
     logger.info("split %s into layers %r and %r (p=%.2f)", describe_source(layer), key_a, key_b, p)
     return adata if copy else None
