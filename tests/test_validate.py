@@ -412,6 +412,35 @@ def test_denoise_arguments_are_checked_before_any_work(counts, kwargs, message):
     assert not adata.uns
 
 
+@pytest.mark.parametrize(
+    ("mask_var", "exception", "message"),
+    [
+        (
+            "highly_variable",
+            KeyError,
+            "mask_var='highly_variable' is not a column of adata.var (run sc.pp.highly_variable_genes first?).",
+        ),
+        (
+            np.ones(3, dtype=bool),
+            ValueError,
+            "mask_var must be a boolean mask over the 25 genes, got dtype bool and shape (3,).",
+        ),
+        (
+            np.arange(25),
+            ValueError,
+            "mask_var must be a boolean mask over the 25 genes, got dtype int64 and shape (25,).",
+        ),
+        (
+            np.zeros(25, dtype=bool),
+            ValueError,
+            "mask_var selects no gene; select at least one, or pass mask_var=None to model every gene.",
+        ),
+    ],
+)
+def test_mask_var_is_checked(counts, mask_var, exception, message):
+    _raises(exception, message, _denoise, ad.AnnData(counts), mask_var=mask_var)
+
+
 def test_numpy_scalars_are_valid_arguments(counts):
     adata = ad.AnnData(counts)
     _denoise(adata, p=np.float32(0.5), n_splits=np.int64(2), max_rank=np.int32(4))

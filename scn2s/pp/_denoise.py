@@ -227,10 +227,13 @@ def _gene_mask(adata: AnnData, mask_var) -> np.ndarray | None:
     else:
         mask = np.asarray(mask_var)
     if mask.dtype != bool or mask.shape != (adata.n_vars,):
-        msg = f"mask_var must be a boolean mask over the {adata.n_vars} genes."
+        msg = (
+            f"mask_var must be a boolean mask over the {adata.n_vars} genes, got dtype {mask.dtype} and shape "
+            f"{mask.shape}."
+        )
         raise ValueError(msg)
     if not mask.any():
-        msg = "mask_var selects no gene."
+        msg = "mask_var selects no gene; select at least one, or pass mask_var=None to model every gene."
         raise ValueError(msg)
     return np.flatnonzero(mask)
 
