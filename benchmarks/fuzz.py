@@ -121,7 +121,8 @@ def random_case(rng: np.random.Generator) -> Case:
     adata = ad.AnnData(sparse.csr_matrix(np.log1p(X.astype(np.float64))) if in_layer else stored)
     if in_layer:
         adata.layers["counts"] = stored
-    kwargs: dict = {"max_rank": int(rng.integers(1, 61)), "rng": int(rng.integers(2**31)), "progress": False}
+    kwargs: dict = {"method": "lowrank", "max_rank": int(rng.integers(1, 61)), "rng": int(rng.integers(2**31))}
+    kwargs["progress"] = False
     if in_layer:
         kwargs["layer"] = "counts"
     if rng.random() < 0.15:
@@ -157,10 +158,9 @@ def random_case(rng: np.random.Generator) -> Case:
         )
     elif shape[0] < 2:
         expected = f"denoise needs at least 2 cells to fit a model across cells; {source} has {shape[0]}."
-    description = (
-        f"{shape[0]}x{shape[1]} {kind} {dtype.name} in {'layer' if in_layer else 'X'}, "
-        f"{np.count_nonzero(X)} non-zeros, " + ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "mask_var")
-    )
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k not in ("mask_var", "method", "progress"))
+    where = "layer" if in_layer else "X"
+    description = f"{shape[0]}x{shape[1]} {kind} {dtype.name} in {where}, {np.count_nonzero(X)} non-zeros, {shown}"
     facts = {"shape": shape, "kind": kind, "dtype": dtype.name, "X": X, "genes": genes, "source": source}
     return Case(adata, kwargs, description, expected, facts)
 
@@ -244,7 +244,7 @@ def bad_inputs(tmp: Path) -> list[tuple[str, callable]]:
 
     def denoise(A, **kwargs):
         adata = A if isinstance(A, ad.AnnData) else ad.AnnData(A)
-        return lambda: scn2s.pp.denoise(adata, progress=False, **{"max_rank": 5, **kwargs})
+        return lambda: scn2s.pp.denoise(adata, **{"method": "lowrank", "max_rank": 5, "progress": False, **kwargs})
 
     def with_value(index, value, dtype=np.float64):
         out = X.astype(dtype)
@@ -279,7 +279,7 @@ def bad_inputs(tmp: Path) -> list[tuple[str, callable]]:
             denoise(ad.AnnData(None, obs={"i": np.arange(60)}, var={"j": np.arange(25)}, layers={"counts": X})),
         ),
         ("empty AnnData (0 x 25)", denoise(np.zeros((0, 25), dtype=np.int32))),
-        ("backed AnnData", lambda: scn2s.pp.denoise(backed(), progress=False)),
+        ("backed AnnData", lambda: scn2s.pp.denoise(backed(), method="lowrank", progress=False)),
         ("one cell", denoise(X[:1])),
         ("all-zero counts", denoise(sparse.csr_matrix(X.shape, dtype=np.int32))),
         ("all-zero counts in the mask_var genes", denoise(zero_genes, mask_var=first_three)),

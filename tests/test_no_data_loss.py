@@ -87,7 +87,7 @@ def _make(small, kind: str, dtype, *, in_layer: bool) -> ad.AnnData:
 
 
 def _denoise(adata, **kwargs):
-    return scn2s.pp.denoise(adata, max_rank=6, progress=False, **kwargs)
+    return scn2s.pp.denoise(adata, method="lowrank", max_rank=6, progress=False, **kwargs)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

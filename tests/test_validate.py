@@ -12,6 +12,7 @@ from scipy import sparse
 import scn2s
 from scn2s._validate import MAX_COUNT, check_counts, write_results
 from scn2s.datasets import simulate
+from scn2s.pp._denoise import _METHODS
 from scn2s.split import binomial_split, overlap_probabilities
 
 KINDS = {"dense": np.asarray, "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}
@@ -26,7 +27,7 @@ def counts() -> np.ndarray:
 
 
 def _denoise(adata, **kwargs):
-    return scn2s.pp.denoise(adata, max_rank=kwargs.pop("max_rank", 5), progress=False, **kwargs)
+    return scn2s.pp.denoise(adata, **{"method": "lowrank", "max_rank": 5, "progress": False, **kwargs})
 
 
 def _raises(exception, message: str, func, *args, **kwargs):
@@ -400,7 +401,7 @@ def test_nearly_empty_counts_give_finite_output():
         ({"sample_ratio": float("nan")}, "sample_ratio must be in (0, 1], got nan."),
         ({"key_added": ""}, "key_added must be a non-empty string, got ''."),
         ({"key_added": None}, "key_added must be a non-empty string, got None."),
-        ({"method": "magic"}, "method must be one of ('lowrank',), got 'magic'."),
+        ({"method": "magic"}, f"method must be one of {_METHODS}, got 'magic'."),
         ({"rng": "seed"}, "rng must be a non-negative integer seed, a numpy.random.Generator or None, got 'seed'."),
         ({"rng": -1}, "rng must be a non-negative integer seed, a numpy.random.Generator or None, got -1."),
     ],
