@@ -1,61 +1,210 @@
-"""Checks and fetches shared by the AnnData-level functions."""
+"""Checks, fetches and writes shared by the AnnData-level functions.
+
+Every message says what was wrong, where (``adata.X`` or ``adata.layers[...]``) and what to do.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from anndata import AnnData
 
-__all__ = ["check_counts", "describe_source", "get_counts", "seed_record"]
+__all__ = [
+    "MAX_COUNT",
+    "check_counts",
+    "check_fraction",
+    "check_integer",
+    "check_key",
+    "check_sample_ratio",
+    "describe_source",
+    "get_counts",
+    "make_rng",
+    "seed_record",
+    "versions",
+    "write_results",
+]
+
+MAX_COUNT = 2**53
+"""Largest count accepted: the largest integer that float64 arithmetic holds exactly."""
+
+_MISSING = object()
 
 
 def describe_source(layer: str | None) -> str:
+    """Where the counts are read from, as the user would type it: ``adata.X`` or ``adata.layers['name']``."""
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
 
+def _hint(source: str) -> str:
+    if source == "adata.X":
+        return 'If the raw counts are in a layer, pass layer="counts" (or its name).'
+    if source.startswith("adata.layers"):
+        return "Pass layer= naming the layer that holds the raw counts, or layer=None for adata.X."
+    return "Pass the raw counts."
+
+
 def get_counts(adata: AnnData, layer: str | None):
-    """The count matrix of ``adata`` (``X`` or a layer), checked to be non-negative integers."""
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        msg = f"adata is empty ({adata.n_obs} cells x {adata.n_vars} genes)."
+    """The count matrix of ``adata`` (``X`` or a layer), checked by :func:`check_counts`; never a copy."""
+    if layer is not None and not isinstance(layer, str):
+        msg = f"layer must be the name of a layer (a string) or None for adata.X, got {layer!r}."
+        raise TypeError(msg)
+    if adata.isbacked:
+        msg = (
+            f"adata is backed by the file {adata.filename} (read with backed=...), which scn2s does not support "
+            "yet; load it into memory first with adata = adata.to_memory()."
+        )
         raise ValueError(msg)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        msg = f"adata is empty ({adata.n_obs} cells x {adata.n_vars} genes); there are no counts to process."
+        raise ValueError(msg)
+    available = ", ".join(repr(k) for k in adata.layers) or "none"
     if layer is None:
         X = adata.X
+        if X is None:
+            msg = f"adata.X is None; pass layer= naming the layer with the raw counts (available: {available})."
+            raise ValueError(msg)
     elif layer in adata.layers:
         X = adata.layers[layer]
     else:
-        available = ", ".join(repr(k) for k in adata.layers) or "none"
-        msg = f"Layer {layer!r} not found in adata.layers (available: {available})."
+        msg = f"Layer {layer!r} not found in adata.layers (available: {available}); pass layer=None for adata.X."
         raise KeyError(msg)
-    if X is None:
-        msg = "adata.X is None; pass layer= naming the raw counts."
-        raise ValueError(msg)
     check_counts(X, describe_source(layer))
     return X
 
 
-def check_counts(X, source: str) -> None:
-    """Raise if ``X`` is not a matrix of finite, non-negative integer counts."""
+def check_counts(X, source: str = "X") -> None:
+    """Raise if ``X`` is not a matrix of raw UMI counts.
+
+    Accepted: dense or sparse (CSR, CSC) matrices of any integer dtype (signed or unsigned, 8 to 64 bits), or
+    of a float dtype holding integer values, all finite, non-negative and at most :data:`MAX_COUNT`. ``X`` is
+    never converted or modified; arithmetic on it is done in int64 or float64.
+
+    Parameters
+    ----------
+    X
+        The counts.
+    source
+        Where ``X`` was read from, for the messages (:func:`describe_source`).
+    """
     values = X.data if sparse.issparse(X) else np.asarray(X)
-    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
-        msg = f"{source} has dtype {values.dtype}; expected integer or float counts."
+    dtype = values.dtype
+    if dtype == np.bool_:
+        msg = (
+            f"{source} has boolean dtype, which holds presence or absence, not UMI counts; scn2s needs the raw "
+            f"counts. {_hint(source)}"
+        )
         raise TypeError(msg)
-    if np.issubdtype(values.dtype, np.floating):
-        if not np.all(np.isfinite(values)):
-            msg = f"{source} contains NaN or infinite values; expected raw counts."
+    if dtype.kind not in "iuf":
+        msg = f"{source} has dtype {dtype}; expected UMI counts of an integer or float dtype."
+        raise TypeError(msg)
+    if values.size == 0:
+        return
+    if dtype.kind == "f":
+        n_nan = int(np.count_nonzero(np.isnan(values)))
+        if n_nan:
+            msg = f"{source} contains {n_nan} NaN value(s); raw UMI counts are finite. {_hint(source)}"
             raise ValueError(msg)
-        if np.any(values != np.round(values)):
+        n_inf = int(np.count_nonzero(np.isinf(values)))
+        if n_inf:
+            msg = f"{source} contains {n_inf} infinite value(s); raw UMI counts are finite. {_hint(source)}"
+            raise ValueError(msg)
+    low = values.min()
+    if low < 0:
+        n_negative = int(np.count_nonzero(values < 0))
+        msg = (
+            f"{source} contains {n_negative} negative value(s) (minimum {low:g}), so it looks scaled or centred; "
+            f"scn2s needs raw UMI counts. {_hint(source)}"
+        )
+        raise ValueError(msg)
+    if dtype.kind == "f":
+        fractional = values != np.round(values)
+        if fractional.any():
+            example = values[fractional].flat[0]
             msg = (
-                f"{source} holds non-integer values, so it looks normalised or log-transformed; "
-                'scn2s needs raw UMI counts. If they are in a layer, pass layer="counts" (or its name).'
+                f"{source} holds non-integer values (e.g. {example:.6g}), so it looks normalised or "
+                f"log-transformed; scn2s needs raw UMI counts. {_hint(source)}"
             )
             raise ValueError(msg)
-    if values.size and values.min() < 0:
-        msg = f"{source} contains negative values; expected raw counts."
+    high = int(values.max()) if dtype.kind in "iu" else float(values.max())
+    if high > MAX_COUNT:
+        msg = (
+            f"{source} holds values up to {high:.6g}, above 2**53, the largest integer float64 arithmetic holds "
+            "exactly; these are not UMI counts (an unsigned integer that wrapped around below zero?)."
+        )
         raise ValueError(msg)
+
+
+def check_fraction(name: str, value, *, closed_right: bool = False) -> None:
+    """Raise unless ``value`` is a real number in ``(0, 1)`` (``(0, 1]`` with ``closed_right``)."""
+    interval = "in (0, 1]" if closed_right else "strictly between 0 and 1"
+    valid = isinstance(value, Real) and not isinstance(value, bool)
+    if valid:
+        valid = 0 < value <= 1 if closed_right else 0 < value < 1
+    if not valid:
+        msg = f"{name} must be {interval}, got {value!r}."
+        raise ValueError(msg)
+
+
+def check_sample_ratio(sample_ratio, *, held_out: bool) -> None:
+    """Raise unless ``sample_ratio`` is None or a fraction; with ``held_out``, below 1.
+
+    At ``sample_ratio=1`` the counts hold every molecule of the library, and the finite-pool split puts every
+    molecule of one half into the other too (:func:`scn2s.split.overlap_probabilities`): nothing is held out.
+    """
+    if sample_ratio is None:
+        return
+    check_fraction("sample_ratio", sample_ratio, closed_right=True)
+    if held_out and sample_ratio == 1:
+        msg = (
+            "sample_ratio=1 says the counts hold every molecule of the library; the two halves of a split then "
+            "overlap so that one contains the other, and no molecule is held out. Pass a value below 1, or None "
+            "for plain thinning."
+        )
+        raise ValueError(msg)
+
+
+def check_integer(name: str, value, *, minimum: int, allow_none: bool = False) -> None:
+    """Raise unless ``value`` is an integer (not a bool) of at least ``minimum`` (or None, if allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum:
+        return
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if allow_none:
+        what += " or None"
+    msg = f"{name} must be {what}, got {value!r}."
+    raise ValueError(msg)
+
+
+def check_key(name: str, key, *, layer: str | None) -> None:
+    """Raise unless ``key`` is a non-empty string that does not name the input layer ``layer``."""
+    if not isinstance(key, str) or not key:
+        msg = f"{name} must be a non-empty string, got {key!r}."
+        raise ValueError(msg)
+    if key == layer:
+        msg = (
+            f"{name}={key!r} would overwrite the input counts in adata.layers[{layer!r}]; choose another name "
+            "for the output."
+        )
+        raise ValueError(msg)
+
+
+def make_rng(rng) -> np.random.Generator:
+    """``np.random.default_rng(rng)``, with a message naming the argument when ``rng`` is not a seed."""
+    try:
+        return np.random.default_rng(rng)
+    except (TypeError, ValueError) as error:
+        msg = f"rng must be a non-negative integer seed, a numpy.random.Generator or None, got {rng!r}."
+        raise ValueError(msg) from error
 
 
 def seed_record(seed) -> int | str:
@@ -70,3 +219,40 @@ def seed_record(seed) -> int | str:
         spawn_key = getattr(seq, "spawn_key", ())
         return f"Generator(entropy={entropy}, spawn_key={tuple(spawn_key)})"
     return repr(seed)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages that determine the output, for ``uns`` records."""
+    record = {"python": platform.python_version()}
+    for package in ("scn2s", "numpy", "scipy", "anndata"):
+        try:
+            record[package] = version(package)
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+            record[package] = "unknown"
+    return record
+
+
+def write_results(adata: AnnData, *, layers: Mapping[str, Any], uns: Mapping[str, Any]) -> None:
+    """Write ``layers`` and ``uns`` entries to ``adata``, all or none.
+
+    If any write fails, or is interrupted (``KeyboardInterrupt`` included), the entries already written are
+    restored to what they were (or removed), and the exception propagates. A view is made an actual
+    AnnData by the first write (anndata warns with ``ImplicitModificationWarning``); its parent is never
+    changed.
+    """
+    done: list[tuple[Any, str, Any]] = []
+    try:
+        for mapping_name, entries in (("layers", layers), ("uns", uns)):
+            for key, value in entries.items():
+                mapping = getattr(adata, mapping_name)  # anew: the first write makes a view actual
+                old = mapping.get(key, _MISSING)
+                mapping[key] = value
+                done.append((mapping_name, key, old))
+    except BaseException:
+        for mapping_name, key, old in reversed(done):
+            mapping = getattr(adata, mapping_name)
+            if old is _MISSING:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = old
+        raise

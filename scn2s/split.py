@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
+from ._validate import check_counts, check_fraction
+
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
@@ -44,16 +46,15 @@ def overlap_probabilities(p: float, sample_ratio: float) -> tuple[float, float, 
     -------
     ``(both, first_only, second_only)``, which sum to one.
     """
-    _check_fraction(p)
-    if not 0 < sample_ratio <= 1:
-        msg = f"sample_ratio must be in (0, 1], got {sample_ratio}."
-        raise ValueError(msg)
+    check_fraction("p", p)
+    check_fraction("sample_ratio", sample_ratio, closed_right=True)
     q = p * (1 - p)
-    t = (1 - np.sqrt(1 - 4 * q * sample_ratio)) / (2 * q)
+    t = (1 - np.sqrt(max(1 - 4 * q * sample_ratio, 0.0))) / (2 * q)
     both = q * t**2 / sample_ratio
     first = p * t * (1 - (1 - p) * t) / sample_ratio
     second = (1 - p) * t * (1 - p * t) / sample_ratio
-    return float(both), float(first), float(second)
+    # near sample_ratio = 1 a probability that is exactly 0 can come out as -1e-19
+    return tuple(float(np.clip(value, 0.0, 1.0)) for value in (both, first, second))
 
 
 def binomial_split(
@@ -68,7 +69,10 @@ def binomial_split(
     Parameters
     ----------
     X
-        Non-negative integer counts, dense or CSR/CSC (integer or integer-valued float dtype).
+        Non-negative integer counts, dense or CSR/CSC, of any integer dtype (signed or unsigned, 8 to 64 bits)
+        or a float dtype holding integers, finite and at most ``2**53``; anything else raises an error that
+        says what is wrong. Never modified: the thinning is done in int64 and the halves are cast back to
+        ``X``'s dtype, which holds them since neither half exceeds ``X``.
     p
         Expected fraction of each count that goes to the first half.
     rng
@@ -84,7 +88,10 @@ def binomial_split(
     Without ``sample_ratio``, ``X_a + X_b == X`` exactly. Sparse halves hold no explicit zeros, so their
     sparsity patterns are subsets of ``X``'s; a sparse input is never densified.
     """
-    _check_fraction(p)
+    check_fraction("p", p)
+    if sample_ratio is not None:
+        check_fraction("sample_ratio", sample_ratio, closed_right=True)
+    check_counts(X)
     if sparse.issparse(X):
         if X.format not in {"csr", "csc"}:
             X = X.tocsr()
@@ -108,18 +115,13 @@ def _split_values(
         a = rng.binomial(n, p)
         b = n - a
     else:
-        both_p, first_p, _ = overlap_probabilities(p, sample_ratio)
+        both_p, first_p, second_p = overlap_probabilities(p, sample_ratio)
         first = rng.binomial(n, first_p)
         rest = n - first
         # given not first-only: second-only vs both
-        second = rng.binomial(rest, 1 - both_p / (1 - first_p)) if first_p < 1 else np.zeros_like(rest)
+        rest_p = second_p + both_p
+        second = rng.binomial(rest, second_p / rest_p) if rest_p > 0 else np.zeros_like(rest)
         both = rest - second
         a = first + both
         b = second + both
     return a.astype(values.dtype, copy=False), b.astype(values.dtype, copy=False)
-
-
-def _check_fraction(p: float) -> None:
-    if not 0 < p < 1:
-        msg = f"p must be strictly between 0 and 1, got {p}."
-        raise ValueError(msg)

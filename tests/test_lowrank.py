@@ -139,3 +139,25 @@ def test_transfer_rank_keeps_the_split_rank_without_new_components():
     assert transfer_rank(half, full, 3, max_noise_ratio=np.sqrt(2))[0] == 3
     assert transfer_rank(half, full, 0, max_noise_ratio=np.sqrt(2))[0] == 0
     assert transfer_rank(half, full, 30, max_noise_ratio=np.sqrt(2))[0] == 30
+
+
+def test_transfer_rank_with_a_rank_deficient_full_spectrum():
+    """Regression: zero full-depth singular values past the kept ones divided by zero."""
+    half = np.array([50.0, 30.0, 4.0, 3.0, 2.0])
+    full = np.array([50.0, 30.0, 0.0, 0.0, 0.0])  # the full counts have rank 2
+    rank, ratio = transfer_rank(half, full, 2, max_noise_ratio=np.sqrt(2))
+    assert rank == 2
+    assert np.isnan(ratio)
+    # zeros among positive values are left out of the ratio
+    full[2] = 2.0
+    rank, ratio = transfer_rank(half, full, 2, max_noise_ratio=np.sqrt(2))
+    assert ratio == pytest.approx(np.sqrt(2))
+    assert rank == 2
+
+
+def test_sqrt_normalize_sums_duplicate_entries():
+    duplicated = sparse.csr_matrix((np.array([1, 3, 4]), np.array([0, 0, 1]), np.array([0, 2, 3])), shape=(2, 2))
+    library = np.array([4.0, 4.0])
+    Y = sqrt_normalize(duplicated, library, 4.0)
+    np.testing.assert_allclose(Y.toarray(), [[2, 0], [0, 2]])
+    np.testing.assert_array_equal(duplicated.data, [1, 3, 4])  # input untouched

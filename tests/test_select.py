@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
+from scipy import sparse
 
 from scn2s.datasets import simulate
 from scn2s.models.lowrank import reconstruct_counts
@@ -63,11 +66,23 @@ def test_fixed_rank_skips_the_search(simulation):
     assert fit.losses.size == 0
 
 
-def test_rank_clamped_to_shape(caplog):
+def test_rank_clamped_to_shape():
     small = simulate(6, 30, rng=0)
-    fit = fit_lowrank(small.X, max_rank=50, rng=np.random.default_rng(0))
+    message = r"max_rank=50 exceeds what 6 cells x 30 genes allow \(at most min\(cells - 1, genes\) = 5\); using 5\."
+    with pytest.warns(UserWarning, match=message) as record:
+        fit = fit_lowrank(small.X, max_rank=50, rng=np.random.default_rng(0))
+    assert record[0].filename == __file__  # attributed to the caller
     assert fit.factors.max_rank == 5
-    assert "exceeds what 6 cells x 30 genes allow" in caplog.text
+    with pytest.warns(UserWarning, match=r"rank=9 exceeds what 6 cells x 30 genes allow"):
+        fit = fit_lowrank(small.X, rank=9, rng=np.random.default_rng(0))
+    assert fit.rank == 5
+
+
+def test_fewer_than_two_cells_cannot_be_fit():
+    one = simulate(1, 30, rng=0)
+    message = "Need at least 2 cells and 1 gene to fit a model across cells, got 1 x 30 (cells x genes)."
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        fit_lowrank(one.X, rng=np.random.default_rng(0))
 
 
 def test_unequal_split_uses_the_depth_conversion(simulation):
@@ -84,3 +99,13 @@ def test_split_fractions_with_overlap():
     a, b = split_fractions(0.5, 0.4)
     assert a == pytest.approx(b)
     assert a > 0.5
+
+
+def test_search_survives_a_training_half_without_molecules():
+    """Regression: an empty training half gave a NaN normalisation target and a 'Mean of empty slice' warning."""
+    counts = sparse.csr_matrix(np.array([[1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]))
+    # p = 0.01: the single molecule almost surely lands in the held-out half
+    splits = Splits.draw(np.random.default_rng(1), 2, 0.01)
+    losses, spectra = search_lowrank(counts, max_rank=2, splits=splits, rng=np.random.default_rng(0))
+    assert np.all(np.isfinite(losses))
+    np.testing.assert_array_equal(spectra, 0.0)

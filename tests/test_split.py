@@ -117,3 +117,18 @@ def test_split_with_sample_ratio_shares_molecules(poisson_counts):
 def test_sample_ratio_out_of_range():
     with pytest.raises(ValueError, match="sample_ratio must be in"):
         overlap_probabilities(0.5, 0.0)
+
+
+@pytest.mark.parametrize("p", [0.001, 0.2, 0.5, 0.8])
+@pytest.mark.parametrize("ratio", [1.0, 1 - 1e-12])
+def test_split_at_sample_ratio_one(poisson_counts, p, ratio):
+    """Regression: rounding made a zero probability -1e-19 near sample_ratio=1, and numpy refused it."""
+    probabilities = overlap_probabilities(p, ratio)
+    assert all(0 <= value <= 1 for value in probabilities)
+    _, counts = poisson_counts
+    a, b = binomial_split(counts, p, rng=np.random.default_rng(0), sample_ratio=ratio)
+    assert np.all(a <= counts)
+    assert np.all(b <= counts)
+    if ratio == 1.0:  # the whole library is observed: one sample of it at ratio 1 is all of it
+        larger = a if p >= 0.5 else b
+        np.testing.assert_array_equal(larger, counts)

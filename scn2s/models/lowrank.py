@@ -15,6 +15,7 @@ import numpy as np
 from scipy import sparse
 from threadpoolctl import threadpool_limits
 
+from .._sparse import canonical_csr
 from ..loss import convert_sqrt_mean, sqrt_poisson_mean_inverse
 
 __all__ = [
@@ -43,8 +44,11 @@ class LowRankFactors:
 
 
 def sqrt_normalize(counts: sparse.csr_matrix, library_size: np.ndarray, target_sum: float) -> sparse.csr_matrix:
-    """``sqrt(counts * target_sum / library_size)`` per cell, as a new CSR matrix (zero rows stay zero)."""
-    counts = sparse.csr_matrix(counts)
+    """``sqrt(counts * target_sum / library_size)`` per cell, as a new CSR matrix (zero rows stay zero).
+
+    Duplicate entries of ``counts`` are summed before the square root.
+    """
+    counts = canonical_csr(counts)
     scale = np.divide(target_sum, library_size, out=np.zeros(len(library_size)), where=library_size > 0)
     rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
     data = np.sqrt(counts.data * scale[rows])
@@ -134,7 +138,7 @@ def heldout_loss_per_rank(
     -------
     Array of length ``K + 1``: the summed squared error of each rank.
     """
-    heldout = sparse.csr_matrix(heldout)
+    heldout = canonical_csr(heldout)
     if depth_ratio == 1.0:
         return _loss_per_rank_linear(factors, cell_scale, heldout)
     return _loss_per_rank_converted(factors, cell_scale, heldout, depth_ratio, chunk_size)
@@ -251,13 +255,17 @@ def transfer_rank(
 
     Returns
     -------
-    ``(rank, noise_ratio)``; the ratio is NaN when no correction applies (``k`` is 0 or the largest rank).
+    ``(rank, noise_ratio)``; the ratio is NaN when no correction applies (``k`` is 0 or the largest rank, or
+    the full counts have no non-zero singular value past ``k``).
     """
     K = min(len(split_singular_values), len(full_singular_values))
     if split_rank == 0 or split_rank >= K:
         return min(split_rank, K), float("nan")
     bulk = slice(split_rank, min(split_rank + window, K))
-    ratio = float(np.median(split_singular_values[bulk] / full_singular_values[bulk]))
+    positive = full_singular_values[bulk] > 0  # exact zeros: the full counts have fewer components
+    if not positive.any():
+        return split_rank, float("nan")
+    ratio = float(np.median(split_singular_values[bulk][positive] / full_singular_values[bulk][positive]))
     ratio = float(np.clip(ratio, 1.0, max_noise_ratio))
     threshold = split_singular_values[split_rank - 1] / ratio
     rank = int(np.sum(full_singular_values[:K] >= threshold))

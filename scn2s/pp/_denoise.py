@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -9,11 +10,24 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from .._validate import describe_source, get_counts, seed_record
+from .._sparse import canonical_csr
+from .._validate import (
+    check_fraction,
+    check_integer,
+    check_key,
+    check_sample_ratio,
+    describe_source,
+    get_counts,
+    make_rng,
+    seed_record,
+    versions,
+    write_results,
+)
 from ..select import (
     AutoencoderSelection,
     LowRankSelection,
     Splits,
+    clamp_rank,
     compare_families,
     fit_autoencoder,
     fit_lowrank,
@@ -108,6 +122,10 @@ def denoise(
     copy
         Return a modified copy instead of writing to ``adata``.
 
+    Everything is computed before anything is written, and the writes are all or nothing: after an error or
+    an interrupt (``KeyboardInterrupt``) ``adata`` is as it was. Writing to a view makes it an actual AnnData
+    (anndata warns); its parent is not changed.
+
     Returns
     -------
     ``None``, or a copy of ``adata`` if ``copy=True``, with
@@ -127,7 +145,7 @@ def denoise(
         ``best_epochs``, ``heldout_curves`` and ``train_curves`` (per candidate and split, per epoch),
         ``chosen``, ``epochs``, ``inference``, ``device``, ``batch_size``; both with ``p``, ``n_splits`` and
         ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared splits and the
-        choice); ``version``; ``elapsed_seconds``.
+        choice); ``version``; ``versions`` (of Python, scn2s, numpy, scipy and anndata); ``elapsed_seconds``.
     """
     start = time.perf_counter()
     if method not in _METHODS:
@@ -136,16 +154,45 @@ def denoise(
     if rank is not None and method != "lowrank":
         msg = f'rank= fixes the low-rank model and needs method="lowrank", got method={method!r}.'
         raise ValueError(msg)
+    check_key("key_added", key_added, layer=layer)
+    check_fraction("p", p)
+    check_integer("n_splits", n_splits, minimum=1)
+    check_integer("max_rank", max_rank, minimum=1)
+    check_integer("rank", rank, minimum=0, allow_none=True)
+    check_sample_ratio(sample_ratio, held_out=True)
+    seed = seed_record(rng)
+    requested = method
+    split_rng, lowrank_rng, autoencoder_rng = make_rng(rng).spawn(3)
+    splits = Splits.draw(split_rng, n_splits, p, sample_ratio)
     counts = get_counts(adata, layer)
     genes = _gene_mask(adata, mask_var)
-    seed = seed_record(rng)
-    split_rng, lowrank_rng, autoencoder_rng = np.random.default_rng(rng).spawn(3)
-    splits = Splits.draw(split_rng, n_splits, p, sample_ratio)
 
-    modelled = sparse.csr_matrix(counts[:, genes] if genes is not None else counts)
-    logger.info(
-        "denoising %s: %d cells x %d genes, %d non-zeros", describe_source(layer), *modelled.shape, modelled.nnz
-    )
+    source = describe_source(layer)
+    counts = canonical_csr(counts)  # a copy only if X holds duplicate entries; never modified
+    modelled = counts[:, genes] if genes is not None else counts
+    if not modelled.data.any():
+        where = " in the genes selected by mask_var" if genes is not None else ""
+        msg = (
+            f"{source} holds no molecule{where} (every count is zero); there is nothing to denoise. Check that "
+            "layer= names the raw counts."
+        )
+        raise ValueError(msg)
+    n_cells, n_genes = modelled.shape
+    if n_cells < 2:
+        msg = f"denoise needs at least 2 cells to fit a model across cells; {source} has {n_cells}."
+        raise ValueError(msg)
+    if n_genes == 1 and rank != 0:
+        msg = (
+            "Only 1 gene is modelled: each cell's denoised count is its own count of that gene (the library size), "
+            "so the output equals the counts; using rank 0."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=2)
+        method, rank = "lowrank", 0
+    elif rank is None:
+        max_rank = clamp_rank("max_rank", max_rank, modelled.shape, stacklevel=3)
+    else:
+        rank = clamp_rank("rank", rank, modelled.shape, stacklevel=3)
+    logger.info("denoising %s: %d cells x %d genes, %d non-zeros", source, n_cells, n_genes, modelled.nnz)
     fits: dict[str, LowRankSelection | AutoencoderSelection] = {}
     if method in ("auto", "lowrank"):
         fits["lowrank"] = fit_lowrank(
@@ -172,10 +219,8 @@ def denoise(
     fit = fits[family]
     output = _write_dense(fit, modelled, counts, genes, progress=progress)
 
-    if copy:
-        adata = adata.copy()
     params = {
-        "method": method,
+        "method": requested,
         "autoencoder_splits": autoencoder_splits,
         "layer": layer or "X",
         "mask_var": mask_var if isinstance(mask_var, str) else ("custom" if mask_var is not None else "all"),
@@ -204,12 +249,15 @@ def denoise(
         "best_params": _best_params(fit),
         "selection": selection,
         "version": _version(),
+        "versions": versions(),
         "elapsed_seconds": time.perf_counter() - start,
     }
     if comparison is not None:
         record["comparison"] = comparison
-    adata.layers[key_added] = output
-    adata.uns[key_added] = record
+    # everything is computed: write all or nothing
+    if copy:
+        adata = adata.copy()
+    write_results(adata, layers={key_added: output}, uns={key_added: record})
     logger.info(
         "wrote layers[%r] (%s, %s) in %.1f s", key_added, family, record["best_params"], record["elapsed_seconds"]
     )
@@ -227,10 +275,13 @@ def _gene_mask(adata: AnnData, mask_var) -> np.ndarray | None:
     else:
         mask = np.asarray(mask_var)
     if mask.dtype != bool or mask.shape != (adata.n_vars,):
-        msg = f"mask_var must be a boolean mask over the {adata.n_vars} genes."
+        msg = (
+            f"mask_var must be a boolean mask over the {adata.n_vars} genes, got dtype {mask.dtype} and shape "
+            f"{mask.shape}."
+        )
         raise ValueError(msg)
     if not mask.any():
-        msg = "mask_var selects no gene."
+        msg = "mask_var selects no gene; select at least one, or pass mask_var=None to model every gene."
         raise ValueError(msg)
     return np.flatnonzero(mask)
 

@@ -5,7 +5,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._validate import get_counts, seed_record
+from .._validate import (
+    check_fraction,
+    check_key,
+    check_sample_ratio,
+    describe_source,
+    get_counts,
+    make_rng,
+    seed_record,
+    versions,
+    write_results,
+)
 from ..split import binomial_split
 
 if TYPE_CHECKING:
@@ -33,13 +43,14 @@ def split_counts(
     Parameters
     ----------
     adata
-        Annotated data with raw UMI counts.
+        Annotated data with raw UMI counts: dense, CSR or CSC, of any integer dtype or a float dtype holding
+        integers (as for :func:`scn2s.pp.denoise`). A view is accepted.
     p
         Expected fraction of each count in the first half.
     layer
         Layer holding the counts; ``None`` uses ``adata.X``.
     key_added
-        Names of the two layers written.
+        Names of the two layers written; two different names, neither of them ``layer``.
     sample_ratio
         Fraction of the library's molecules observed, for the finite-pool overlap correction of molecular
         cross-validation (:func:`scn2s.split.overlap_probabilities` gives the formula). The halves then share
@@ -49,25 +60,39 @@ def split_counts(
     copy
         Return a modified copy instead of writing to ``adata``.
 
+    The writes are all or nothing: after an error or an interrupt ``adata`` is as it was.
+
     Returns
     -------
     ``None``, or a copy of ``adata`` if ``copy=True``, with
 
     ``adata.layers[key_added[0]]``, ``adata.layers[key_added[1]]``
         The two halves, of the input's kind (dense, CSR or CSC) and dtype.
-    ``adata.uns["split_counts"]["params"]``
-        ``p``, ``layer``, ``key_added``, ``sample_ratio`` and the seed.
+    ``adata.uns["split_counts"]``
+        ``params`` (``p``, ``layer``, ``key_added``, ``sample_ratio`` and the seed) and ``versions`` (Python,
+        scn2s, numpy, scipy, anndata).
     """
+    if not isinstance(key_added, (tuple, list)) or len(key_added) != 2 or key_added[0] == key_added[1]:
+        msg = f"key_added must be two different layer names, got {key_added!r}."
+        raise ValueError(msg)
     key_a, key_b = key_added
-    counts = get_counts(adata, layer)
+    check_key("key_added[0]", key_a, layer=layer)
+    check_key("key_added[1]", key_b, layer=layer)
+    check_fraction("p", p)
+    check_sample_ratio(sample_ratio, held_out=False)
     seed = seed_record(rng)
-    halves = binomial_split(counts, p, rng=np.random.default_rng(rng), sample_ratio=sample_ratio)
-    if copy:
-        adata = adata.copy()
-    adata.layers[key_a], adata.layers[key_b] = halves
+    generator = make_rng(rng)
+    counts = get_counts(adata, layer)
+    halves = binomial_split(counts, p, rng=generator, sample_ratio=sample_ratio)
     params = {"p": p, "layer": layer or "X", "key_added": [key_a, key_b], "seed": seed}
     if sample_ratio is not None:
         params["sample_ratio"] = sample_ratio
-    adata.uns["split_counts"] = {"params": params}
-    logger.info("split %s into layers %r and %r (p=%.2f)", layer or "X", key_a, key_b, p)
+    if copy:
+        adata = adata.copy()
+    write_results(
+        adata,
+        layers={key_a: halves[0], key_b: halves[1]},
+        uns={"split_counts": {"params": params, "versions": versions()}},
+    )
+    logger.info("split %s into layers %r and %r (p=%.2f)", describe_source(layer), key_a, key_b, p)
     return adata if copy else None

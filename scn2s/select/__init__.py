@@ -8,7 +8,7 @@ is scored by the same loss on the same held-out molecules (:class:`Splits`).
 
 from .auto import compare_families
 from .autoencoder import DEFAULT_CONFIGS, AutoencoderSelection, fit_autoencoder
-from .lowrank import LowRankSelection, fit_lowrank, search_lowrank
+from .lowrank import LowRankSelection, clamp_rank, fit_lowrank, rank_limit, search_lowrank
 from .splits import Splits, split_fractions
 
 __all__ = [
@@ -16,9 +16,11 @@ __all__ = [
     "AutoencoderSelection",
     "LowRankSelection",
     "Splits",
+    "clamp_rank",
     "compare_families",
     "fit_autoencoder",
     "fit_lowrank",
+    "rank_limit",
     "search_lowrank",
     "split_fractions",
 ]

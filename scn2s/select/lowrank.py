@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from .._sparse import canonical_csr
 from ..models.lowrank import (
     LowRankFactors,
     heldout_loss_per_rank,
@@ -19,7 +21,7 @@ from ..models.lowrank import (
 )
 from .splits import Splits
 
-__all__ = ["LowRankSelection", "fit_lowrank", "search_lowrank"]
+__all__ = ["LowRankSelection", "clamp_rank", "fit_lowrank", "rank_limit", "search_lowrank"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,46 @@ class LowRankSelection:
         return self.losses.std(axis=0, ddof=1) if len(self.losses) > 1 else np.zeros(self.losses.shape[1])
 
 
+def rank_limit(shape: tuple[int, int]) -> int:
+    """Largest rank a centred factorisation of ``shape`` (cells x genes) has: ``min(n_cells - 1, n_genes)``."""
+    n, g = shape
+    return min(n - 1, g)
+
+
+def clamp_rank(name: str, value: int, shape: tuple[int, int], *, stacklevel: int = 2) -> int:
+    """``value`` clamped to :func:`rank_limit`, with a :class:`UserWarning` when it is lowered.
+
+    Parameters
+    ----------
+    name
+        Name of the argument, for the message.
+    value
+        The requested rank.
+    shape
+        Cells x genes of the counts.
+    stacklevel
+        Passed to :func:`warnings.warn`; ``2`` attributes the warning to the caller of this function.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` has fewer than 2 cells: nothing can be fit.
+    """
+    n, g = shape
+    limit = rank_limit(shape)
+    if limit < 1:
+        msg = f"Need at least 2 cells and 1 gene to fit a model across cells, got {n} x {g} (cells x genes)."
+        raise ValueError(msg)
+    if value > limit:
+        msg = (
+            f"{name}={value} exceeds what {n} cells x {g} genes allow (at most min(cells - 1, genes) = {limit}); "
+            f"using {limit}."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=stacklevel)
+        return limit
+    return value
+
+
 def search_lowrank(
     counts: sparse.csr_matrix,
     *,
@@ -72,6 +114,7 @@ def search_lowrank(
     ``(losses, singular_values)``: per-entry losses ``(n_splits, max_rank + 1)`` and each split's
     singular values ``(n_splits, max_rank)``.
     """
+    counts = canonical_csr(counts)
     n, g = counts.shape
     train_frac, _ = splits.fractions
     losses = np.empty((len(splits), max_rank + 1))
@@ -80,8 +123,9 @@ def search_lowrank(
     for i in tqdm(range(len(splits)), desc="rank search", disable=not progress):
         train, heldout = splits.get(i, counts)
         library = np.asarray(train.sum(axis=1), dtype=np.float64).ravel()
-        # normalise to the full-depth scale estimated from the training half alone
-        target_sum = float(np.median(library[library > 0])) / train_frac
+        # normalise to the full-depth scale estimated from the training half alone (which may hold no molecule)
+        expressed = library > 0
+        target_sum = float(np.median(library[expressed])) / train_frac if expressed.any() else 1.0
         factors = randomized_svd(sqrt_normalize(train, library, target_sum), max_rank, rng=svd_rngs[i])
         cell_scale = np.sqrt(library / target_sum)
         losses[i] = heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=splits.depth_ratio) / (n * g)
@@ -111,9 +155,9 @@ def fit_lowrank(
     counts
         Cells x genes counts (CSR).
     max_rank
-        Largest rank searched (clamped to what the shape allows).
+        Largest rank searched; clamped to :func:`rank_limit` with a :class:`UserWarning`.
     rank
-        Fixed rank instead of a search.
+        Fixed rank instead of a search (``0``: gene means only); clamped like ``max_rank``.
     splits
         The splits whose held-out losses are averaged (default: three splits at ``p = 0.5`` drawn from
         ``rng``).
@@ -124,17 +168,11 @@ def fit_lowrank(
     progress
         Show a progress bar.
     """
-    n, g = counts.shape
-    limit = min(n - 1, g)
-    if limit < 1:
-        msg = f"Need at least 2 cells and 1 gene, got {n} x {g}."
-        raise ValueError(msg)
-    if max_rank > limit:
-        logger.warning("max_rank=%d exceeds what %d cells x %d genes allow; using %d.", max_rank, n, g, limit)
-        max_rank = limit
-    if rank is not None and rank > limit:
-        logger.warning("rank=%d exceeds what %d cells x %d genes allow; using %d.", rank, n, g, limit)
-        rank = limit
+    counts = canonical_csr(counts)
+    if rank is None:
+        max_rank = clamp_rank("max_rank", max_rank, counts.shape, stacklevel=3)
+    else:
+        rank = clamp_rank("rank", rank, counts.shape, stacklevel=3)
     search_rng, fit_rng, split_rng = rng.spawn(3)
     if splits is None:
         splits = Splits.draw(split_rng, 3, 0.5)

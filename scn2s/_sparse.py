@@ -1,0 +1,28 @@
+"""Sparse-matrix helpers shared by the array-level modules."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+__all__ = ["canonical_csr"]
+
+
+def canonical_csr(X) -> sparse.csr_matrix:
+    """``X`` as a CSR matrix in canonical format (sorted indices, no duplicate entries), never modifying ``X``.
+
+    A CSR input already in canonical format is wrapped without copying its arrays; one with duplicate entries
+    (which a CSR matrix may hold, and which stand for their sum) or unsorted indices is copied and
+    canonicalised, so that element-wise transforms such as the square root act on each entry's total. Dense
+    ``float16`` input, which :mod:`scipy.sparse` cannot hold, is converted to ``float32`` (exact).
+    """
+    if not sparse.issparse(X):
+        X = np.asarray(X)
+        if X.dtype == np.float16:
+            X = X.astype(np.float32)
+        return sparse.csr_matrix(X)
+    X = sparse.csr_matrix(X)
+    if not X.has_canonical_format:
+        X = X.copy()
+        X.sum_duplicates()
+    return X
