@@ -14,10 +14,17 @@ def test_import_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_import_does_not_import_matplotlib():
+    code = "import sys, scn2s; scn2s.pl.selection; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_public_api():
     assert callable(scn2s.pp.denoise)
     assert callable(scn2s.pp.split_counts)
     assert callable(scn2s.datasets.simulate)
+    assert callable(scn2s.pl.selection)
+    assert callable(scn2s.pl.genes)
     assert scn2s.__version__ != "0+unknown"
 
 
