@@ -3,10 +3,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 import scn2s
-from scn2s.cli import main
 
 
 def test_import_does_not_import_torch():
@@ -26,22 +23,6 @@ def test_public_api():
     assert callable(scn2s.pl.selection)
     assert callable(scn2s.pl.genes)
     assert scn2s.__version__ != "0+unknown"
-
-
-def test_cli_version(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["--version"])
-    assert exit_.value.code == 0
-    assert scn2s.__version__ in capsys.readouterr().out
-
-
-def test_cli_demo(capsys, tmp_path):
-    out = tmp_path / "demo.h5ad"
-    assert main(["-q", "demo", "--cells", "300", "--genes", "100", "-o", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "rank chosen by held-out molecules" in text
-    assert "x lower" in text
-    assert out.exists()
 
 
 def test_ci_runs_the_readme_test_command():
