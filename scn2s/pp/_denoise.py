@@ -92,10 +92,11 @@ def denoise(
         and log it as you would counts.
     ``adata.uns[key_added]``
         ``method``; ``params`` (the arguments); ``best_params`` (``{"rank": k}``); ``selection``, per family,
-        with ``grid`` (the ranks), ``loss_mean``, ``loss_std`` and ``loss_per_split`` (held-out loss per entry,
-        see :mod:`scn2s.loss`), ``split_rank`` (chosen at depth ``p N``), ``rank`` (applied at full depth),
-        ``noise_ratio``, the singular values of the splits and of the full fit, ``p``, ``n_splits`` and
-        ``seed``; ``version``; ``elapsed_seconds``.
+        with ``grid`` (the ranks), ``loss`` (the loss's name), ``loss_mean``, ``loss_std`` and
+        ``loss_per_split`` (held-out loss per entry, see :mod:`scn2s.loss`), ``split_rank`` (chosen at depth
+        ``p N``), ``rank`` (applied at full depth), ``noise_ratio``, ``split_singular_values`` and
+        ``singular_values`` (the spectra of the splits and of the full fit), ``p``, ``n_splits`` and ``seed``;
+        ``version``; ``elapsed_seconds``. :func:`scn2s.pl.selection` plots ``selection``.
     """
     start = time.perf_counter()
     if method not in _METHODS:
