@@ -128,6 +128,16 @@ def test_selection_draws_each_family_on_a_shared_loss_axis(denoised):
     assert isinstance(only, Axes)
 
 
+def test_selection_marks_the_choice_on_a_descending_grid(denoised):
+    adata = _two_families(denoised)
+    entry = adata.uns["denoised"]["selection"]["smoother"]
+    entry["grid"]["bandwidth"] = entry["grid"]["bandwidth"][::-1].copy()  # 4, 2, 1, 0.5
+    entry["bandwidth"] = 2.0
+    ax = scn2s.pl.selection(adata, families="smoother", show=False)
+    (chosen,) = _line_through(ax, [2.0], [0.7])
+    assert chosen.get_marker() == "o"
+
+
 def test_selection_refuses_a_grid_of_two_hyperparameters(denoised):
     adata = _with_selection(denoised, grid={"rank": np.arange(3), "alpha": np.arange(3)})
     with pytest.raises(ValueError, match="only a grid over one hyperparameter"):

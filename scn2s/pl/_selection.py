@@ -89,7 +89,7 @@ def _draw(ax: Axes, curve: SelectionCurve, *, chosen_family: bool) -> None:
     depth = f" at depth {curve.p:g}·N" if curve.p is not None and curve.applied != curve.chosen else ""
     ax.plot(
         [curve.chosen],
-        [np.interp(curve.chosen, x, mean)],
+        [_loss_at(curve, curve.chosen)],
         ls="none",
         marker="o",
         ms=7,
@@ -104,3 +104,12 @@ def _draw(ax: Axes, curve: SelectionCurve, *, chosen_family: bool) -> None:
     ax.set_xlabel(curve.name)
     ax.set_title(f"{curve.family} (chosen)" if chosen_family else curve.family)
     ax.legend(fontsize="small", frameon=False)
+
+
+def _loss_at(curve: SelectionCurve, value: float) -> float:
+    """Mean loss of the grid point ``value``, interpolated if it is not on the grid."""
+    on_grid = np.flatnonzero(curve.values == value)
+    if len(on_grid):
+        return float(curve.loss_mean[on_grid[0]])
+    order = np.argsort(curve.values)
+    return float(np.interp(value, curve.values[order], curve.loss_mean[order]))
