@@ -1,0 +1,6 @@
+"""Plots: the model selection record and denoised expression (matplotlib, imported on first use)."""
+
+from ._genes import genes
+from ._selection import selection
+
+__all__ = ["genes", "selection"]

@@ -1,0 +1,252 @@
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+import pytest
+from scipy import sparse
+
+import scn2s
+from scn2s.cli import main
+from scn2s.datasets import simulate
+
+
+@pytest.fixture(scope="module")
+def counts_file(tmp_path_factory):
+    adata = simulate(200, 80, n_types=3, rank=2, depth=600, rng=2)
+    adata.layers["counts"] = adata.X.copy()
+    adata.var["highly_variable"] = np.arange(adata.n_vars) < 50
+    path = tmp_path_factory.mktemp("input") / "counts.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("scn2s"), err
+    assert "error:" in lines[0]
+    return lines[0]
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"scn2s {scn2s.__version__}"
+
+
+def test_help_exits_zero(capsys):
+    assert main(["denoise", "--help"]) == 0
+    assert "--key-added" in capsys.readouterr().out
+
+
+def test_denoise_writes_output_and_summary(counts_file, workdir, capsys):
+    before = counts_file.read_bytes()
+    assert main(["-q", "denoise", str(counts_file), "-o", "out.h5ad", "--max-rank", "12"]) == 0
+    out = capsys.readouterr().out
+    assert counts_file.read_bytes() == before
+    result = ad.read_h5ad(workdir / "out.h5ad")
+    record = result.uns["denoised"]
+    rank = record["best_params"]["rank"]
+    split_rank = record["selection"]["lowrank"]["split_rank"]
+    assert result.layers["denoised"].shape == (200, 80)
+    assert "model: lowrank, rank" in out
+    assert "held-out loss" in out
+    assert f"{split_rank}" in out.split("<- chosen")[0].splitlines()[-1]
+    assert f"rank {rank}" in out
+    assert "time:" in out
+    assert "wrote out.h5ad: layers['denoised']" in out
+    assert sorted(p.name for p in workdir.iterdir()) == ["out.h5ad"]
+
+
+def test_denoise_options_match_the_python_call(counts_file, workdir, capsys):
+    argv = ["denoise", str(counts_file), "-o", "out.h5ad", "--layer", "counts", "--key-added", "smooth"]
+    argv += ["--genes", "highly_variable", "--seed", "3", "--max-rank", "10", "--n-splits", "2", "-q"]
+    assert main(argv) == 0
+    result = ad.read_h5ad(workdir / "out.h5ad")
+    expected = ad.read_h5ad(counts_file)
+    scn2s.pp.denoise(
+        expected, layer="counts", key_added="smooth", mask_var="highly_variable", rng=3, max_rank=10, n_splits=2,
+        progress=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(result.layers["smooth"], expected.layers["smooth"])
+    params = result.uns["smooth"]["params"]
+    assert (params["layer"], params["mask_var"], params["seed"], params["n_splits"]) == (
+        "counts",
+        "highly_variable",
+        3,
+        2,
+    )
+    assert "modelled: genes in var['highly_variable']" in capsys.readouterr().out
+
+
+def test_fixed_rank_summary(counts_file, workdir, capsys):
+    assert main(["-q", "denoise", str(counts_file), "-o", "out.h5ad", "--rank", "3"]) == 0
+    assert "model: lowrank, rank 3, fixed by the caller (no search)" in capsys.readouterr().out
+
+
+@pytest.fixture
+def bad_inputs(counts_file, workdir):
+    adata = ad.read_h5ad(counts_file)
+    adata.X = sparse.csr_matrix(np.log1p(adata.X.toarray()))
+    adata.write_h5ad(workdir / "normalised.h5ad")
+    (workdir / "text.h5ad").write_text("not an h5ad file\n")
+    return workdir
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.h5ad"], "input file not found: missing.h5ad"),
+        (["text.h5ad"], "cannot read text.h5ad as an .h5ad file"),
+        (["normalised.h5ad"], "normalised.h5ad: adata.X holds non-integer values"),
+        (["{counts}", "--layer", "raw"], "Layer 'raw' not found in adata.layers (available: 'counts', 'rates')"),
+        (["{counts}", "--genes", "selected"], "mask_var='selected' is not a column of adata.var"),
+        (["{counts}", "--p", "1.5"], "argument --p: must be strictly between 0 and 1, got 1.5"),
+        (["{counts}", "--max-rank", "ten"], "argument --max-rank: must be a positive integer, got 'ten'"),
+        (["{counts}", "--method", "magic"], "argument --method: invalid choice: 'magic'"),
+        (["{counts}", "--key-added", "a/b"], "argument --key-added: must be a non-empty name without '/'"),
+    ],
+)
+def test_input_errors_exit_2_with_one_line(bad_inputs, counts_file, capsys, args, message):
+    args = [arg.format(counts=counts_file) for arg in args]
+    assert main(["denoise", *args, "-o", "out.h5ad"]) == 2
+    assert message in _error_line(capsys)
+    assert not (bad_inputs / "out.h5ad").exists()
+
+
+@pytest.mark.parametrize("argv", [[], ["denoise"], ["denoise", "in.h5ad"], ["frobnicate"]])
+def test_usage_errors_exit_2_with_one_line(workdir, capsys, argv):
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert "--help" in line
+
+
+@pytest.mark.parametrize("command", ["denoise", "split"])
+def test_refuses_to_overwrite_without_force(counts_file, workdir, capsys, command):
+    out = workdir / "out.h5ad"
+    out.write_bytes(b"previous")
+    assert main([command, str(counts_file), "-o", str(out)]) == 2
+    assert "output file exists" in _error_line(capsys)
+    assert out.read_bytes() == b"previous"
+    assert main(["-q", command, str(counts_file), "-o", str(out), "--force"]) == 0
+    assert ad.read_h5ad(out).n_obs == 200
+
+
+@pytest.mark.parametrize("command", ["denoise", "split"])
+def test_refuses_to_overwrite_the_input(counts_file, workdir, capsys, command):
+    link = workdir / "link.h5ad"
+    link.symlink_to(counts_file)
+    before = counts_file.read_bytes()
+    for target in (counts_file, counts_file.parent / ".." / counts_file.parent.name / counts_file.name, link):
+        assert main([command, str(counts_file), "-o", str(target), "--force"]) == 2
+        assert "refusing to overwrite the input file" in _error_line(capsys)
+    assert counts_file.read_bytes() == before
+
+
+def test_output_folder_must_exist(counts_file, workdir, capsys):
+    assert main(["denoise", str(counts_file), "-o", "nowhere/out.h5ad"]) == 2
+    assert "output folder does not exist: nowhere" in _error_line(capsys)
+    assert main(["denoise", str(counts_file), "-o", "."]) == 2
+    assert "is a folder" in _error_line(capsys)
+
+
+def _failing_write(exception):
+    def write_h5ad(self, filename, **kwargs):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise exception
+
+    return write_h5ad
+
+
+@pytest.mark.parametrize("existing", [False, True])
+@pytest.mark.parametrize(("exception", "code"), [(OSError("No space left on device"), 1), (KeyboardInterrupt(), 130)])
+def test_failed_write_leaves_no_partial_output(counts_file, workdir, capsys, monkeypatch, existing, exception, code):
+    out = workdir / "out.h5ad"
+    if existing:
+        out.write_bytes(b"previous")
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", _failing_write(exception))
+    assert main(["-q", "denoise", str(counts_file), "-o", str(out), "--force", "--max-rank", "5"]) == code
+    line = _error_line(capsys)
+    assert ("No space left on device" if code == 1 else "interrupted") in line
+    if existing:
+        assert out.read_bytes() == b"previous"
+    else:
+        assert not out.exists()
+    assert sorted(p.name for p in workdir.iterdir()) == (["out.h5ad"] if existing else [])
+
+
+def test_unexpected_error_exits_1_and_verbose_shows_the_traceback(counts_file, workdir, capsys, monkeypatch):
+    def broken(counts, **kwargs):
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(scn2s.pp._denoise, "fit_lowrank", broken)
+    assert main(["denoise", str(counts_file), "-o", "out.h5ad"]) == 1
+    line = _error_line(capsys)
+    assert "RuntimeError: something broke (run with -v for the traceback)" in line
+    assert main(["denoise", str(counts_file), "-o", "out.h5ad", "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert err.strip().splitlines()[-1] == "scn2s: error: RuntimeError: something broke"
+    assert not (workdir / "out.h5ad").exists()
+
+
+def test_quiet_and_verbose(counts_file, workdir, capsys):
+    argv = ["denoise", str(counts_file), "--max-rank", "5"]
+    assert main(["-q", *argv, "-o", "a.h5ad"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main([*argv, "-o", "b.h5ad"]) == 0
+    err = capsys.readouterr().err
+    assert "rank search" in err  # progress bar
+    assert "INFO" not in err
+    assert main([*argv, "-o", "c.h5ad", "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "INFO scn2s.pp._denoise: denoising adata.X: 200 cells x 80 genes" in err
+    assert "DEBUG" not in err
+    assert main(["-vv", *argv, "-o", "d.h5ad"]) == 0
+    assert "DEBUG scn2s.select: split 0: best rank" in capsys.readouterr().err
+    # the command's handler is removed afterwards
+    assert not logging.getLogger("scn2s").handlers
+
+
+def test_split_writes_two_halves(counts_file, workdir, capsys):
+    argv = ["-q", "split", str(counts_file), "-o", "halves.h5ad", "--p", "0.3", "--key-added", "a", "b"]
+    assert main([*argv, "--layer", "counts", "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    result = ad.read_h5ad(workdir / "halves.h5ad")
+    assert (result.layers["a"] + result.layers["b"] != result.layers["counts"]).nnz == 0
+    assert result.layers["a"].sum() < result.layers["b"].sum()
+    assert result.uns["split_counts"]["params"]["p"] == 0.3
+    assert result.uns["split_counts"]["params"]["seed"] == 4
+    assert "layers['a']" in out
+    assert "layers['b']" in out
+    assert main(["split", "missing.h5ad", "-o", "x.h5ad"]) == 2
+    assert "input file not found" in _error_line(capsys)
+
+
+def test_demo_writes_the_selection_plot(workdir, capsys):
+    assert main(["-q", "demo", "--cells", "300", "--genes", "100", "-o", "demo.h5ad"]) == 0
+    out = capsys.readouterr().out
+    figure = workdir / "scn2s_demo" / "selection.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"selection plot (held-out loss against rank): {figure.relative_to(workdir)}" in out
+    assert "rank chosen by held-out molecules" in out
+    assert "x lower" in out
+    assert "denoised" in ad.read_h5ad(workdir / "demo.h5ad").layers
+    assert main(["-q", "demo", "--cells", "300", "--genes", "100", "-o", "demo.h5ad"]) == 2
+    assert "output file exists" in _error_line(capsys)
+
+
+def test_demo_figdir(workdir, capsys):
+    assert main(["-q", "demo", "--cells", "200", "--genes", "60", "--figdir", "figs/run1"]) == 0
+    assert (workdir / "figs" / "run1" / "selection.png").exists()
+    assert "figs/run1/selection.png" in capsys.readouterr().out
+    assert sorted(p.name for p in (workdir / "figs" / "run1").iterdir()) == ["selection.png"]

@@ -1,0 +1,125 @@
+"""Documentation and logging conventions: numpydoc docstrings, the API page, loggers and handlers."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from pathlib import Path
+
+import anndata as ad
+import pytest
+
+import scn2s
+from scn2s.cli import main
+from scn2s.datasets import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLIC = [getattr(module, name) for module in (scn2s.pp, scn2s.pl, scn2s.datasets) for name in module.__all__]
+PUBLIC.append(main)
+SECTION = re.compile(r"^(\w[\w ]*)\n-{3,}\n", re.MULTILINE)
+
+
+def _sections(func) -> dict[str, str]:
+    doc = inspect.cleandoc(func.__doc__ or "")
+    parts = SECTION.split(doc)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+
+
+@pytest.mark.parametrize("func", PUBLIC, ids=lambda f: f"{f.__module__}.{f.__name__}")
+def test_public_functions_have_numpydoc_parameters_and_returns(func):
+    sections = _sections(func)
+    assert {"Parameters", "Returns"} <= set(sections), list(sections)
+    assert sections["Returns"].strip()
+    documented = set()
+    for line in sections["Parameters"].splitlines():
+        if line and not line.startswith(" "):
+            documented |= {name.strip() for name in line.split(",")}
+    assert documented == set(inspect.signature(func).parameters)
+
+
+def _keys(value, parent: str | None = None) -> set[str]:
+    """Keys of nested dicts, less records of the arguments and the family names under ``selection``."""
+    if not isinstance(value, dict):
+        return set()
+    keys = set()
+    for key, item in value.items():
+        if key in {"params", "simulation"}:
+            continue
+        if parent != "selection":
+            keys.add(key)
+        keys |= _keys(item, key)
+    return keys
+
+
+def _written(before: ad.AnnData, after: ad.AnnData) -> set[str]:
+    fields = set()
+    for attr in ("layers", "obsm", "varm", "obsp", "uns"):
+        new = set(getattr(after, attr)) - set(getattr(before, attr))
+        fields |= new
+        if attr == "uns":
+            fields |= _keys({key: after.uns[key] for key in new})
+    fields |= set(after.obs.columns) - set(before.obs.columns)
+    fields |= set(after.var.columns) - set(before.var.columns)
+    if before.X is None and after.X is not None:
+        fields.add("X")
+    return fields
+
+
+def _calls():
+    small = simulate(80, 30, rng=0)
+    yield scn2s.pp.denoise, lambda: scn2s.pp.denoise(small, max_rank=5, progress=False, copy=True), small
+    yield scn2s.pp.split_counts, lambda: scn2s.pp.split_counts(small, copy=True), small
+    yield scn2s.datasets.simulate, lambda: simulate(40, 20, rng=0), ad.AnnData()
+
+
+@pytest.mark.parametrize(("func", "call", "before"), list(_calls()), ids=["denoise", "split_counts", "simulate"])
+def test_returns_section_names_every_field_written(func, call, before):
+    returns = _sections(func)["Returns"]
+    after = call()
+    key_added = inspect.signature(func).parameters.get("key_added")
+    default = () if key_added is None else key_added.default
+    named_by_key_added = {default} if isinstance(default, str) else set(default)
+    missing = []
+    for field in sorted(_written(before, after)):
+        if field in named_by_key_added and "key_added" in returns:
+            continue
+        if f"``{field}``" not in returns and f'["{field}"]' not in returns:
+            missing.append(field)
+    assert not missing, f"{func.__name__}'s Returns section does not name {missing}"
+
+
+def test_the_api_page_lists_every_public_function():
+    api = (ROOT / "docs" / "api.rst").read_text()
+    for module in (scn2s.pp, scn2s.pl, scn2s.datasets):
+        short = module.__name__.removeprefix("scn2s.")
+        for name in module.__all__:
+            assert f"   {short}.{name}\n" in api, f"{short}.{name} missing from docs/api.rst"
+
+
+def _modules() -> list[Path]:
+    return sorted((ROOT / "scn2s").rglob("*.py"))
+
+
+CLI_MAIN = ROOT / "scn2s" / "cli" / "_main.py"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_modules_log_through_their_own_logger(path):
+    """Loggers are ``logging.getLogger(__name__)``; handlers belong to the command line; no root-logger calls."""
+    tree = ast.parse(path.read_text())
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)]
+    names, uses_logger = [], False
+    for call in calls:
+        owner, attr = call.func.value, call.func.attr
+        on_logging = isinstance(owner, ast.Name) and owner.id == "logging"
+        uses_logger |= isinstance(owner, ast.Name) and owner.id == "logger"
+        if on_logging and attr == "getLogger":
+            names.append(ast.unparse(call.args[0]) if call.args else "root")
+        elif on_logging or attr in {"addHandler", "basicConfig"}:
+            assert path == CLI_MAIN, f"{ast.unparse(call.func)}() outside the command line, in {path.name}"
+            assert attr in {"StreamHandler", "Formatter", "addHandler"}, ast.unparse(call.func)
+    if path == CLI_MAIN:
+        names.remove("'scn2s'")  # the package logger, which the command line gives a handler while it runs
+    assert set(names) <= {"__name__"}, names
+    assert not uses_logger or names == ["__name__"]
