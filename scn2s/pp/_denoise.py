@@ -136,17 +136,17 @@ def denoise(
         and log it as you would counts.
     ``adata.uns[key_added]``
         ``method`` (the family written); ``params`` (the arguments); ``best_params`` (``{"rank": k}``, or the
-        autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``epochs`` and ``inference``); ``selection``,
-        per family searched: for ``"lowrank"``, ``grid`` (``{"rank": ranks}``), ``loss`` (the loss's name), ``loss_mean``,
-        ``loss_std`` and ``loss_per_split`` (held-out loss per entry, see :mod:`scn2s.loss`), ``split_rank`` (chosen at depth
-        ``p N``), ``rank`` (applied at full depth), ``noise_ratio``, ``split_singular_values`` and
-        ``singular_values`` (the spectra of the splits and of the full fit); for ``"autoencoder"``, ``grid`` (``{"config": labels}``), ``hidden``, ``bottleneck``,
-        ``dropout``, the same loss keys, ``loss_full_input`` and ``loss_replicas`` (the two inference modes),
-        ``best_epochs``, ``heldout_curves`` and ``train_curves`` (per candidate and split, per epoch),
-        ``chosen``, ``epochs``, ``inference``, ``device``, ``batch_size``; both with ``p``, ``n_splits`` and
-        ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared splits and the
-        choice); ``version``; ``versions`` (of Python, scn2s, numpy, scipy and anndata); ``elapsed_seconds``. :func:`scn2s.pl.selection` plots
-        ``selection``.
+        autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``epochs`` and ``inference``); ``selection``, per family
+        searched: for ``"lowrank"``, ``grid`` (``{"rank": ranks}``), ``loss`` (the loss's name), ``loss_mean``,
+        ``loss_std`` and ``loss_per_split`` (held-out loss per entry, see :mod:`scn2s.loss`), ``split_rank`` (chosen at
+        depth ``p N``), ``rank`` (applied at full depth), ``noise_ratio``, ``split_singular_values`` and
+        ``singular_values`` (the spectra of the splits and of the full fit); for ``"autoencoder"``, ``grid``
+        (``{"config": labels}``), ``hidden``, ``bottleneck``, ``dropout``, the same loss keys, ``loss_full_input`` and
+        ``loss_replicas`` (the two inference modes), ``best_epochs``, ``heldout_curves`` and ``train_curves`` (per
+        candidate and split, per epoch), ``chosen``, ``epochs``, ``inference``, ``device``, ``batch_size``; both with
+        ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
+        splits and the choice); ``version``; ``versions`` (of Python, scn2s, numpy, scipy and anndata);
+        ``elapsed_seconds``. :func:`scn2s.pl.selection` plots ``selection``.
     """
     start = time.perf_counter()
     if method not in _METHODS:
