@@ -147,6 +147,17 @@ def denoise(
         ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
         splits and the choice); ``version``; ``versions`` (of Python, scn2s, numpy, scipy and anndata);
         ``elapsed_seconds``. :func:`scn2s.pl.selection` plots ``selection``.
+
+    Raises
+    ------
+    TypeError
+        If the counts have a boolean or non-numeric dtype, or ``layer`` is not a string.
+    KeyError
+        If ``layer`` or the ``mask_var`` column does not exist (the message lists the layers).
+    ValueError
+        If the counts are not raw UMI counts (non-integer, negative, NaN, infinite, above ``2**53``) or hold no
+        molecule; if ``adata`` is empty, backed, or has a single cell; or if an argument is out of range. Each
+        message names where the counts were read (``adata.X`` or ``adata.layers[...]``) and what to do.
     """
     start = time.perf_counter()
     if method not in _METHODS:
