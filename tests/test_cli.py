@@ -49,7 +49,7 @@ def test_help_exits_zero(capsys):
 
 def test_denoise_writes_output_and_summary(counts_file, workdir, capsys):
     before = counts_file.read_bytes()
-    assert main(["-q", "denoise", str(counts_file), "-o", "out.h5ad", "--max-rank", "12"]) == 0
+    assert main(["-q", "denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad", "--max-rank", "12"]) == 0
     out = capsys.readouterr().out
     assert counts_file.read_bytes() == before
     result = ad.read_h5ad(workdir / "out.h5ad")
@@ -67,14 +67,25 @@ def test_denoise_writes_output_and_summary(counts_file, workdir, capsys):
 
 
 def test_denoise_options_match_the_python_call(counts_file, workdir, capsys):
-    argv = ["denoise", str(counts_file), "-o", "out.h5ad", "--layer", "counts", "--key-added", "smooth"]
+    argv = [
+        "denoise",
+        "--method",
+        "lowrank",
+        str(counts_file),
+        "-o",
+        "out.h5ad",
+        "--layer",
+        "counts",
+        "--key-added",
+        "smooth",
+    ]
     argv += ["--genes", "highly_variable", "--seed", "3", "--max-rank", "10", "--n-splits", "2", "-q"]
     assert main(argv) == 0
     result = ad.read_h5ad(workdir / "out.h5ad")
     expected = ad.read_h5ad(counts_file)
     scn2s.pp.denoise(
-        expected, layer="counts", key_added="smooth", mask_var="highly_variable", rng=3, max_rank=10, n_splits=2,
-        progress=False,
+        expected, method="lowrank", layer="counts", key_added="smooth", mask_var="highly_variable", rng=3,
+        max_rank=10, n_splits=2, progress=False,
     )  # fmt: skip
     np.testing.assert_array_equal(result.layers["smooth"], expected.layers["smooth"])
     params = result.uns["smooth"]["params"]
@@ -88,7 +99,7 @@ def test_denoise_options_match_the_python_call(counts_file, workdir, capsys):
 
 
 def test_fixed_rank_summary(counts_file, workdir, capsys):
-    assert main(["-q", "denoise", str(counts_file), "-o", "out.h5ad", "--rank", "3"]) == 0
+    assert main(["-q", "denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad", "--rank", "3"]) == 0
     assert "model: lowrank, rank 3, fixed by the caller (no search)" in capsys.readouterr().out
 
 
@@ -152,9 +163,9 @@ def test_refuses_to_overwrite_the_input(counts_file, workdir, capsys, command):
 
 
 def test_output_folder_must_exist(counts_file, workdir, capsys):
-    assert main(["denoise", str(counts_file), "-o", "nowhere/out.h5ad"]) == 2
+    assert main(["denoise", "--method", "lowrank", str(counts_file), "-o", "nowhere/out.h5ad"]) == 2
     assert "output folder does not exist: nowhere" in _error_line(capsys)
-    assert main(["denoise", str(counts_file), "-o", "."]) == 2
+    assert main(["denoise", "--method", "lowrank", str(counts_file), "-o", "."]) == 2
     assert "is a folder" in _error_line(capsys)
 
 
@@ -174,7 +185,10 @@ def test_failed_write_leaves_no_partial_output(counts_file, workdir, capsys, mon
     if existing:
         out.write_bytes(b"previous")
     monkeypatch.setattr(ad.AnnData, "write_h5ad", _failing_write(exception))
-    assert main(["-q", "denoise", str(counts_file), "-o", str(out), "--force", "--max-rank", "5"]) == code
+    assert (
+        main(["-q", "denoise", "--method", "lowrank", str(counts_file), "-o", str(out), "--force", "--max-rank", "5"])
+        == code
+    )
     line = _error_line(capsys)
     assert ("No space left on device" if code == 1 else "interrupted") in line
     if existing:
@@ -189,10 +203,10 @@ def test_unexpected_error_exits_1_and_verbose_shows_the_traceback(counts_file, w
         raise RuntimeError("something broke")
 
     monkeypatch.setattr(scn2s.pp._denoise, "fit_lowrank", broken)
-    assert main(["denoise", str(counts_file), "-o", "out.h5ad"]) == 1
+    assert main(["denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad"]) == 1
     line = _error_line(capsys)
     assert "RuntimeError: something broke (run with -v for the traceback)" in line
-    assert main(["denoise", str(counts_file), "-o", "out.h5ad", "-v"]) == 1
+    assert main(["denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad", "-v"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err
     assert err.strip().splitlines()[-1] == "scn2s: error: RuntimeError: something broke"
@@ -200,7 +214,7 @@ def test_unexpected_error_exits_1_and_verbose_shows_the_traceback(counts_file, w
 
 
 def test_quiet_and_verbose(counts_file, workdir, capsys):
-    argv = ["denoise", str(counts_file), "--max-rank", "5"]
+    argv = ["denoise", "--method", "lowrank", str(counts_file), "--max-rank", "5"]
     assert main(["-q", *argv, "-o", "a.h5ad"]) == 0
     assert capsys.readouterr().err == ""
     assert main([*argv, "-o", "b.h5ad"]) == 0
@@ -212,7 +226,7 @@ def test_quiet_and_verbose(counts_file, workdir, capsys):
     assert "INFO scn2s.pp._denoise: denoising adata.X: 200 cells x 80 genes" in err
     assert "DEBUG" not in err
     assert main(["-vv", *argv, "-o", "d.h5ad"]) == 0
-    assert "DEBUG scn2s.select: split 0: best rank" in capsys.readouterr().err
+    assert "DEBUG scn2s.select.lowrank: split 0: best rank" in capsys.readouterr().err
     # the command's handler is removed afterwards
     assert not logging.getLogger("scn2s").handlers
 

@@ -14,6 +14,9 @@ import scn2s
 from scn2s.cli import main
 from scn2s.datasets import simulate
 
+DATA_DEPENDENT = re.compile(r"h\d+-b\d+-d[\d.]+|split_\d+")
+TINY_AE = {"hidden": 16, "bottleneck": 4, "max_epochs": 3, "patience": 2}
+
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = [getattr(module, name) for module in (scn2s.pp, scn2s.pl, scn2s.datasets) for name in module.__all__]
 PUBLIC.append(main)
@@ -68,7 +71,11 @@ def _written(before: ad.AnnData, after: ad.AnnData) -> set[str]:
 
 def _calls():
     small = simulate(80, 30, rng=0)
-    yield scn2s.pp.denoise, lambda: scn2s.pp.denoise(small, max_rank=5, progress=False, copy=True), small
+    yield (
+        scn2s.pp.denoise,
+        lambda: scn2s.pp.denoise(small, max_rank=5, autoencoder_configs=[TINY_AE], progress=False, copy=True),
+        small,
+    )
     yield scn2s.pp.split_counts, lambda: scn2s.pp.split_counts(small, copy=True), small
     yield scn2s.datasets.simulate, lambda: simulate(40, 20, rng=0), ad.AnnData()
 
@@ -82,6 +89,8 @@ def test_returns_section_names_every_field_written(func, call, before):
     named_by_key_added = {default} if isinstance(default, str) else set(default)
     missing = []
     for field in sorted(_written(before, after)):
+        if DATA_DEPENDENT.fullmatch(field):  # keys named after the candidates and splits of this run
+            continue
         if field in named_by_key_added and "key_added" in returns:
             continue
         if f"``{field}``" not in returns and f'["{field}"]' not in returns:

@@ -79,6 +79,10 @@ def denoise(
       are trained on the full counts.
     * ``"auto"``: both, and the family with the lower held-out loss on the splits both used is written.
 
+    Everything is computed before anything is written, and the writes are all or nothing: after an error or
+    an interrupt (``KeyboardInterrupt``) ``adata`` is as it was. Writing to a view makes it an actual AnnData
+    (anndata warns); its parent is not changed.
+
     Parameters
     ----------
     adata
@@ -122,10 +126,6 @@ def denoise(
     copy
         Return a modified copy instead of writing to ``adata``.
 
-    Everything is computed before anything is written, and the writes are all or nothing: after an error or
-    an interrupt (``KeyboardInterrupt``) ``adata`` is as it was. Writing to a view makes it an actual AnnData
-    (anndata warns); its parent is not changed.
-
     Returns
     -------
     ``None``, or a copy of ``adata`` if ``copy=True``, with
@@ -137,15 +137,15 @@ def denoise(
     ``adata.uns[key_added]``
         ``method`` (the family written); ``params`` (the arguments); ``best_params`` (``{"rank": k}``, or the
         autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``epochs`` and ``inference``); ``selection``, per family
-        searched: for ``"lowrank"``, ``grid`` (``{"rank": ranks}``), ``loss`` (the loss's name), ``loss_mean``,
+        searched: for ``lowrank``, ``grid`` (``{"rank": ranks}``), ``loss`` (the loss's name), ``loss_mean``,
         ``loss_std`` and ``loss_per_split`` (held-out loss per entry, see :mod:`scn2s.loss`), ``split_rank`` (chosen at
         depth ``p N``), ``rank`` (applied at full depth), ``noise_ratio``, ``split_singular_values`` and
-        ``singular_values`` (the spectra of the splits and of the full fit); for ``"autoencoder"``, ``grid``
-        (``{"config": labels}``), ``hidden``, ``bottleneck``, ``dropout``, the same loss keys, ``loss_full_input`` and
+        ``singular_values`` (the spectra of the splits and of the full fit); for ``autoencoder``, ``grid`` (``config``:
+        the candidates' labels), ``hidden``, ``bottleneck``, ``dropout``, the same loss keys, ``loss_full_input`` and
         ``loss_replicas`` (the two inference modes), ``best_epochs``, ``heldout_curves`` and ``train_curves`` (per
         candidate and split, per epoch), ``chosen``, ``epochs``, ``inference``, ``device``, ``batch_size``; both with
         ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
-        splits and the choice); ``version``; ``versions`` (of Python, scn2s, numpy, scipy and anndata);
+        splits and the choice); ``version``; ``versions`` (``python``, ``scn2s``, ``numpy``, ``scipy`` and ``anndata``);
         ``elapsed_seconds``. :func:`scn2s.pl.selection` plots ``selection``.
 
     Raises

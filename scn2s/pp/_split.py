@@ -40,6 +40,8 @@ def split_counts(
     Poisson samples at depths ``p`` and ``1 - p`` of the original, which is what molecular cross-validation
     and Noise2Self need. Sparse counts stay sparse.
 
+    The writes are all or nothing: after an error or an interrupt ``adata`` is as it was.
+
     Parameters
     ----------
     adata
@@ -60,8 +62,6 @@ def split_counts(
     copy
         Return a modified copy instead of writing to ``adata``.
 
-    The writes are all or nothing: after an error or an interrupt ``adata`` is as it was.
-
     Returns
     -------
     ``None``, or a copy of ``adata`` if ``copy=True``, with
@@ -69,8 +69,8 @@ def split_counts(
     ``adata.layers[key_added[0]]``, ``adata.layers[key_added[1]]``
         The two halves, of the input's kind (dense, CSR or CSC) and dtype.
     ``adata.uns["split_counts"]``
-        ``params`` (``p``, ``layer``, ``key_added``, ``sample_ratio`` and the seed) and ``versions`` (Python,
-        scn2s, numpy, scipy, anndata).
+        ``params`` (``p``, ``layer``, ``key_added``, ``sample_ratio`` and the seed) and ``versions``
+        (``python``, ``scn2s``, ``numpy``, ``scipy``, ``anndata``).
     """
     if not isinstance(key_added, (tuple, list)) or len(key_added) != 2 or key_added[0] == key_added[1]:
         msg = f"key_added must be two different layer names, got {key_added!r}."
