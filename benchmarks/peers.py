@@ -1,0 +1,449 @@
+"""Peers side by side: scn2s against MAGIC and scVI on held-out molecules and simulated truth.
+
+The parent builds each task once and saves its input counts to a scratch folder. Every method runs in a
+fresh interpreter (``--worker``) that loads the counts, times only the method (``time.perf_counter``),
+records its peak resident set (``VmHWM``) and saves its estimate as expected counts, cells x genes; the
+parent scores it. Results are cached in the ``--out`` JSON, so a rerun of one method
+(``--methods scvi``) leaves the others alone. ``--tables`` prints the Markdown tables of the cache.
+
+Tasks (each restricted to one gene set shared by all methods):
+
+``sim``
+    ``scn2s.datasets.simulate(3000, 2000, depth=1500, rng=0)``, all genes; target: the true rates.
+``pbmc1k``
+    ``pbmc1k_10x_v3_906cells`` thinned to 20% (input) vs the other 80% (target); the 2000 most variable
+    genes of the input (``seurat_v3``).
+``zheng``
+    ``zheng2017_purified_pbmc_mix_3874`` thinned to 50% vs the other half; 2000 genes as above; clustering
+    agreement with ``obs["celltype"]``.
+
+Needs the ``benchmarks`` extra (``pip install -e ".[benchmarks]"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+
+TASKS = ("sim", "pbmc1k", "zheng")
+METHODS = ("none", "lowrank", "autoencoder", "auto", "best_rank", "magic", "scvi")
+LABELS = {
+    "none": "no denoising",
+    "lowrank": "scn2s lowrank",
+    "autoencoder": "scn2s autoencoder",
+    "auto": "scn2s auto (default)",
+    "best_rank": "best fixed rank (oracle)",
+    "magic": "MAGIC",
+    "scvi": "scVI",
+}
+FILES = {"pbmc1k": "pbmc1k_10x_v3_906cells.h5ad", "zheng": "zheng2017_purified_pbmc_mix_3874.h5ad"}
+FRACTIONS = {"pbmc1k": 0.2, "zheng": 0.5}
+N_GENES = 2000
+N_CORR_GENES = 200
+NLL_FLOOR = 1e-4
+MAX_RANK = 50
+LOWRANK_REPEATS = 3
+N_CLUSTERS = 10
+
+
+@dataclass
+class Task:
+    """Input counts (CSR, cells x genes), the target they are scored against, and labels if any."""
+
+    name: str
+    counts: sparse.csr_matrix
+    target: np.ndarray
+    target_is_truth: bool
+    labels: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+# --- tasks -------------------------------------------------------------------------------------------------
+
+
+def load_task(name: str, data_dir: Path) -> Task:
+    if name == "sim":
+        return _sim_task()
+    return _real_task(name, data_dir)
+
+
+def _sim_task() -> Task:
+    import scn2s
+
+    adata = scn2s.datasets.simulate(3000, 2000, depth=1500, rng=0)
+    counts = sparse.csr_matrix(adata.X)
+    target = np.asarray(adata.layers["rates"], dtype=np.float64)
+    return Task("sim", counts, target, target_is_truth=True, info=_shape_info(counts))
+
+
+def _real_task(name: str, data_dir: Path) -> Task:
+    import anndata as ad
+    import scanpy as sc
+
+    from scn2s.split import binomial_split
+
+    adata = ad.read_h5ad(data_dir / FILES[name])
+    counts_in, counts_out = binomial_split(sparse.csr_matrix(adata.X), FRACTIONS[name], rng=np.random.default_rng(0))
+    thinned = ad.AnnData(X=counts_in, obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
+    sc.pp.highly_variable_genes(thinned, flavor="seurat_v3", n_top_genes=N_GENES)
+    genes = thinned.var["highly_variable"].to_numpy()
+    counts = sparse.csr_matrix(counts_in[:, genes])
+    target = np.asarray(counts_out[:, genes].toarray(), dtype=np.float64)
+    labels = adata.obs["celltype"].astype(str).to_numpy() if name == "zheng" else None
+    info = _shape_info(counts) | {"p": FRACTIONS[name], "target_umis_per_cell": float(np.median(target.sum(axis=1)))}
+    return Task(name, counts, target, target_is_truth=False, labels=labels, info=info)
+
+
+def _shape_info(counts: sparse.csr_matrix) -> dict:
+    library = np.asarray(counts.sum(axis=1)).ravel()
+    return {
+        "cells": counts.shape[0],
+        "genes": counts.shape[1],
+        "input_umis_per_cell": float(np.median(library)),
+        "cells_without_molecules": int(np.sum(library == 0)),
+    }
+
+
+# --- methods (run in the worker; each returns expected counts and a small record) ------------------------------
+
+
+def run_method(method: str, task: Task) -> tuple[np.ndarray, dict]:
+    return {
+        "none": _none,
+        "lowrank": _scn2s("lowrank"),
+        "autoencoder": _scn2s("autoencoder"),
+        "auto": _scn2s("auto"),
+        "best_rank": _best_rank,
+        "magic": _magic,
+        "scvi": _scvi,
+    }[method](task)
+
+
+def _none(task: Task) -> tuple[np.ndarray, dict]:
+    return task.counts.toarray().astype(np.float64), {}
+
+
+def _scn2s(method: str):
+    def run(task: Task) -> tuple[np.ndarray, dict]:
+        import anndata as ad
+
+        import scn2s
+
+        adata = ad.AnnData(X=task.counts.copy())
+        kwargs = {} if method == "auto" else {"method": method}
+        if method != "lowrank":
+            kwargs["device"] = "cpu"
+        scn2s.pp.denoise(adata, progress=False, **kwargs)
+        record = adata.uns["denoised"]
+        info = {"family": record["method"], "best_params": _plain(record["best_params"])}
+        if "comparison" in record:
+            info["comparison"] = _plain(record["comparison"]["loss"])
+        return np.asarray(adata.layers["denoised"], dtype=np.float64), info
+
+    return run
+
+
+def _best_rank(task: Task) -> tuple[np.ndarray, dict]:
+    from scn2s.models.lowrank import reconstruct_counts
+    from scn2s.select import fit_lowrank
+
+    fit = fit_lowrank(task.counts, rank=MAX_RANK, rng=np.random.default_rng(0))
+    curve = [
+        mse_sqrt_cp10k(reconstruct_counts(fit.factors, k, fit.library_size, fit.target_sum), task.target)
+        for k in range(fit.factors.max_rank + 1)
+    ]
+    best = int(np.argmin(curve))
+    estimate = reconstruct_counts(fit.factors, best, fit.library_size, fit.target_sum)
+    return estimate, {"rank": best, "mse_per_rank": curve}
+
+
+def _magic(task: Task) -> tuple[np.ndarray, dict]:
+    import magic
+
+    library = np.asarray(task.counts.sum(axis=1), dtype=np.float64).ravel()
+    scale = np.divide(np.median(library), library, out=np.zeros_like(library), where=library > 0)
+    normalised = sparse.diags(scale) @ task.counts.astype(np.float64)
+    smoothed = magic.MAGIC(random_state=0, verbose=0).fit_transform(np.sqrt(normalised))
+    squared = np.clip(np.asarray(smoothed, dtype=np.float64), 0.0, None) ** 2
+    negative = float(np.mean(np.asarray(smoothed) < 0))
+    return _rescale(squared, library), {"fraction_negative_before_clip": negative}
+
+
+def _scvi(task: Task) -> tuple[np.ndarray, dict]:
+    import anndata as ad
+    import scvi
+
+    scvi.settings.seed = 0
+    adata = ad.AnnData(X=task.counts.astype(np.float32))
+    scvi.model.SCVI.setup_anndata(adata)
+    model = scvi.model.SCVI(adata)
+    model.train(accelerator="cpu")
+    frequencies = model.get_normalized_expression(library_size=1.0, n_samples=25, return_mean=True)
+    library = np.asarray(task.counts.sum(axis=1), dtype=np.float64).ravel()
+    epochs = len(model.history["elbo_train"])
+    return _rescale(np.asarray(frequencies, dtype=np.float64), library), {"epochs": epochs}
+
+
+def _rescale(values: np.ndarray, library: np.ndarray) -> np.ndarray:
+    total = values.sum(axis=1)
+    return values * np.divide(library, total, out=np.zeros_like(total), where=total > 0)[:, None]
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --- metrics -----------------------------------------------------------------------------------------------
+
+
+def cp10k(values: np.ndarray) -> np.ndarray:
+    total = values.sum(axis=1, keepdims=True)
+    return values * np.divide(1e4, total, out=np.zeros_like(total), where=total > 0)
+
+
+def mse_sqrt_cp10k(estimate: np.ndarray, target: np.ndarray) -> float:
+    return float(np.mean((np.sqrt(cp10k(estimate)) - np.sqrt(cp10k(target))) ** 2))
+
+
+def poisson_error(estimate: np.ndarray, task: Task) -> float:
+    """Poisson NLL per entry of the target (counts), or its expectation under the true rates (simulation)."""
+    from scn2s.loss import poisson_nll
+
+    rates = np.maximum(_rescale(estimate, task.target.sum(axis=1)), NLL_FLOOR)
+    if task.target_is_truth:
+        return float(np.mean(rates - task.target * np.log(rates)))
+    return poisson_nll(task.target, rates, floor=NLL_FLOOR)
+
+
+def heldout_sqrt_loss(estimate: np.ndarray, target: np.ndarray) -> float:
+    """scn2s's selection loss per entry: ``(sqrt(target) - m(rate))**2``, rates rescaled to the target's depth."""
+    from scn2s.loss import heldout_sqrt_mse, sqrt_poisson_mean
+
+    rates = _rescale(estimate, target.sum(axis=1))
+    return heldout_sqrt_mse(target, sqrt_poisson_mean(rates)) / target.size
+
+
+def mean_abs_corr(values: np.ndarray, genes: np.ndarray) -> float:
+    logged = np.log1p(cp10k(values)[:, genes])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.corrcoef(logged, rowvar=False)
+    upper = corr[np.triu_indices(len(genes), k=1)]
+    return float(np.nanmean(np.abs(upper)))
+
+
+def clustering(estimate: np.ndarray, labels: np.ndarray) -> dict:
+    """Leiden on log1p CP10k -> PCA(30) -> kNN(15), resolution searched for ~10 clusters; ARI, NMI."""
+    import anndata as ad
+    import scanpy as sc
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    adata = ad.AnnData(X=np.log1p(cp10k(estimate)).astype(np.float32))
+    sc.pp.pca(adata, n_comps=30, random_state=0)
+    sc.pp.neighbors(adata, n_neighbors=15, random_state=0)
+    lo, hi, resolution, found = 0.02, 3.0, 1.0, None
+    for _ in range(12):
+        sc.tl.leiden(adata, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=0)
+        n = adata.obs["leiden"].nunique()
+        if found is None or abs(n - N_CLUSTERS) < abs(found[1] - N_CLUSTERS):
+            found = (resolution, n, adata.obs["leiden"].to_numpy().copy())
+        if n == N_CLUSTERS:
+            break
+        lo, hi = (resolution, hi) if n < N_CLUSTERS else (lo, resolution)
+        resolution = (lo + hi) / 2
+    resolution, n, clusters = found
+    return {
+        "ari": float(adjusted_rand_score(labels, clusters)),
+        "nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "n_clusters": int(n),
+        "resolution": float(resolution),
+    }
+
+
+def score(estimate: np.ndarray, task: Task, corr_genes: np.ndarray, target_corr: float) -> dict:
+    corr = mean_abs_corr(estimate, corr_genes)
+    scores = {
+        "mse_sqrt_cp10k": mse_sqrt_cp10k(estimate, task.target),
+        "poisson_nll": poisson_error(estimate, task),
+        "heldout_sqrt_loss": None if task.target_is_truth else heldout_sqrt_loss(estimate, task.target),
+        "corr": corr,
+        "corr_target": target_corr,
+        "corr_ratio": corr / target_corr,
+    }
+    if task.labels is not None:
+        scores |= clustering(estimate, task.labels)
+    return scores
+
+
+# --- worker and parent -------------------------------------------------------------------------------------
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Run one method on the task saved in ``args.scratch``; write its estimate, time and peak RSS there."""
+    scratch = args.scratch
+    meta = json.loads((scratch / "task.json").read_text())
+    counts = sparse.load_npz(scratch / "counts.npz").tocsr()
+    # only the oracle reads the target
+    target = np.load(scratch / "target.npy") if args.method == "best_rank" else np.empty((0, 0))
+    task = Task(meta["name"], counts, target, target_is_truth=meta["target_is_truth"])
+    if args.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    start = time.perf_counter()
+    estimate, info = run_method(args.method, task)
+    elapsed = time.perf_counter() - start
+    np.save(scratch / "estimate.npy", estimate.astype(np.float32))
+    info["torch_threads"] = args.torch_threads
+    record = {"time_s": elapsed, "peak_rss_mib": peak_rss_mib(), "info": info}
+    (scratch / "record.json").write_text(json.dumps(record))
+
+
+def peak_rss_mib() -> float:
+    """``VmHWM`` of this process: its peak resident set, without what ``ru_maxrss`` inherits at fork."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save_task(task: Task, scratch: Path) -> None:
+    sparse.save_npz(scratch / "counts.npz", task.counts, compressed=False)
+    np.save(scratch / "target.npy", task.target)
+    (scratch / "task.json").write_text(json.dumps({"name": task.name, "target_is_truth": task.target_is_truth}))
+
+
+def spawn(method: str, scratch: Path, torch_threads: int | None) -> tuple[np.ndarray, dict]:
+    """Run one method in a fresh interpreter on the task saved in ``scratch``; return its estimate and record."""
+    command = [sys.executable, __file__, "--worker", "--method", method, "--scratch", str(scratch)]
+    if torch_threads is not None:
+        command += ["--torch-threads", str(torch_threads)]
+    result = subprocess.run(command, check=False)
+    if result.returncode != 0:
+        msg = f"{method} failed with exit code {result.returncode}."
+        raise RuntimeError(msg)
+    return np.load(scratch / "estimate.npy"), json.loads((scratch / "record.json").read_text())
+
+
+def benchmark(
+    task_name: str, methods: list[str], data_dir: Path, results: dict, out: Path, torch_threads: int | None = None
+) -> None:
+    task = load_task(task_name, data_dir)
+    corr_genes = np.argsort(-task.target.mean(axis=0), kind="stable")[:N_CORR_GENES]
+    target_corr = mean_abs_corr(task.target, corr_genes)
+    entry = results.setdefault(task_name, {"info": task.info, "methods": {}})
+    entry["info"] = task.info
+    repeats = {"lowrank": LOWRANK_REPEATS}
+    with tempfile.TemporaryDirectory() as scratch:
+        save_task(task, Path(scratch))
+        for method in methods:
+            runs = []
+            for _ in range(repeats.get(method, 1)):
+                runs.append(spawn(method, Path(scratch), torch_threads))
+                record = runs[-1][1]
+                print(f"{task_name} {method}: {record['time_s']:.1f} s, {record['peak_rss_mib']:.0f} MiB", flush=True)
+            estimate, record = runs[0]
+            entry["methods"][method] = score(estimate.astype(np.float64), task, corr_genes, target_corr) | {
+                "time_s": float(np.median([r["time_s"] for _, r in runs])),
+                "times_s": [r["time_s"] for _, r in runs],
+                "peak_rss_mib": float(np.median([r["peak_rss_mib"] for _, r in runs])),
+                "info": record["info"],
+            }
+            save_result(out, task_name, method, entry)
+
+
+def save_result(out: Path, task_name: str, method: str, entry: dict) -> None:
+    """Write one method's result into ``out``, keeping what other runs wrote there meanwhile."""
+    results = json.loads(out.read_text()) if out.exists() else {}
+    saved = results.setdefault(task_name, {"methods": {}})
+    saved["info"] = entry["info"]
+    saved["methods"][method] = entry["methods"][method]
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out)
+
+
+# --- tables ------------------------------------------------------------------------------------------------
+
+
+def tables(results: dict) -> str:
+    blocks = []
+    for task_name in TASKS:
+        if task_name not in results:
+            continue
+        entry = results[task_name]
+        methods = entry["methods"]
+        clustered = any("ari" in m for m in methods.values())
+        real = any(m.get("heldout_sqrt_loss") is not None for m in methods.values())
+        header = "| method | MSE sqrt CP10k | Poisson NLL |" + (" held-out sqrt loss |" if real else "")
+        header += " mean abs corr (target) | ratio |"
+        header += " ARI | NMI | clusters |" if clustered else ""
+        header += " time (s) | peak RSS (MiB) | choice |"
+        rule = "|" + "---|" * (header.count("|") - 1)
+        rows = [header, rule]
+        for method in METHODS:
+            if method not in methods:
+                continue
+            m = methods[method]
+            row = f"| {LABELS[method]} | {m['mse_sqrt_cp10k']:.4f} | {m['poisson_nll']:.4f} |"
+            row += f" {m['heldout_sqrt_loss']:.5f} |" if real else ""
+            row += f" {m['corr']:.3f} ({m['corr_target']:.3f}) | {m['corr_ratio']:.2f} |"
+            if clustered:
+                row += f" {m['ari']:.3f} | {m['nmi']:.3f} | {m['n_clusters']} |"
+            row += f" {m['time_s']:.1f} | {m['peak_rss_mib']:.0f} | {_choice(method, m['info'])} |"
+            rows.append(row)
+        blocks.append(f"**{task_name}** ({json.dumps(entry['info'])})\n\n" + "\n".join(rows))
+    return "\n\n".join(blocks)
+
+
+def _choice(method: str, info: dict) -> str:
+    if method == "best_rank":
+        return f"rank {info['rank']}"
+    if method == "scvi":
+        return f"{info['epochs']} epochs"
+    if "family" not in info:
+        return ""
+    params = info["best_params"]
+    if info["family"] == "lowrank":
+        return f"lowrank, rank {params['rank']}"
+    return f"autoencoder h{params['hidden']}-b{params['bottleneck']}, {params['epochs']} epochs, {params['inference']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("peers.json"))
+    parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads in each worker (default: torch's)")
+    parser.add_argument("--tables", action="store_true", help="print the tables of --out and exit")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if not args.tables:
+        for task_name in args.tasks:
+            benchmark(task_name, args.methods, args.data_dir, results, args.out, args.torch_threads)
+    print(tables(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
