@@ -209,28 +209,22 @@ def _number(text: str, kind: type, what: str):
         raise argparse.ArgumentTypeError(msg) from None
 
 
-def _fraction(text: str) -> float:
-    value = _number(text, float, "a number strictly between 0 and 1")
-    if not 0 < value < 1:
-        msg = f"must be strictly between 0 and 1, got {text}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+def _checked(kind: type, what: str, bound: str, accept):
+    """An argparse ``type`` that parses ``kind`` (else "must be ``what``") and refuses values outside ``accept``."""
+
+    def parse(text: str):
+        value = _number(text, kind, what)
+        if not accept(value):
+            msg = f"must be {bound}, got {text}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    value = _number(text, int, "a positive integer")
-    if value < 1:
-        msg = f"must be a positive integer, got {text}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = _number(text, int, "a non-negative integer")
-    if value < 0:
-        msg = f"must be a non-negative integer, got {text}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+_fraction = _checked(float, "a number strictly between 0 and 1", "strictly between 0 and 1", lambda v: 0 < v < 1)
+_positive = _checked(int, "a positive integer", "a positive integer", lambda v: v >= 1)
+_non_negative = _checked(int, "a non-negative integer", "a non-negative integer", lambda v: v >= 0)
 
 
 def _key(text: str) -> str:
