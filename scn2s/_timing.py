@@ -1,6 +1,6 @@
 """Wall time of the steps of a run, for ``uns`` records and for benchmarks.
 
-Each step logs ``start`` and ``end`` records on the ``scn2s.timing`` logger (DEBUG) with the step's name in
+Each step logs ``start`` and ``end`` records on this module's logger (``scn2s._timing``, DEBUG) with the step's name in
 ``record.step`` and the phase in ``record.phase``, so a benchmark can attach a handler and line its own
 measurements (memory, say) up with the steps.
 """
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 __all__ = ["Timings"]
 
-logger = logging.getLogger("scn2s.timing")
+logger = logging.getLogger(__name__)
 
 
 class Timings:

@@ -28,6 +28,7 @@ __all__ = [
     "describe_source",
     "get_counts",
     "make_rng",
+    "refuse_backed",
     "seed_record",
     "versions",
     "write_results",
@@ -53,16 +54,15 @@ def _hint(source: str) -> str:
 
 
 def get_counts(adata: AnnData, layer: str | None):
-    """The count matrix of ``adata`` (``X`` or a layer), checked by :func:`check_counts`; never a copy."""
+    """The count matrix of ``adata`` (``X`` or a layer), checked by :func:`check_counts`; never a copy.
+
+    An AnnData opened with ``backed=`` holds ``X`` on disk (layers are read into memory): its ``X`` is returned
+    unchecked, for the caller to stream and check block by block (:class:`scn2s._blocks.RowBlocks`), or to
+    refuse with :func:`refuse_backed`.
+    """
     if layer is not None and not isinstance(layer, str):
         msg = f"layer must be the name of a layer (a string) or None for adata.X, got {layer!r}."
         raise TypeError(msg)
-    if adata.isbacked:
-        msg = (
-            f"adata is backed by the file {adata.filename} (read with backed=...), which scn2s does not support "
-            "yet; load it into memory first with adata = adata.to_memory()."
-        )
-        raise ValueError(msg)
     if adata.n_obs == 0 or adata.n_vars == 0:
         msg = f"adata is empty ({adata.n_obs} cells x {adata.n_vars} genes); there are no counts to process."
         raise ValueError(msg)
@@ -72,6 +72,8 @@ def get_counts(adata: AnnData, layer: str | None):
         if X is None:
             msg = f"adata.X is None; pass layer= naming the layer with the raw counts (available: {available})."
             raise ValueError(msg)
+        if adata.isbacked:
+            return X
     elif layer in adata.layers:
         X = adata.layers[layer]
     else:
@@ -81,12 +83,27 @@ def get_counts(adata: AnnData, layer: str | None):
     return X
 
 
+def refuse_backed(adata: AnnData, layer: str | None, what: str) -> None:
+    """Raise if the counts of ``adata`` are on disk (``backed=``) and ``what`` cannot stream them."""
+    if adata.isbacked and layer is None:
+        msg = (
+            f"adata is backed by the file {adata.filename} (read with backed=...); {what} needs the counts in "
+            'memory: load them with adata = adata.to_memory(), or denoise with method="lowrank", which streams '
+            "them from the file."
+        )
+        raise ValueError(msg)
+
+
+_CHECK_CHUNK = 1 << 22
+
+
 def check_counts(X, source: str = "X") -> None:
     """Raise if ``X`` is not a matrix of raw UMI counts.
 
     Accepted: dense or sparse (CSR, CSC) matrices of any integer dtype (signed or unsigned, 8 to 64 bits), or
     of a float dtype holding integer values, all finite, non-negative and at most :data:`MAX_COUNT`. ``X`` is
-    never converted or modified; arithmetic on it is done in int64 or float64.
+    never converted or modified; arithmetic on it is done in int64 or float64, on chunks of the values, so the
+    check's own memory stays small whatever the size of ``X``.
 
     Parameters
     ----------
@@ -108,33 +125,37 @@ def check_counts(X, source: str = "X") -> None:
         raise TypeError(msg)
     if values.size == 0:
         return
+    flat = values.reshape(-1)
+    chunks = [flat[start : start + _CHECK_CHUNK] for start in range(0, flat.size, _CHECK_CHUNK)]
     if dtype.kind == "f":
-        n_nan = int(np.count_nonzero(np.isnan(values)))
+        n_nan = sum(int(np.count_nonzero(np.isnan(chunk))) for chunk in chunks)
         if n_nan:
             msg = f"{source} contains {n_nan} NaN value(s); raw UMI counts are finite. {_hint(source)}"
             raise ValueError(msg)
-        n_inf = int(np.count_nonzero(np.isinf(values)))
+        n_inf = sum(int(np.count_nonzero(np.isinf(chunk))) for chunk in chunks)
         if n_inf:
             msg = f"{source} contains {n_inf} infinite value(s); raw UMI counts are finite. {_hint(source)}"
             raise ValueError(msg)
-    low = values.min()
+    low = min(chunk.min() for chunk in chunks)
     if low < 0:
-        n_negative = int(np.count_nonzero(values < 0))
+        n_negative = sum(int(np.count_nonzero(chunk < 0)) for chunk in chunks)
         msg = (
             f"{source} contains {n_negative} negative value(s) (minimum {low:g}), so it looks scaled or centred; "
             f"scn2s needs raw UMI counts. {_hint(source)}"
         )
         raise ValueError(msg)
     if dtype.kind == "f":
-        fractional = values != np.round(values)
-        if fractional.any():
-            example = values[fractional].flat[0]
-            msg = (
-                f"{source} holds non-integer values (e.g. {example:.6g}), so it looks normalised or "
-                f"log-transformed; scn2s needs raw UMI counts. {_hint(source)}"
-            )
-            raise ValueError(msg)
-    high = int(values.max()) if dtype.kind in "iu" else float(values.max())
+        for chunk in chunks:
+            fractional = chunk != np.round(chunk)
+            if fractional.any():
+                example = chunk[fractional][0]
+                msg = (
+                    f"{source} holds non-integer values (e.g. {example:.6g}), so it looks normalised or "
+                    f"log-transformed; scn2s needs raw UMI counts. {_hint(source)}"
+                )
+                raise ValueError(msg)
+    high = max(chunk.max() for chunk in chunks)
+    high = int(high) if dtype.kind in "iu" else float(high)
     if high > MAX_COUNT:
         msg = (
             f"{source} holds values up to {high:.6g}, above 2**53, the largest integer float64 arithmetic holds "

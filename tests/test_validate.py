@@ -241,16 +241,22 @@ def test_empty_anndata(shape):
     _raises(ValueError, message, scn2s.pp.split_counts, adata)
 
 
-def test_backed_anndata_is_refused_with_a_way_out(counts, tmp_path):
+def test_backed_anndata_is_refused_where_it_cannot_be_streamed(counts, tmp_path):
     path = tmp_path / "counts.h5ad"
     ad.AnnData(sparse.csr_matrix(counts)).write_h5ad(path)
     adata = ad.read_h5ad(path, backed="r")
-    message = (
-        f"adata is backed by the file {adata.filename} (read with backed=...), which scn2s does not support yet; "
-        "load it into memory first with adata = adata.to_memory()."
-    )
-    _raises(ValueError, message, _denoise, adata)
-    _raises(ValueError, message, scn2s.pp.split_counts, adata)
+    for what, func, kwargs in (
+        ("method='auto'", _denoise, {"method": "auto"}),
+        ("method='autoencoder'", _denoise, {"method": "autoencoder"}),
+        ("split_counts", scn2s.pp.split_counts, {}),
+    ):
+        message = (
+            f"adata is backed by the file {adata.filename} (read with backed=...); {what} needs the counts in "
+            'memory: load them with adata = adata.to_memory(), or denoise with method="lowrank", which streams them '
+            "from the file."
+        )
+        _raises(ValueError, message, func, adata, **kwargs)
+    assert "denoised" not in adata.layers
     adata.file.close()
 
 

@@ -9,7 +9,9 @@ denoised expected counts are ``m^{-1}(sqrt(s / c) * Y_hat)`` (see :mod:`scn2s.lo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from scipy import sparse
@@ -43,20 +45,39 @@ class LowRankFactors:
         return len(self.s)
 
 
-def sqrt_normalize(counts: sparse.csr_matrix, library_size: np.ndarray, target_sum: float) -> sparse.csr_matrix:
+Blocks = Sequence[sparse.csr_matrix]
+"""A matrix as a sequence of CSR blocks of consecutive rows (:class:`scn2s._blocks.RowBlocks` order)."""
+
+
+def sqrt_normalize(
+    counts: sparse.csr_matrix, library_size: np.ndarray, target_sum: float, *, dtype=np.float32
+) -> sparse.csr_matrix:
     """``sqrt(counts * target_sum / library_size)`` per cell, as a new CSR matrix (zero rows stay zero).
 
-    Duplicate entries of ``counts`` are summed before the square root.
+    Duplicate entries of ``counts`` are summed before the square root. The values are stored as ``dtype``
+    (``float32`` by default: they feed the products of :func:`randomized_svd`, which accumulate in float64).
     """
     counts = canonical_csr(counts)
     scale = np.divide(target_sum, library_size, out=np.zeros(len(library_size)), where=library_size > 0)
     rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-    data = np.sqrt(counts.data * scale[rows])
+    data = np.sqrt(counts.data * scale[rows]).astype(dtype, copy=False)
     return sparse.csr_matrix((data, counts.indices.copy(), counts.indptr.copy()), shape=counts.shape)
 
 
+def _as_blocks(Y) -> list:
+    """``Y`` as a list of row blocks: a single matrix is one block."""
+    if isinstance(Y, np.ndarray) or sparse.issparse(Y):
+        return [Y]
+    return list(Y)
+
+
+def _block_rows(blocks: list) -> list[slice]:
+    bounds = np.cumsum([0] + [block.shape[0] for block in blocks])
+    return [slice(int(a), int(b)) for a, b in pairwise(bounds)]
+
+
 def randomized_svd(
-    Y: sparse.spmatrix | np.ndarray,
+    Y: sparse.spmatrix | np.ndarray | Blocks,
     rank: int,
     *,
     rng: np.random.Generator,
@@ -66,31 +87,41 @@ def randomized_svd(
     """Truncated SVD of the column-centred ``Y`` without forming it (Halko, Martinsson & Tropp 2011).
 
     Centring is implicit: products with ``Y - 1 mean^T`` are computed as products with ``Y`` minus a rank-one
-    correction, so a sparse ``Y`` stays sparse. Cost ``O(nnz * (rank + n_oversamples) * n_iter)``. The dense
-    steps are tall and thin (QR of ``cells x width``), where BLAS threads gain little and, on a busy machine,
-    lose a lot to spinning; they run on one BLAS thread.
+    correction, so a sparse ``Y`` stays sparse. ``Y`` may be given as a sequence of row blocks, which are
+    multiplied one at a time. The products with ``Y`` run in ``Y``'s precision (float32 halves their memory
+    traffic) and accumulate in float64; everything dense is float64. Cost
+    ``O(nnz * (rank + n_oversamples) * n_iter)``. The dense steps are tall and thin (QR of ``cells x width``),
+    where BLAS threads gain little and, on a busy machine, lose a lot to spinning; they run on one BLAS thread.
     """
     with threadpool_limits(limits=1, user_api="blas"):
-        return _randomized_svd(Y, rank, rng=rng, n_oversamples=n_oversamples, n_iter=n_iter)
+        return _randomized_svd(_as_blocks(Y), rank, rng=rng, n_oversamples=n_oversamples, n_iter=n_iter)
 
 
 def _randomized_svd(
-    Y: sparse.spmatrix | np.ndarray, rank: int, *, rng: np.random.Generator, n_oversamples: int, n_iter: int
+    blocks: list, rank: int, *, rng: np.random.Generator, n_oversamples: int, n_iter: int
 ) -> LowRankFactors:
-    n, g = Y.shape
+    n = sum(block.shape[0] for block in blocks)
+    g = blocks[0].shape[1]
     rank = int(min(rank, n - 1, g))
     if rank < 1:
-        msg = f"Need at least 2 cells and 1 gene for a rank-1 fit, got shape {Y.shape}."
+        msg = f"Need at least 2 cells and 1 gene for a rank-1 fit, got shape {(n, g)}."
         raise ValueError(msg)
-    mean = np.asarray(Y.mean(axis=0)).ravel()
+    rows = _block_rows(blocks)
+    mean = sum(np.asarray(block.sum(axis=0, dtype=np.float64)).ravel() for block in blocks) / n
     # a sketch of at least 40 columns: small ranks of a flat noise spectrum converge poorly otherwise
     width = min(max(rank + n_oversamples, 40), n, g)
 
     def right(M: np.ndarray) -> np.ndarray:  # (Y - 1 mean^T) @ M
-        return np.asarray(Y @ M) - mean @ M
+        out = np.empty((n, M.shape[1]))
+        for r, block in zip(rows, blocks, strict=True):
+            out[r] = block @ M.astype(block.dtype, copy=False)
+        return out - mean @ M
 
     def left(M: np.ndarray) -> np.ndarray:  # (Y - 1 mean^T).T @ M
-        return np.asarray(Y.T @ M) - np.outer(mean, M.sum(axis=0))
+        out = np.zeros((g, M.shape[1]))
+        for r, block in zip(rows, blocks, strict=True):
+            out += block.T @ M[r].astype(block.dtype, copy=False)
+        return out - np.outer(mean, M.sum(axis=0))
 
     Q = right(rng.standard_normal((g, width)))
     # numpy's LAPACK throughout: mixing it with scipy's (a second BLAS thread pool) oversubscribes the cores
@@ -107,7 +138,7 @@ def _randomized_svd(
 def heldout_loss_per_rank(
     factors: LowRankFactors,
     cell_scale: np.ndarray,
-    heldout: sparse.csr_matrix,
+    heldout: sparse.csr_matrix | Blocks,
     *,
     depth_ratio: float = 1.0,
     chunk_size: int = 2048,
@@ -128,7 +159,7 @@ def heldout_loss_per_rank(
     cell_scale
         Per-cell factor from normalised square-root space back to the training half's counts.
     heldout
-        Held-out counts (CSR).
+        Held-out counts (CSR), or a sequence of CSR blocks of consecutive cells.
     depth_ratio
         Expected depth of the held-out half over that of the training half, ``(1 - p) / p``.
     chunk_size
@@ -138,14 +169,21 @@ def heldout_loss_per_rank(
     -------
     Array of length ``K + 1``: the summed squared error of each rank.
     """
-    heldout = canonical_csr(heldout)
-    if depth_ratio == 1.0:
-        return _loss_per_rank_linear(factors, cell_scale, heldout)
-    return _loss_per_rank_converted(factors, cell_scale, heldout, depth_ratio, chunk_size)
+    blocks = [canonical_csr(block) for block in _as_blocks(heldout)]
+    loss = np.zeros(factors.max_rank + 1)
+    for rows, block in zip(_block_rows(blocks), blocks, strict=True):
+        if depth_ratio == 1.0:
+            loss += _loss_per_rank_linear(factors, cell_scale, block, rows)
+        else:
+            loss += _loss_per_rank_converted(factors, cell_scale, block, rows, depth_ratio, chunk_size)
+    return loss
 
 
-def _loss_per_rank_linear(factors: LowRankFactors, a: np.ndarray, heldout: sparse.csr_matrix) -> np.ndarray:
-    mean, U, s, Vt = factors.mean, factors.U, factors.s, factors.Vt
+def _loss_per_rank_linear(
+    factors: LowRankFactors, a: np.ndarray, heldout: sparse.csr_matrix, rows: slice
+) -> np.ndarray:
+    mean, s, Vt = factors.mean, factors.s, factors.Vt
+    a, U = a[rows], factors.U[rows]
     T = heldout.astype(np.float64)
     T.data = np.sqrt(T.data)
     target_sq = float(np.sum(T.data**2))
@@ -161,9 +199,10 @@ def _loss_per_rank_linear(factors: LowRankFactors, a: np.ndarray, heldout: spars
 
 
 def _loss_per_rank_converted(
-    factors: LowRankFactors, a: np.ndarray, heldout: sparse.csr_matrix, ratio: float, chunk_size: int
+    factors: LowRankFactors, a: np.ndarray, heldout: sparse.csr_matrix, block_rows: slice, ratio: float, chunk_size: int
 ) -> np.ndarray:
-    mean, U, s, Vt = factors.mean, factors.U, factors.s, factors.Vt
+    mean, s, Vt = factors.mean, factors.s, factors.Vt
+    a, U = a[block_rows], factors.U[block_rows]
     loss = np.zeros(len(s) + 1)
     for start in range(0, heldout.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)

@@ -10,7 +10,9 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from .._blocks import RowBlocks, block_slices
 from .._sparse import canonical_csr
+from .._timing import Timings
 from .._validate import (
     check_fraction,
     check_integer,
@@ -19,6 +21,7 @@ from .._validate import (
     describe_source,
     get_counts,
     make_rng,
+    refuse_backed,
     seed_record,
     versions,
     write_results,
@@ -78,6 +81,9 @@ def denoise(
       epoch) with early stopping on the held-out half. The best candidate, its epoch count and inference mode
       are trained on the full counts.
     * ``"auto"``: both, and the family with the lower held-out loss on the splits both used is written.
+
+    The low-rank family reads the counts in blocks of cells, so an AnnData opened with ``backed="r"`` is
+    streamed from its file (``method="lowrank"``); the autoencoder needs them in memory.
 
     Everything is computed before anything is written, and the writes are all or nothing: after an error or
     an interrupt (``KeyboardInterrupt``) ``adata`` is as it was. Writing to a view makes it an actual AnnData
@@ -146,7 +152,8 @@ def denoise(
         candidate and split, per epoch), ``chosen``, ``epochs``, ``inference``, ``device``, ``batch_size``; both with
         ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
         splits and the choice); ``version``; ``versions`` (``python``, ``scn2s``, ``numpy``, ``scipy`` and ``anndata``);
-        ``elapsed_seconds``. :func:`scn2s.pl.selection` plots ``selection``.
+        ``elapsed_seconds``; ``timings`` (seconds per step: ``read``, ``split``, ``selection``, ``fit``,
+        ``autoencoder``, ``output``, those that ran). :func:`scn2s.pl.selection` plots ``selection``.
 
     Raises
     ------
@@ -156,7 +163,8 @@ def denoise(
         If ``layer`` or the ``mask_var`` column does not exist (the message lists the layers).
     ValueError
         If the counts are not raw UMI counts (non-integer, negative, NaN, infinite, above ``2**53``) or hold no
-        molecule; if ``adata`` is empty, backed, or has a single cell; or if an argument is out of range. Each
+        molecule; if ``adata`` is empty or has a single cell; if ``adata`` is backed and ``method`` is not
+        ``"lowrank"``; or if an argument is out of range. Each
         message names where the counts were read (``adata.X`` or ``adata.layers[...]``) and what to do.
     """
     start = time.perf_counter()
@@ -174,22 +182,36 @@ def denoise(
     check_sample_ratio(sample_ratio, held_out=True)
     seed = seed_record(rng)
     requested = method
+    timings = Timings()
     split_rng, lowrank_rng, autoencoder_rng = make_rng(rng).spawn(3)
     splits = Splits.draw(split_rng, n_splits, p, sample_ratio)
+    if method != "lowrank":
+        refuse_backed(adata, layer, f"method={method!r}")
     counts = get_counts(adata, layer)
     genes = _gene_mask(adata, mask_var)
 
     source = describe_source(layer)
-    counts = canonical_csr(counts)  # a copy only if X holds duplicate entries; never modified
-    modelled = counts[:, genes] if genes is not None else counts
-    if not modelled.data.any():
+    with timings.step("read"):
+        if adata.isbacked and layer is None:
+            # streamed from the file, block by block, each checked the first time it is read
+            modelled = None
+            blocks = RowBlocks(counts, genes=genes, source=source)
+            has_molecule = False
+            for _, _, block in blocks:  # one pass that checks every block before any work
+                has_molecule |= bool(block.data.any())
+        else:
+            counts = canonical_csr(counts)  # a copy only if X holds duplicate entries; never modified
+            modelled = counts[:, genes] if genes is not None else counts
+            blocks = RowBlocks(modelled, checked=True)
+            has_molecule = bool(modelled.data.any())
+    if not has_molecule:
         where = " in the genes selected by mask_var" if genes is not None else ""
         msg = (
             f"{source} holds no molecule{where} (every count is zero); there is nothing to denoise. Check that "
             "layer= names the raw counts."
         )
         raise ValueError(msg)
-    n_cells, n_genes = modelled.shape
+    n_cells, n_genes = blocks.shape
     if n_cells < 2:
         msg = f"denoise needs at least 2 cells to fit a model across cells; {source} has {n_cells}."
         raise ValueError(msg)
@@ -201,35 +223,38 @@ def denoise(
         warnings.warn(msg, UserWarning, stacklevel=2)
         method, rank = "lowrank", 0
     elif rank is None:
-        max_rank = clamp_rank("max_rank", max_rank, modelled.shape, stacklevel=3)
+        max_rank = clamp_rank("max_rank", max_rank, (n_cells, n_genes), stacklevel=3)
     else:
-        rank = clamp_rank("rank", rank, modelled.shape, stacklevel=3)
-    logger.info("denoising %s: %d cells x %d genes, %d non-zeros", source, n_cells, n_genes, modelled.nnz)
+        rank = clamp_rank("rank", rank, (n_cells, n_genes), stacklevel=3)
+    logger.info("denoising %s: %d cells x %d genes", source, n_cells, n_genes)
     fits: dict[str, LowRankSelection | AutoencoderSelection] = {}
     if method in ("auto", "lowrank"):
         fits["lowrank"] = fit_lowrank(
-            modelled,
+            blocks,
             max_rank=max_rank,
             rank=rank,
             splits=splits,
             depth_correction=depth_correction,
             rng=lowrank_rng,
             progress=progress,
+            timings=timings,
         )
     if method in ("auto", "autoencoder"):
-        fits["autoencoder"] = fit_autoencoder(
-            modelled,
-            splits=splits,
-            configs=autoencoder_configs,
-            n_splits=autoencoder_splits,
-            device=device,
-            rng=autoencoder_rng,
-            progress=progress,
-        )
+        with timings.step("autoencoder"):
+            fits["autoencoder"] = fit_autoencoder(
+                modelled,
+                splits=splits,
+                configs=autoencoder_configs,
+                n_splits=autoencoder_splits,
+                device=device,
+                rng=autoencoder_rng,
+                progress=progress,
+            )
     comparison = compare_families(fits["lowrank"], fits["autoencoder"]) if method == "auto" else None
     family = comparison["chosen"] if comparison else method
     fit = fits[family]
-    output = _write_dense(fit, modelled, counts, genes, progress=progress)
+    with timings.step("output"):
+        output = _write_dense(fit, modelled, counts, genes, progress=progress)
 
     params = {
         "method": requested,
@@ -263,6 +288,7 @@ def denoise(
         "version": _version(),
         "versions": versions(),
         "elapsed_seconds": time.perf_counter() - start,
+        "timings": timings.as_dict(),
     }
     if comparison is not None:
         record["comparison"] = comparison
@@ -298,20 +324,21 @@ def _gene_mask(adata: AnnData, mask_var) -> np.ndarray | None:
     return np.flatnonzero(mask)
 
 
-def _write_dense(fit, modelled: sparse.csr_matrix, counts, genes: np.ndarray | None, *, progress: bool) -> np.ndarray:
+def _write_dense(
+    fit, modelled: sparse.csr_matrix | None, counts, genes: np.ndarray | None, *, progress: bool
+) -> np.ndarray:
     n_cells, n_genes = counts.shape
     output = np.empty((n_cells, n_genes), dtype=np.float32)
-    if genes is not None:
-        raw = sparse.csr_matrix(counts)
+    if genes is not None:  # the other genes keep their counts, read block by block (counts may be on disk)
         rest = np.setdiff1d(np.arange(n_genes), genes)
-    for start in tqdm(range(0, n_cells, _CHUNK), desc="writing", disable=not progress):
-        rows = slice(start, min(start + _CHUNK, n_cells))
+        raw = RowBlocks(counts, genes=rest, checked=True, block_rows=_CHUNK)
+    for b, rows in enumerate(tqdm(block_slices(n_cells, _CHUNK), desc="writing", disable=not progress)):
         block = fit.reconstruct(modelled, rows)
         if genes is None:
             output[rows] = block
         else:
             output[rows, genes] = block
-            output[rows, rest] = raw[rows][:, rest].toarray()
+            output[rows, rest] = raw.block(b).toarray()
     return output
 
 

@@ -12,6 +12,7 @@ from .._validate import (
     describe_source,
     get_counts,
     make_rng,
+    refuse_backed,
     seed_record,
     versions,
     write_results,
@@ -82,6 +83,7 @@ def split_counts(
     check_sample_ratio(sample_ratio, held_out=False)
     seed = seed_record(rng)
     generator = make_rng(rng)
+    refuse_backed(adata, layer, "split_counts")
     counts = get_counts(adata, layer)
     halves = binomial_split(counts, p, rng=generator, sample_ratio=sample_ratio)
     params = {"p": p, "layer": layer or "X", "key_added": [key_a, key_b], "seed": seed}

@@ -10,7 +10,9 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from .._blocks import RowBlocks
 from .._sparse import canonical_csr
+from .._timing import Timings
 from ..models.lowrank import (
     LowRankFactors,
     heldout_loss_per_rank,
@@ -21,7 +23,15 @@ from ..models.lowrank import (
 )
 from .splits import Splits
 
-__all__ = ["LowRankSelection", "clamp_rank", "fit_lowrank", "rank_limit", "search_lowrank"]
+__all__ = [
+    "LowRankSelection",
+    "as_row_blocks",
+    "clamp_rank",
+    "fit_lowrank",
+    "normalised_blocks",
+    "rank_limit",
+    "search_lowrank",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -97,45 +107,83 @@ def clamp_rank(name: str, value: int, shape: tuple[int, int], *, stacklevel: int
     return value
 
 
+def as_row_blocks(counts: sparse.spmatrix | RowBlocks) -> RowBlocks:
+    """``counts`` as :class:`~scn2s._blocks.RowBlocks` (a matrix in memory is taken as checked counts)."""
+    if isinstance(counts, RowBlocks):
+        return counts
+    return RowBlocks(canonical_csr(counts), checked=True)
+
+
 def search_lowrank(
-    counts: sparse.csr_matrix,
+    counts: sparse.csr_matrix | RowBlocks,
     *,
     max_rank: int,
     splits: Splits,
     rng: np.random.Generator,
     progress: bool = False,
+    timings: Timings | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Held-out loss of every rank ``0..max_rank`` on every split.
 
-    Each split's training half is factorised once; its held-out half scores all ranks.
+    Each split's training half is factorised once; its held-out half scores all ranks. The counts are read
+    block by block, once per split; the two halves of a split are held in memory (as sparse blocks whose
+    non-zeros are at most those of the counts) while it is scored.
 
     Returns
     -------
     ``(losses, singular_values)``: per-entry losses ``(n_splits, max_rank + 1)`` and each split's
     singular values ``(n_splits, max_rank)``.
     """
-    counts = canonical_csr(counts)
-    n, g = counts.shape
+    blocks = as_row_blocks(counts)
+    timings = Timings() if timings is None else timings
+    n, g = blocks.shape
     train_frac, _ = splits.fractions
     losses = np.empty((len(splits), max_rank + 1))
     spectra = np.empty((len(splits), max_rank))
     svd_rngs = rng.spawn(len(splits))
     for i in tqdm(range(len(splits)), desc="rank search", disable=not progress):
-        train, heldout = splits.get(i, counts)
-        library = np.asarray(train.sum(axis=1), dtype=np.float64).ravel()
-        # normalise to the full-depth scale estimated from the training half alone (which may hold no molecule)
-        expressed = library > 0
-        target_sum = float(np.median(library[expressed])) / train_frac if expressed.any() else 1.0
-        factors = randomized_svd(sqrt_normalize(train, library, target_sum), max_rank, rng=svd_rngs[i])
-        cell_scale = np.sqrt(library / target_sum)
-        losses[i] = heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=splits.depth_ratio) / (n * g)
+        with timings.step("split"):
+            train, heldout = [], []
+            library = np.empty(n)
+            for b, rows, block in blocks:
+                train_block, heldout_block = splits.get_block(i, b, block)
+                library[rows] = np.asarray(train_block.sum(axis=1, dtype=np.float64)).ravel()
+                train.append(train_block)
+                heldout.append(heldout_block)
+                del block
+        with timings.step("selection"):
+            # normalise to the full-depth scale estimated from the training half alone (which may hold no molecule)
+            expressed = library > 0
+            target_sum = float(np.median(library[expressed])) / train_frac if expressed.any() else 1.0
+            for j, rows in enumerate(blocks.slices):
+                train[j] = sqrt_normalize(train[j], library[rows], target_sum)
+            factors = randomized_svd(train, max_rank, rng=svd_rngs[i])
+            del train
+            cell_scale = np.sqrt(library / target_sum)
+            losses[i] = heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=splits.depth_ratio) / (n * g)
+            del heldout
         spectra[i] = factors.s
         logger.debug("split %d: best rank %d", i, int(np.argmin(losses[i])))
     return losses, spectra
 
 
+def normalised_blocks(blocks: RowBlocks) -> tuple[list[sparse.csr_matrix], np.ndarray, float]:
+    """The normalised square-root counts as blocks, each cell's library size and the normalisation target.
+
+    Two passes over the counts (library sizes, then the normalised blocks), so that only the normalised copy
+    is held.
+    """
+    library = np.empty(blocks.shape[0])
+    for _, rows, block in blocks:
+        library[rows] = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
+    expressed = library > 0
+    target_sum = float(np.median(library[expressed])) if expressed.any() else 1.0
+    normalised = [sqrt_normalize(block, library[rows], target_sum) for _, rows, block in blocks]
+    return normalised, library, target_sum
+
+
 def fit_lowrank(
-    counts: sparse.csr_matrix,
+    counts: sparse.csr_matrix | RowBlocks,
     *,
     max_rank: int = 50,
     rank: int | None = None,
@@ -143,6 +191,7 @@ def fit_lowrank(
     depth_correction: bool = True,
     rng: np.random.Generator,
     progress: bool = False,
+    timings: Timings | None = None,
 ) -> LowRankSelection:
     """Choose a rank by held-out molecules and fit it on the full counts.
 
@@ -153,7 +202,8 @@ def fit_lowrank(
     Parameters
     ----------
     counts
-        Cells x genes counts (CSR).
+        Cells x genes counts: a CSR matrix, or :class:`~scn2s._blocks.RowBlocks` to read them block by block
+        (an input on disk is streamed).
     max_rank
         Largest rank searched; clamped to :func:`rank_limit` with a :class:`UserWarning`.
     rank
@@ -167,20 +217,29 @@ def fit_lowrank(
         Source of randomness; each split and the final fit get their own stream.
     progress
         Show a progress bar.
+    timings
+        Records the seconds spent splitting (``"split"``), scoring ranks (``"selection"``) and in the
+        full-depth fit (``"fit"``).
     """
-    counts = canonical_csr(counts)
+    blocks = as_row_blocks(counts)
+    timings = Timings() if timings is None else timings
     if rank is None:
-        max_rank = clamp_rank("max_rank", max_rank, counts.shape, stacklevel=3)
+        max_rank = clamp_rank("max_rank", max_rank, blocks.shape, stacklevel=3)
     else:
-        rank = clamp_rank("rank", rank, counts.shape, stacklevel=3)
+        rank = clamp_rank("rank", rank, blocks.shape, stacklevel=3)
     search_rng, fit_rng, split_rng = rng.spawn(3)
     if splits is None:
         splits = Splits.draw(split_rng, 3, 0.5)
     K = max_rank if rank is None else max(rank, 1)
-    library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-    expressed = library > 0
-    target_sum = float(np.median(library[expressed])) if expressed.any() else 1.0
-    factors = randomized_svd(sqrt_normalize(counts, library, target_sum), K, rng=fit_rng)
+    if rank is None:
+        # the search first: its halves are freed before the full counts are normalised
+        losses, spectra = search_lowrank(
+            blocks, max_rank=K, splits=splits, rng=search_rng, progress=progress, timings=timings
+        )
+    with timings.step("fit"):
+        normalised, library, target_sum = normalised_blocks(blocks)
+        factors = randomized_svd(normalised, K, rng=fit_rng)
+        del normalised
     if rank is not None:
         return LowRankSelection(
             ranks=np.arange(0),
@@ -193,7 +252,6 @@ def fit_lowrank(
             library_size=library,
             target_sum=target_sum,
         )
-    losses, spectra = search_lowrank(counts, max_rank=K, splits=splits, rng=search_rng, progress=progress)
     split_rank = int(np.argmin(losses.mean(axis=0)))
     chosen, ratio = split_rank, float("nan")
     if depth_correction:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from .._blocks import block_slices
+from .._sparse import canonical_csr
 from ..split import binomial_split, overlap_probabilities
 
 __all__ = ["Splits", "split_fractions"]
@@ -25,7 +27,9 @@ class Splits:
     """``n_splits`` reproducible training/held-out splits of the same counts.
 
     Each split has its own seed, so every family that asks for split ``i`` gets the very same molecules: all
-    candidates are scored on the same held-out molecules.
+    candidates are scored on the same held-out molecules. The molecules of each block of
+    :data:`scn2s._blocks.BLOCK_ROWS` cells are split by a stream of their own (the split's seed and the block's
+    index), so a block read alone (:meth:`get_block`) is split exactly as in the whole matrix (:meth:`get`).
     """
 
     p: float
@@ -44,8 +48,17 @@ class Splits:
         return len(self.seeds)
 
     def get(self, i: int, counts: sparse.csr_matrix) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-        """``(training half, held-out half)`` of split ``i``."""
-        return binomial_split(counts, self.p, rng=np.random.default_rng(self.seeds[i]), sample_ratio=self.sample_ratio)
+        """``(training half, held-out half)`` of split ``i`` of the whole matrix (CSR)."""
+        counts = canonical_csr(counts)
+        halves = [self.get_block(i, b, counts[rows]) for b, rows in enumerate(block_slices(counts.shape[0]))]
+        if len(halves) == 1:
+            return halves[0]
+        return tuple(sparse.vstack(parts, format="csr") for parts in zip(*halves, strict=True))
+
+    def get_block(self, i: int, b: int, block: sparse.csr_matrix) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+        """``(training half, held-out half)`` of split ``i`` of block ``b`` (cells ``b * BLOCK_ROWS`` onwards)."""
+        rng = np.random.default_rng([self.seeds[i], b])
+        return binomial_split(block, self.p, rng=rng, sample_ratio=self.sample_ratio)
 
     @property
     def fractions(self) -> tuple[float, float]:
