@@ -98,8 +98,7 @@ def binomial_split(
         a_data, b_data = _split_values(X.data, p, rng, sample_ratio)
         halves = []
         for data in (a_data, b_data):
-            half = X.copy()
-            half.data = data
+            half = type(X)((data, X.indices.copy(), X.indptr.copy()), shape=X.shape)
             half.eliminate_zeros()
             halves.append(half)
         return tuple(halves)
@@ -112,16 +111,26 @@ def _split_values(
 ) -> tuple[np.ndarray, np.ndarray]:
     n = values.astype(np.int64, copy=False)
     if sample_ratio is None:
-        a = rng.binomial(n, p)
+        a = _thin(n, p, rng)
         b = n - a
     else:
         both_p, first_p, second_p = overlap_probabilities(p, sample_ratio)
-        first = rng.binomial(n, first_p)
+        first = _thin(n, first_p, rng)
         rest = n - first
         # given not first-only: second-only vs both
         rest_p = second_p + both_p
-        second = rng.binomial(rest, second_p / rest_p) if rest_p > 0 else np.zeros_like(rest)
+        second = _thin(rest, second_p / rest_p, rng) if rest_p > 0 else np.zeros_like(rest)
         both = rest - second
         a = first + both
         b = second + both
     return a.astype(values.dtype, copy=False), b.astype(values.dtype, copy=False)
+
+
+def _thin(n: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """``Binomial(n, p)`` element-wise: a uniform draw for counts of one (most UMI counts), binomial above."""
+    out = np.zeros(n.shape, dtype=np.int64)
+    ones = n == 1
+    out[ones] = rng.random(int(np.count_nonzero(ones))) < p
+    many = n > 1
+    out[many] = rng.binomial(n[many], p)
+    return out

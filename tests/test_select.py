@@ -104,8 +104,9 @@ def test_split_fractions_with_overlap():
 def test_search_survives_a_training_half_without_molecules():
     """Regression: an empty training half gave a NaN normalisation target and a 'Mean of empty slice' warning."""
     counts = sparse.csr_matrix(np.array([[1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]))
-    # p = 0.01: the single molecule almost surely lands in the held-out half
-    splits = Splits.draw(np.random.default_rng(1), 2, 0.01)
+    # p = 0.01: the single molecule lands in the held-out half of both splits (checked, for this seed)
+    splits = Splits.draw(np.random.default_rng(0), 2, 0.01)
+    assert all(splits.get(i, counts)[0].nnz == 0 for i in range(2))
     losses, spectra = search_lowrank(counts, max_rank=2, splits=splits, rng=np.random.default_rng(0))
     assert np.all(np.isfinite(losses))
     np.testing.assert_array_equal(spectra, 0.0)
