@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 __all__ = [
+    "DELETE",
     "MAX_COUNT",
     "check_counts",
     "check_fraction",
@@ -232,27 +233,62 @@ def versions() -> dict[str, str]:
     return record
 
 
-def write_results(adata: AnnData, *, layers: Mapping[str, Any], uns: Mapping[str, Any]) -> None:
-    """Write ``layers`` and ``uns`` entries to ``adata``, all or none.
+DELETE = object()
+"""A value for :func:`write_results` that removes the entry (an older result that the new one replaces)."""
 
-    If any write fails, or is interrupted (``KeyboardInterrupt`` included), the entries already written are
-    restored to what they were (or removed), and the exception propagates. A view is made an actual
-    AnnData by the first write (anndata warns with ``ImplicitModificationWarning``); its parent is never
-    changed.
+_ORDER = ("obs", "var", "obsm", "varm", "layers", "uns")
+
+
+def write_results(
+    adata: AnnData,
+    *,
+    layers: Mapping[str, Any] | None = None,
+    uns: Mapping[str, Any] | None = None,
+    obs: Mapping[str, Any] | None = None,
+    var: Mapping[str, Any] | None = None,
+    obsm: Mapping[str, Any] | None = None,
+    varm: Mapping[str, Any] | None = None,
+) -> None:
+    """Write entries to ``obs`` and ``var`` columns, ``obsm``, ``varm``, ``layers`` and ``uns``: all or none.
+
+    The entries are written in that order (the ``uns`` record last); an entry whose value is :data:`DELETE`
+    is removed if present. If any write fails, or is interrupted (``KeyboardInterrupt`` included), the
+    entries already written are restored to what they were (or removed; a removed column goes back to its
+    position), and the exception propagates. A view is made an actual AnnData by the first write (anndata
+    warns with ``ImplicitModificationWarning``); its parent is never changed.
     """
-    done: list[tuple[Any, str, Any]] = []
+    given = {"obs": obs, "var": var, "obsm": obsm, "varm": varm, "layers": layers, "uns": uns}
+    done: list[tuple[str, str, Any, int]] = []
     try:
-        for mapping_name, entries in (("layers", layers), ("uns", uns)):
-            for key, value in entries.items():
-                mapping = getattr(adata, mapping_name)  # anew: the first write makes a view actual
-                old = mapping.get(key, _MISSING)
-                mapping[key] = value
-                done.append((mapping_name, key, old))
+        for name in _ORDER:
+            for key, value in (given[name] or {}).items():
+                mapping = getattr(adata, name)  # anew: the first write makes a view actual
+                if name in ("obs", "var"):
+                    present = key in mapping.columns
+                    old = mapping[key].copy() if present else _MISSING
+                    position = mapping.columns.get_loc(key) if present else -1
+                else:
+                    old, position = mapping.get(key, _MISSING), -1
+                if value is DELETE:
+                    if old is _MISSING:
+                        continue
+                    del mapping[key]
+                else:
+                    mapping[key] = value
+                done.append((name, key, old, position))
     except BaseException:
-        for mapping_name, key, old in reversed(done):
-            mapping = getattr(adata, mapping_name)
-            if old is _MISSING:
-                mapping.pop(key, None)
-            else:
-                mapping[key] = old
+        for name, key, old, position in reversed(done):
+            _restore(getattr(adata, name), name, key, old, position)
         raise
+
+
+def _restore(mapping, name: str, key: str, old, position: int) -> None:
+    if name in ("obs", "var"):
+        if key in mapping.columns:
+            del mapping[key]
+        if old is not _MISSING:
+            mapping.insert(position, key, old)
+    elif old is _MISSING:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = old
