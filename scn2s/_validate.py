@@ -252,43 +252,53 @@ def write_results(
     """Write entries to ``obs`` and ``var`` columns, ``obsm``, ``varm``, ``layers`` and ``uns``: all or none.
 
     The entries are written in that order (the ``uns`` record last); an entry whose value is :data:`DELETE`
-    is removed if present. If any write fails, or is interrupted (``KeyboardInterrupt`` included), the
-    entries already written are restored to what they were (or removed; a removed column goes back to its
-    position), and the exception propagates. A view is made an actual AnnData by the first write (anndata
-    warns with ``ImplicitModificationWarning``); its parent is never changed.
+    is removed if present; ``obs`` and ``var`` are replaced by new frames holding the changed columns. If any
+    write fails, or is interrupted (``KeyboardInterrupt`` included), the entries already written are restored
+    to what they were (or removed; the old ``obs`` and ``var`` frames are put back), and the exception
+    propagates. A view is made an actual AnnData by the first write (anndata warns with
+    ``ImplicitModificationWarning`` unless that write replaces ``obs`` or ``var``); its parent is never changed.
     """
     given = {"obs": obs, "var": var, "obsm": obsm, "varm": varm, "layers": layers, "uns": uns}
-    done: list[tuple[str, str, Any, int]] = []
+    done: list[tuple[str, str, Any]] = []
     try:
         for name in _ORDER:
-            for key, value in (given[name] or {}).items():
+            entries = given[name] or {}
+            if name in ("obs", "var"):
+                old = getattr(adata, name)
+                if any(value is not DELETE or key in old.columns for key, value in entries.items()):
+                    # a new frame, assigned at once; the old one is never modified and comes back on failure
+                    setattr(adata, name, _with_columns(old, entries))
+                    done.append((name, "", old))
+                continue
+            for key, value in entries.items():
                 mapping = getattr(adata, name)  # anew: the first write makes a view actual
-                if name in ("obs", "var"):
-                    present = key in mapping.columns
-                    old = mapping[key].copy() if present else _MISSING
-                    position = mapping.columns.get_loc(key) if present else -1
-                else:
-                    old, position = mapping.get(key, _MISSING), -1
+                old = mapping.get(key, _MISSING)
                 if value is DELETE:
                     if old is _MISSING:
                         continue
                     del mapping[key]
                 else:
                     mapping[key] = value
-                done.append((name, key, old, position))
+                done.append((name, key, old))
     except BaseException:
-        for name, key, old, position in reversed(done):
-            _restore(getattr(adata, name), name, key, old, position)
+        for name, key, old in reversed(done):
+            if name in ("obs", "var"):
+                setattr(adata, name, old)
+                continue
+            mapping = getattr(adata, name)
+            if old is _MISSING:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = old
         raise
 
 
-def _restore(mapping, name: str, key: str, old, position: int) -> None:
-    if name in ("obs", "var"):
-        if key in mapping.columns:
-            del mapping[key]
-        if old is not _MISSING:
-            mapping.insert(position, key, old)
-    elif old is _MISSING:
-        mapping.pop(key, None)
-    else:
-        mapping[key] = old
+def _with_columns(frame, entries: Mapping[str, Any]):
+    """A copy of ``frame`` with the columns of ``entries`` set (or, for :data:`DELETE`, removed)."""
+    frame = frame.copy()
+    for key, value in entries.items():
+        if value is not DELETE:
+            frame[key] = value
+        elif key in frame.columns:
+            del frame[key]
+    return frame
