@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 __all__ = [
+    "DELETE",
     "MAX_COUNT",
     "check_counts",
     "check_fraction",
@@ -253,27 +254,72 @@ def versions() -> dict[str, str]:
     return record
 
 
-def write_results(adata: AnnData, *, layers: Mapping[str, Any], uns: Mapping[str, Any]) -> None:
-    """Write ``layers`` and ``uns`` entries to ``adata``, all or none.
+DELETE = object()
+"""A value for :func:`write_results` that removes the entry (an older result that the new one replaces)."""
 
-    If any write fails, or is interrupted (``KeyboardInterrupt`` included), the entries already written are
-    restored to what they were (or removed), and the exception propagates. A view is made an actual
-    AnnData by the first write (anndata warns with ``ImplicitModificationWarning``); its parent is never
-    changed.
+_ORDER = ("obs", "var", "obsm", "varm", "layers", "uns")
+
+
+def write_results(
+    adata: AnnData,
+    *,
+    layers: Mapping[str, Any] | None = None,
+    uns: Mapping[str, Any] | None = None,
+    obs: Mapping[str, Any] | None = None,
+    var: Mapping[str, Any] | None = None,
+    obsm: Mapping[str, Any] | None = None,
+    varm: Mapping[str, Any] | None = None,
+) -> None:
+    """Write entries to ``obs`` and ``var`` columns, ``obsm``, ``varm``, ``layers`` and ``uns``: all or none.
+
+    The entries are written in that order (the ``uns`` record last); an entry whose value is :data:`DELETE`
+    is removed if present; ``obs`` and ``var`` are replaced by new frames holding the changed columns. If any
+    write fails, or is interrupted (``KeyboardInterrupt`` included), the entries already written are restored
+    to what they were (or removed; the old ``obs`` and ``var`` frames are put back), and the exception
+    propagates. A view is made an actual AnnData by the first write (anndata warns with
+    ``ImplicitModificationWarning`` unless that write replaces ``obs`` or ``var``); its parent is never changed.
     """
-    done: list[tuple[Any, str, Any]] = []
+    given = {"obs": obs, "var": var, "obsm": obsm, "varm": varm, "layers": layers, "uns": uns}
+    done: list[tuple[str, str, Any]] = []
     try:
-        for mapping_name, entries in (("layers", layers), ("uns", uns)):
+        for name in _ORDER:
+            entries = given[name] or {}
+            if name in ("obs", "var"):
+                old = getattr(adata, name)
+                if any(value is not DELETE or key in old.columns for key, value in entries.items()):
+                    # a new frame, assigned at once; the old one is never modified and comes back on failure
+                    setattr(adata, name, _with_columns(old, entries))
+                    done.append((name, "", old))
+                continue
             for key, value in entries.items():
-                mapping = getattr(adata, mapping_name)  # anew: the first write makes a view actual
+                mapping = getattr(adata, name)  # anew: the first write makes a view actual
                 old = mapping.get(key, _MISSING)
-                mapping[key] = value
-                done.append((mapping_name, key, old))
+                if value is DELETE:
+                    if old is _MISSING:
+                        continue
+                    del mapping[key]
+                else:
+                    mapping[key] = value
+                done.append((name, key, old))
     except BaseException:
-        for mapping_name, key, old in reversed(done):
-            mapping = getattr(adata, mapping_name)
+        for name, key, old in reversed(done):
+            if name in ("obs", "var"):
+                setattr(adata, name, old)
+                continue
+            mapping = getattr(adata, name)
             if old is _MISSING:
                 mapping.pop(key, None)
             else:
                 mapping[key] = old
         raise
+
+
+def _with_columns(frame, entries: Mapping[str, Any]):
+    """A copy of ``frame`` with the columns of ``entries`` set (or, for :data:`DELETE`, removed)."""
+    frame = frame.copy()
+    for key, value in entries.items():
+        if value is not DELETE:
+            frame[key] = value
+        elif key in frame.columns:
+            del frame[key]
+    return frame

@@ -100,3 +100,19 @@ def test_many_blocks_in_memory_match_one_block_factorisation(monkeypatch, data):
     # the splits are drawn per block, so they differ; both must find the structure of the same data
     assert abs(a["rank"] - b["rank"]) <= 1
     np.testing.assert_allclose(one.layers["denoised"], many.layers["denoised"], rtol=0.05, atol=0.05)
+
+
+def test_backed_input_with_factors_reconstructs_the_in_memory_layer(small_blocks, data, tmp_path):
+    memory = data.copy()
+    memory.var["highly_variable"] = np.arange(memory.n_vars) % 3 != 0
+    path = tmp_path / "counts.h5ad"
+    memory.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        _denoise(backed, mask_var="highly_variable", output="factors")
+        assert "denoised" not in backed.layers
+        _denoise(memory, mask_var="highly_variable")
+        values = scn2s.tl.reconstruct(backed, key="denoised")
+        np.testing.assert_array_equal(values, memory.layers["denoised"])
+    finally:
+        backed.file.close()

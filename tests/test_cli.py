@@ -8,6 +8,7 @@ import pytest
 from scipy import sparse
 
 import scn2s
+import scn2s._memory
 from scn2s.cli import main
 from scn2s.datasets import simulate
 
@@ -264,3 +265,59 @@ def test_demo_figdir(workdir, capsys):
     assert (workdir / "figs" / "run1" / "selection.png").exists()
     assert "figs/run1/selection.png" in capsys.readouterr().out
     assert sorted(p.name for p in (workdir / "figs" / "run1").iterdir()) == ["selection.png"]
+
+
+def test_output_factors_writes_the_factors_and_says_so(counts_file, workdir, capsys):
+    argv = ["-q", "denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad", "--max-rank", "10"]
+    assert main([*argv, "--output", "factors", "--genes", "highly_variable"]) == 0
+    out = capsys.readouterr().out
+    result = ad.read_h5ad(workdir / "out.h5ad")
+    assert "denoised" not in result.layers
+    assert result.uns["denoised"]["output"] == "factors"
+    assert "wrote out.h5ad: the low-rank factors (obsm['X_denoised'], varm['denoised_loadings']" in out
+    expected = ad.read_h5ad(counts_file)
+    scn2s.pp.denoise(expected, method="lowrank", max_rank=10, mask_var="highly_variable", progress=False)
+    np.testing.assert_array_equal(scn2s.tl.reconstruct(result), expected.layers["denoised"])
+
+
+def test_output_factors_needs_the_lowrank_method(counts_file, workdir, capsys):
+    assert main(["denoise", str(counts_file), "-o", "out.h5ad", "--output", "factors"]) == 2
+    assert "--output factors stores a low-rank model and needs --method lowrank, got --method auto" in _error_line(
+        capsys
+    )
+    assert not (workdir / "out.h5ad").exists()
+
+
+def test_memory_guard_exits_2_and_points_to_output_factors(counts_file, workdir, capsys, monkeypatch):
+    monkeypatch.setattr(scn2s._memory, "available_memory", lambda: 1000)
+    assert main(["denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad"]) == 2
+    line = _error_line(capsys)
+    assert "The denoised layer adata.layers['denoised'] would take" in line
+    assert "(200 cells x 80 genes x 4 bytes)" in line
+    assert "Pass --output factors (with --method lowrank)" in line
+    assert not (workdir / "out.h5ad").exists()
+    argv = ["-q", "denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad", "--output", "factors"]
+    assert main(argv) == 0
+
+
+def test_device_is_passed_to_denoise(counts_file, workdir, capsys):
+    argv = ["-q", "denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad", "--max-rank", "5"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert ad.read_h5ad(workdir / "out.h5ad").uns["denoised"]["params"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "CUDA", ""])
+def test_unknown_device_exits_2_with_one_line(counts_file, workdir, capsys, device):
+    assert main(["denoise", str(counts_file), "-o", "out.h5ad", "--device", device]) == 2
+    assert "argument --device: must be a torch device: cpu, cuda, cuda:N" in _error_line(capsys)
+
+
+def test_unavailable_cuda_device_exits_2_with_one_line(counts_file, workdir, capsys):
+    torch = pytest.importorskip("torch")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = f"cuda:{count}"
+    assert main(["denoise", "--method", "autoencoder", str(counts_file), "-o", "out.h5ad", "--device", device]) == 2
+    line = _error_line(capsys)
+    assert f"--device {device}: torch sees" in line
+    assert "CUDA device" in line
+    assert not (workdir / "out.h5ad").exists()

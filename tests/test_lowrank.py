@@ -6,11 +6,14 @@ from scipy import sparse
 
 from scn2s.loss import convert_sqrt_mean, heldout_sqrt_mse, sqrt_poisson_mean_inverse
 from scn2s.models.lowrank import (
+    cell_scale,
     heldout_loss_per_rank,
+    library_scale,
     randomized_svd,
     reconstruct_counts,
     sqrt_normalize,
     transfer_rank,
+    unscaled_counts,
 )
 from scn2s.split import binomial_split
 
@@ -161,3 +164,16 @@ def test_sqrt_normalize_sums_duplicate_entries():
     Y = sqrt_normalize(duplicated, library, 4.0)
     np.testing.assert_allclose(Y.toarray(), [[2, 0], [0, 2]])
     np.testing.assert_array_equal(duplicated.data, [1, 3, 4])  # input untouched
+
+
+def test_reconstruction_from_blocks_of_scores_and_loadings(full_fit):
+    """unscaled_counts times cell_scale gives any block of reconstruct_counts from that block alone."""
+    factors, library, target = full_fit
+    k = 3
+    scores, loadings = factors.U[:, :k] * factors.s[:k], factors.Vt[:k].T
+    scale = cell_scale(factors.mean, scores, loadings, library, target, chunk_size=7)
+    full = reconstruct_counts(factors, k, library, target)
+    rows, genes = np.array([3, 50, 11]), np.array([0, 9, 4, 30])
+    block = unscaled_counts(factors.mean[genes], scores[rows], loadings[genes], library[rows], target)
+    np.testing.assert_allclose(block * scale[rows, None], full[np.ix_(rows, genes)], rtol=1e-12)
+    np.testing.assert_array_equal(library_scale(np.array([2.0, 0.0]), np.array([4.0, 5.0])), [2.0, 0.0])

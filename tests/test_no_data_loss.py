@@ -141,7 +141,7 @@ def _raise(exception):
     return fail
 
 
-LATE_DENOISE_STEPS = ["fit_lowrank", "_write_dense", "_lowrank_record", "_version"]
+LATE_DENOISE_STEPS = ["fit_lowrank", "dense_layer", "_lowrank_record", "_version"]
 
 
 @pytest.mark.parametrize("step", LATE_DENOISE_STEPS)
@@ -206,3 +206,50 @@ def test_split_counts_failing_leaves_the_anndata_as_it_was(small, monkeypatch, e
     assert _fingerprint(adata) == before
     assert "counts_a" not in adata.layers
     assert "counts_b" not in adata.layers
+
+
+def _factors(adata, **kwargs):
+    return _denoise(adata, output="factors", **kwargs)
+
+
+@pytest.mark.parametrize("step", ["fit_lowrank", "factor_entries", "_version"])
+@pytest.mark.parametrize("exception", [Boom, KeyboardInterrupt])
+def test_factors_failing_mid_run_leave_the_anndata_as_it_was(small, monkeypatch, step, exception):
+    adata = small.copy()
+    _factors(adata, rng=1)
+    before = _fingerprint(adata)
+    monkeypatch.setattr(scn2s.pp._denoise, step, _raise(exception))
+    with pytest.raises(exception):
+        _factors(adata, rng=2)
+    assert _fingerprint(adata) == before
+
+
+@pytest.mark.parametrize("exception", [Boom, KeyboardInterrupt])
+@pytest.mark.parametrize(("earlier", "output"), [("layer", "factors"), ("factors", "factors"), ("factors", "layer")])
+def test_outputs_interrupted_while_writing_roll_back(small, exception, earlier, output):
+    """The entries are written (and those of an earlier output of the other kind removed), then the record fails."""
+    adata = small.copy()
+    adata.obs["after"] = 1.0  # a column after the ones denoise writes: restored in place
+    _denoise(adata, rng=1, output=earlier)
+    old = {name: np.array(adata.obs[name]) for name in adata.obs.columns}
+
+    class Interrupting(dict):
+        def __setitem__(self, key, value):
+            if key == "denoised":
+                raise exception
+            super().__setitem__(key, value)
+
+    adata.uns = Interrupting(adata.uns)
+    before = _fingerprint(adata)
+    with pytest.raises(exception):
+        _denoise(adata, rng=2, output=output)
+    assert _fingerprint(adata) == before
+    assert list(adata.obs.columns) == list(old)
+    for name, values in old.items():
+        np.testing.assert_array_equal(adata.obs[name].to_numpy(), values)
+    fresh = small.copy()
+    fresh.uns = Interrupting(fresh.uns)
+    before = _fingerprint(fresh)
+    with pytest.raises(exception):
+        _denoise(fresh, rng=2, output=output)
+    assert _fingerprint(fresh) == before

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._validate import describe_source, get_counts
-from ._files import atomic_write, check_paths, input_errors, read_h5ad, write_h5ad
+from ..pp._output import check_layer_fits
+from ._files import InputError, atomic_write, check_paths, input_errors, read_h5ad, write_h5ad
 from ._report import selection_summary
 
 if TYPE_CHECKING:
@@ -27,12 +28,22 @@ def denoise(args: argparse.Namespace) -> int:
     from ..pp._denoise import _gene_mask
 
     start = time.perf_counter()
-    check_paths(args.input, args.output, force=args.force)
+    if args.output == "factors" and args.method != "lowrank":
+        msg = f"--output factors stores a low-rank model and needs --method lowrank, got --method {args.method}"
+        raise InputError(msg)
+    check_paths(args.input, args.out, force=args.force)
+    if args.device is not None and args.method != "lowrank":
+        _check_device(args.device)
     adata = read_h5ad(args.input)
     with input_errors(args.input):
         get_counts(adata, args.layer)
         if args.genes is not None:
             _gene_mask(adata, args.genes)
+    if args.output == "layer":
+        try:
+            check_layer_fits(adata.shape, key_added=args.key_added, alternatives=_LAYER_ALTERNATIVES)
+        except MemoryError as err:
+            raise InputError(f"{args.input}: {err}") from err
     pp.denoise(
         adata,
         method=args.method,
@@ -43,10 +54,12 @@ def denoise(args: argparse.Namespace) -> int:
         n_splits=args.n_splits,
         max_rank=args.max_rank,
         rank=args.rank,
+        device=args.device,
+        output=args.output,
         rng=args.seed,
         progress=args.progress,
     )
-    write_h5ad(adata, args.output)
+    write_h5ad(adata, args.out)
     record = adata.uns[args.key_added]
     modelled = "all genes" if args.genes is None else f"genes in var[{args.genes!r}]"
     print(
@@ -56,30 +69,61 @@ def denoise(args: argparse.Namespace) -> int:
     for line in selection_summary(record, key=args.key_added):
         print(f"  {line}")
     print(f"  time: {record['elapsed_seconds']:.1f} s denoising, {time.perf_counter() - start:.1f} s in all")
-    print(
-        f"  wrote {args.output}: layers[{args.key_added!r}] (denoised expected counts), "
-        f"uns[{args.key_added!r}] (the selection record)"
-    )
+    key = args.key_added
+    if args.output == "layer":
+        print(f"  wrote {args.out}: layers[{key!r}] (denoised expected counts), uns[{key!r}] (the selection record)")
+    else:
+        print(
+            f"  wrote {args.out}: the low-rank factors (obsm['X_{key}'], varm['{key}_loadings'], var and obs "
+            f"columns '{key}_*'), uns[{key!r}] (the selection record); scn2s.tl.reconstruct gives denoised values "
+            "for any slice, scn2s.tl.write_denoised a file with the whole layer"
+        )
     return 0
+
+
+_LAYER_ALTERNATIVES = (
+    "Pass --output factors (with --method lowrank) to write the low-rank factors instead, from which "
+    "scn2s.tl.reconstruct computes slices and scn2s.tl.write_denoised writes the layer chunk by chunk; or denoise "
+    "a file with fewer cells or genes (--genes does not shrink the layer, which keeps the raw counts of the other "
+    "genes)."
+)
+
+
+def _check_device(device: str) -> None:
+    """Raise :class:`InputError` if torch cannot use ``device`` (the syntax was checked by the parser)."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            msg = f"--device {device}: torch sees no CUDA device on this machine; use --device cpu"
+            raise InputError(msg)
+        if index and int(index) >= count:
+            msg = f"--device {device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            raise InputError(msg)
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        msg = f"--device {device}: the Apple MPS backend is not available here; use --device cpu"
+        raise InputError(msg)
 
 
 def split(args: argparse.Namespace) -> int:
     """``scn2s split IN -o OUT``: write the two halves of a binomial split of the counts as layers."""
     from .. import pp
 
-    check_paths(args.input, args.output, force=args.force)
+    check_paths(args.input, args.out, force=args.force)
     adata = read_h5ad(args.input)
     with input_errors(args.input):
         get_counts(adata, args.layer)
     first, second = args.key_added
     pp.split_counts(adata, p=args.p, layer=args.layer, key_added=(first, second), rng=args.seed)
-    write_h5ad(adata, args.output)
+    write_h5ad(adata, args.out)
     totals = [int(adata.layers[name].sum()) for name in (first, second)]
     print(
         f"scn2s split: {args.input}, {adata.n_obs} cells x {adata.n_vars} genes "
         f"(counts in {describe_source(args.layer)}), p={args.p}, seed {args.seed}"
     )
-    print(f"  wrote {args.output}: layers[{first!r}] ({totals[0]} molecules) and layers[{second!r}] ({totals[1]})")
+    print(f"  wrote {args.out}: layers[{first!r}] ({totals[0]} molecules) and layers[{second!r}] ({totals[1]})")
     return 0
 
 
@@ -87,7 +131,7 @@ def demo(args: argparse.Namespace) -> int:
     """``scn2s demo``: denoise simulated counts with a known truth, report the error and plot the selection."""
     from .. import datasets, pp
 
-    check_paths(None, args.output, force=args.force)
+    check_paths(None, args.out, force=args.force)
     adata = datasets.simulate(args.cells, args.genes, rng=args.seed)
     truth = adata.layers["rates"].astype(np.float64)
     start = time.perf_counter()
@@ -109,9 +153,9 @@ def demo(args: argparse.Namespace) -> int:
     )
     print(f"  time: {elapsed:.1f} s; output in adata.layers['denoised'], record in adata.uns['denoised']")
     print(f"  selection plot (held-out loss against rank): {figure}")
-    if args.output:
-        write_h5ad(adata, args.output)
-        print(f"  wrote {args.output}")
+    if args.out:
+        write_h5ad(adata, args.out)
+        print(f"  wrote {args.out}")
     return 0
 
 

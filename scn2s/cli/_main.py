@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import re
 import sys
 import traceback
 from contextlib import contextmanager
@@ -98,6 +99,7 @@ def _package_logging(verbose: int, quiet: bool) -> Iterator[None]:
 def _parser() -> argparse.ArgumentParser:
     from .. import __version__, pp
     from ..pp._denoise import _METHODS
+    from ..pp._output import OUTPUTS
 
     parser = _Parser(prog="scn2s", description=_DESCRIPTION, parents=[_verbosity(suppress=False)])
     parser.add_argument("--version", action="version", version=f"scn2s {__version__}")
@@ -129,6 +131,18 @@ def _parser() -> argparse.ArgumentParser:
         "--max-rank", type=_positive, default=default("max_rank"), help="largest rank searched (%(default)s)"
     )
     den.add_argument("--rank", type=_non_negative, help="fit this rank without a search")
+    den.add_argument(
+        "--output",
+        choices=OUTPUTS,
+        default=default("output"),
+        help="what OUT holds: the dense denoised layer, or the low-rank factors that give any slice of it "
+        "(scn2s.tl.reconstruct, scn2s.tl.write_denoised; needs --method lowrank) (%(default)s)",
+    )
+    den.add_argument(
+        "--device",
+        type=_device,
+        help="torch device of the autoencoder, e.g. cpu, cuda or cuda:1 (default: cuda if available)",
+    )
     den.add_argument("--seed", type=_non_negative, default=0, help="random seed (%(default)s)")
     den.set_defaults(func=_commands.denoise)
 
@@ -169,8 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     dem.add_argument(
         "--figdir", type=Path, default=Path("scn2s_demo"), help="folder of the selection plot (%(default)s)"
     )
-    dem.add_argument("-o", "--output", type=Path, help="also write the denoised AnnData to this .h5ad file")
-    dem.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    dem.add_argument("-o", "--out", type=Path, help="also write the denoised AnnData to this .h5ad file")
+    dem.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     dem.set_defaults(func=_commands.demo)
     return parser
 
@@ -197,7 +211,7 @@ def _verbosity(*, suppress: bool) -> argparse.ArgumentParser:
 
 def _input_output(command: argparse.ArgumentParser) -> None:
     command.add_argument("input", type=Path, metavar="IN", help="input .h5ad file with raw UMI counts")
-    command.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output .h5ad file")
+    command.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="output .h5ad file")
     command.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
 
 
@@ -225,6 +239,16 @@ def _checked(kind: type, what: str, bound: str, accept):
 _fraction = _checked(float, "a number strictly between 0 and 1", "strictly between 0 and 1", lambda v: 0 < v < 1)
 _positive = _checked(int, "a positive integer", "a positive integer", lambda v: v >= 1)
 _non_negative = _checked(int, "a non-negative integer", "a non-negative integer", lambda v: v >= 0)
+
+
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
+
+
+def _device(text: str) -> str:
+    if not _DEVICE.fullmatch(text):
+        msg = f"must be a torch device: cpu, cuda, cuda:N (the N-th GPU), mps or xpu, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return text
 
 
 def _key(text: str) -> str:

@@ -22,12 +22,15 @@ from ..loss import convert_sqrt_mean, sqrt_poisson_mean_inverse
 
 __all__ = [
     "LowRankFactors",
+    "cell_scale",
     "heldout_loss_per_rank",
+    "library_scale",
     "orthonormalize",
     "randomized_svd",
     "reconstruct_counts",
     "sqrt_normalize",
     "transfer_rank",
+    "unscaled_counts",
 ]
 
 
@@ -247,7 +250,9 @@ def reconstruct_counts(
     """Denoised expected counts of the rank-``rank`` reconstruction for a block of cells.
 
     Each cell's values are rescaled to sum to its own library size (over all modelled genes), and genes
-    whose mean is zero (no molecule in any cell) stay exactly zero.
+    whose mean is zero (no molecule in any cell) stay exactly zero. The same as :func:`unscaled_counts` of
+    the scores ``U[:, :rank] * s[:rank]`` and loadings ``Vt[:rank].T``, times :func:`library_scale` of its row
+    sums.
 
     Parameters
     ----------
@@ -268,16 +273,83 @@ def reconstruct_counts(
     -------
     Dense float64 array of expected counts, ``cells x genes``.
     """
-    U = factors.U[rows, :rank]
-    y_hat = factors.mean[None, :] + (U * factors.s[:rank]) @ factors.Vt[:rank]
+    scores = factors.U[rows, :rank] * factors.s[:rank]
     s = library_size[rows]
-    y_hat *= np.sqrt(s / target_sum)[:, None]
-    counts = sqrt_poisson_mean_inverse(y_hat)
-    counts[:, factors.mean == 0] = 0.0
-    total = counts.sum(axis=1)
-    scale = np.divide(s, total, out=np.zeros_like(total), where=total > 0)
-    counts *= scale[:, None]
+    counts = unscaled_counts(factors.mean, scores, factors.Vt[:rank].T, s, target_sum)
+    counts *= library_scale(counts.sum(axis=1), s)[:, None]
     return counts if genes is None else counts[:, genes]
+
+
+def unscaled_counts(
+    mean: np.ndarray, scores: np.ndarray, loadings: np.ndarray, library_size: np.ndarray, target_sum: float
+) -> np.ndarray:
+    """Expected counts of a block of cells and genes before the per-cell rescaling.
+
+    ``m^{-1}(sqrt(library_size / target_sum) * (mean + scores @ loadings.T))``
+    (:func:`scn2s.loss.sqrt_poisson_mean_inverse`), and exactly zero for genes whose mean is zero. Each entry
+    depends only on its cell's row and its gene's row, so any block of cells and genes can be computed alone.
+
+    Parameters
+    ----------
+    mean
+        The genes' means in normalised square-root space, ``(genes,)``.
+    scores
+        The cells' scores ``U[:, :k] * s[:k]``, ``(cells, k)``.
+    loadings
+        The genes' loadings ``Vt[:k].T``, ``(genes, k)``.
+    library_size
+        The cells' library sizes, ``(cells,)``.
+    target_sum
+        The normalisation target of the factorisation.
+
+    Returns
+    -------
+    Dense float64 array, ``cells x genes``.
+    """
+    y_hat = mean[None, :] + scores @ loadings.T
+    y_hat *= np.sqrt(library_size / target_sum)[:, None]
+    counts = sqrt_poisson_mean_inverse(y_hat)
+    counts[:, mean == 0] = 0.0
+    return counts
+
+
+def library_scale(totals: np.ndarray, library_size: np.ndarray) -> np.ndarray:
+    """``library_size / totals`` per cell, and 0 where ``totals`` is 0: rescales a cell's values to its library size."""
+    return np.divide(library_size, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
+
+
+def cell_scale(
+    mean: np.ndarray,
+    scores: np.ndarray,
+    loadings: np.ndarray,
+    library_size: np.ndarray,
+    target_sum: float,
+    *,
+    chunk_size: int = 1024,
+) -> np.ndarray:
+    """Per-cell factor that makes each cell's modelled genes sum to its library size.
+
+    :func:`library_scale` of the row sums of :func:`unscaled_counts` over every modelled gene, computed in row
+    chunks of ``chunk_size`` cells (memory ``chunk_size x genes``). With it, a block of cells and genes is
+    ``unscaled_counts(...) * scale[:, None]`` without the other genes.
+
+    Parameters
+    ----------
+    mean, scores, loadings, library_size, target_sum
+        As for :func:`unscaled_counts`, over all cells and all modelled genes.
+    chunk_size
+        Cells per chunk.
+
+    Returns
+    -------
+    Float64 array, ``(cells,)``.
+    """
+    scale = np.empty(len(library_size), dtype=np.float64)
+    for start in range(0, len(library_size), chunk_size):
+        rows = slice(start, start + chunk_size)
+        s = library_size[rows]
+        scale[rows] = library_scale(unscaled_counts(mean, scores[rows], loadings, s, target_sum).sum(axis=1), s)
+    return scale
 
 
 def transfer_rank(

@@ -7,10 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from scipy import sparse
-from tqdm.auto import tqdm
 
-from .._blocks import RowBlocks, block_slices
+from .._blocks import RowBlocks
 from .._sparse import canonical_csr
 from .._timing import Timings
 from .._validate import (
@@ -36,6 +34,7 @@ from ..select import (
     fit_lowrank,
 )
 from ..select.autoencoder import config_label
+from ._output import OUTPUTS, check_layer_fits, dense_layer, factor_entries, stale_entries
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _METHODS = ("auto", "lowrank", "autoencoder")
-_CHUNK = 1024
 
 
 def denoise(
@@ -62,6 +60,7 @@ def denoise(
     autoencoder_configs: Sequence[Mapping] | None = None,
     autoencoder_splits: int = 1,
     device: str | None = None,
+    output: Literal["layer", "factors"] = "layer",
     rng: int | np.random.Generator | None = 0,
     progress: bool = True,
     copy: bool = False,
@@ -125,6 +124,13 @@ def denoise(
         Number of splits the autoencoder candidates are trained on (each costs one training per candidate).
     device
         Torch device of the autoencoder; ``None`` picks CUDA when available.
+    output
+        ``"layer"``: write the denoised values as a dense ``float32`` layer (cells x genes x 4 bytes; checked
+        against the memory available before any work, :class:`MemoryError` if it would not fit).
+        ``"factors"`` (``method="lowrank"`` only): store the low-rank model instead (cells x rank and genes x
+        rank), from which :func:`scn2s.tl.reconstruct` computes any slice of the layer and
+        :func:`scn2s.tl.write_denoised` writes it to a file chunk by chunk. Entries of an earlier output of the
+        other kind under ``key_added`` are removed.
     rng
         Seed or :class:`numpy.random.Generator`; the same seed gives the same output.
     progress
@@ -137,9 +143,21 @@ def denoise(
     ``None``, or a copy of ``adata`` if ``copy=True``, with
 
     ``adata.layers[key_added]``
-        ``float32`` denoised expected counts, cells x genes: each cell on its own library size (its modelled
-        genes sum to its observed count over them), non-negative, zero for genes with no molecule. Normalise
-        and log it as you would counts.
+        With ``output="layer"``: ``float32`` denoised expected counts, cells x genes: each cell on its own
+        library size (its modelled genes sum to its observed count over them), non-negative, zero for genes with
+        no molecule. Normalise and log it as you would counts.
+    ``adata.obsm[f"X_{key_added}"]``
+        With ``output="factors"``: the cells' scores ``U[:, :rank] * s[:rank]`` (float64, cells x rank).
+    ``adata.varm[f"{key_added}_loadings"]``
+        With ``output="factors"``: the genes' loadings ``Vt[:rank].T`` (genes x rank; zero outside
+        ``mask_var``).
+    ``adata.var[f"{key_added}_mean"]``, ``adata.var[f"{key_added}_modelled"]``
+        With ``output="factors"``: the genes' means in normalised square-root space (NaN outside ``mask_var``),
+        and whether each gene is modelled.
+    ``adata.obs[f"{key_added}_library_size"]``, ``adata.obs[f"{key_added}_scale"]``
+        With ``output="factors"``: each cell's count over the modelled genes, and the factor that rescales its
+        expected counts (:func:`scn2s.models.lowrank.unscaled_counts`) to sum to it
+        (:func:`scn2s.models.lowrank.cell_scale`).
     ``adata.uns[key_added]``
         ``method`` (the family written); ``params`` (the arguments); ``best_params`` (``{"rank": k}``, or the
         autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``epochs`` and ``inference``); ``selection``, per family
@@ -153,10 +171,15 @@ def denoise(
         ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
         splits and the choice); ``version``; ``versions`` (``python``, ``scn2s``, ``numpy``, ``scipy`` and ``anndata``);
         ``elapsed_seconds``; ``timings`` (seconds per step: ``read``, ``split``, ``selection``, ``fit``,
-        ``autoencoder``, ``output``, those that ran). :func:`scn2s.pl.selection` plots ``selection``.
+        ``autoencoder``, ``output``, those that ran); ``output`` (``"layer"`` or ``"factors"``); with
+        ``output="factors"``, ``factors`` (``family``: ``"lowrank"``, ``rank`` and ``target_sum``, the normalisation
+        target). :func:`scn2s.pl.selection` plots ``selection``.
 
     Raises
     ------
+    MemoryError
+        With ``output="layer"``, if the layer is larger than the memory available; raised before any work, the
+        message says what to do instead.
     TypeError
         If the counts have a boolean or non-numeric dtype, or ``layer`` is not a string.
     KeyError
@@ -164,7 +187,8 @@ def denoise(
     ValueError
         If the counts are not raw UMI counts (non-integer, negative, NaN, infinite, above ``2**53``) or hold no
         molecule; if ``adata`` is empty or has a single cell; if ``adata`` is backed and ``method`` is not
-        ``"lowrank"``; or if an argument is out of range. Each
+        ``"lowrank"``; if an argument is out of range; or if ``output="factors"`` with a method other than
+        ``"lowrank"``. Each
         message names where the counts were read (``adata.X`` or ``adata.layers[...]``) and what to do.
     """
     start = time.perf_counter()
@@ -174,12 +198,23 @@ def denoise(
     if rank is not None and method != "lowrank":
         msg = f'rank= fixes the low-rank model and needs method="lowrank", got method={method!r}.'
         raise ValueError(msg)
+    if output not in OUTPUTS:
+        msg = f"output must be one of {OUTPUTS}, got {output!r}."
+        raise ValueError(msg)
+    if output == "factors" and method != "lowrank":
+        msg = (
+            f'output="factors" stores the factors of a low-rank model and needs method="lowrank", got '
+            f'method={method!r}; the autoencoder has no such factors and writes a layer (output="layer").'
+        )
+        raise ValueError(msg)
     check_key("key_added", key_added, layer=layer)
     check_fraction("p", p)
     check_integer("n_splits", n_splits, minimum=1)
     check_integer("max_rank", max_rank, minimum=1)
     check_integer("rank", rank, minimum=0, allow_none=True)
     check_sample_ratio(sample_ratio, held_out=True)
+    if output == "layer":
+        check_layer_fits(adata.shape, key_added=key_added)  # before any work
     seed = seed_record(rng)
     requested = method
     timings = Timings()
@@ -254,7 +289,10 @@ def denoise(
     family = comparison["chosen"] if comparison else method
     fit = fits[family]
     with timings.step("output"):
-        output = _write_dense(fit, modelled, counts, genes, progress=progress)
+        if output == "layer":
+            entries = {"layers": {key_added: dense_layer(fit, modelled, counts, genes, progress=progress)}}
+        else:
+            entries, factors_record = factor_entries(fit, counts.shape[1], genes, key_added=key_added)
 
     params = {
         "method": requested,
@@ -266,6 +304,7 @@ def denoise(
         "max_rank": max_rank,
         "depth_correction": depth_correction,
         "seed": seed,
+        "output": output,
     }
     if rank is not None:
         params["rank"] = rank
@@ -292,13 +331,15 @@ def denoise(
     }
     if comparison is not None:
         record["comparison"] = comparison
+    record["output"] = output
+    if output == "factors":
+        record["factors"] = factors_record
     # everything is computed: write all or nothing
     if copy:
         adata = adata.copy()
-    write_results(adata, layers={key_added: output}, uns={key_added: record})
-    logger.info(
-        "wrote layers[%r] (%s, %s) in %.1f s", key_added, family, record["best_params"], record["elapsed_seconds"]
-    )
+    write_results(adata, **stale_entries(key_added, output), **entries, uns={key_added: record})
+    where = f"layers[{key_added!r}]" if output == "layer" else f"the factors obsm['X_{key_added}'] and others"
+    logger.info("wrote %s (%s, %s) in %.1f s", where, family, record["best_params"], record["elapsed_seconds"])
     return adata if copy else None
 
 
@@ -322,24 +363,6 @@ def _gene_mask(adata: AnnData, mask_var) -> np.ndarray | None:
         msg = "mask_var selects no gene; select at least one, or pass mask_var=None to model every gene."
         raise ValueError(msg)
     return np.flatnonzero(mask)
-
-
-def _write_dense(
-    fit, modelled: sparse.csr_matrix | None, counts, genes: np.ndarray | None, *, progress: bool
-) -> np.ndarray:
-    n_cells, n_genes = counts.shape
-    output = np.empty((n_cells, n_genes), dtype=np.float32)
-    if genes is not None:  # the other genes keep their counts, read block by block (counts may be on disk)
-        rest = np.setdiff1d(np.arange(n_genes), genes)
-        raw = RowBlocks(counts, genes=rest, checked=True, block_rows=_CHUNK)
-    for b, rows in enumerate(tqdm(block_slices(n_cells, _CHUNK), desc="writing", disable=not progress)):
-        block = fit.reconstruct(modelled, rows)
-        if genes is None:
-            output[rows] = block
-        else:
-            output[rows, genes] = block
-            output[rows, rest] = raw.block(b).toarray()
-    return output
 
 
 def _best_params(fit) -> dict:
