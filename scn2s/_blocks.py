@@ -74,6 +74,11 @@ class RowBlocks:
             yield b, rows, self.block(b)
         self._checked = True
 
+    def to_csr(self) -> sparse.csr_matrix:
+        """All blocks stacked into one CSR matrix in memory (each checked as it is read)."""
+        parts = [block for _, _, block in self]
+        return parts[0] if len(parts) == 1 else sparse.vstack(parts, format="csr")
+
     def block(self, b: int) -> sparse.csr_matrix:
         """Block ``b`` as a canonical CSR matrix (a new matrix; the input is never modified)."""
         rows = self.slices[b]

@@ -29,7 +29,6 @@ __all__ = [
     "describe_source",
     "get_counts",
     "make_rng",
-    "refuse_backed",
     "seed_record",
     "versions",
     "write_results",
@@ -58,8 +57,7 @@ def get_counts(adata: AnnData, layer: str | None):
     """The count matrix of ``adata`` (``X`` or a layer), checked by :func:`check_counts`; never a copy.
 
     An AnnData opened with ``backed=`` holds ``X`` on disk (layers are read into memory): its ``X`` is returned
-    unchecked, for the caller to stream and check block by block (:class:`scn2s._blocks.RowBlocks`), or to
-    refuse with :func:`refuse_backed`.
+    unchecked, for the caller to read and check block by block (:class:`scn2s._blocks.RowBlocks`).
     """
     if layer is not None and not isinstance(layer, str):
         msg = f"layer must be the name of a layer (a string) or None for adata.X, got {layer!r}."
@@ -82,17 +80,6 @@ def get_counts(adata: AnnData, layer: str | None):
         raise KeyError(msg)
     check_counts(X, describe_source(layer))
     return X
-
-
-def refuse_backed(adata: AnnData, layer: str | None, what: str) -> None:
-    """Raise if the counts of ``adata`` are on disk (``backed=``) and ``what`` cannot stream them."""
-    if adata.isbacked and layer is None:
-        msg = (
-            f"adata is backed by the file {adata.filename} (read with backed=...); {what} needs the counts in "
-            'memory: load them with adata = adata.to_memory(), or denoise with method="lowrank", which streams '
-            "them from the file."
-        )
-        raise ValueError(msg)
 
 
 _CHECK_CHUNK = 1 << 22

@@ -96,14 +96,17 @@ def binomial_split(
         if X.format not in {"csr", "csc"}:
             X = X.tocsr()
         a_data, b_data = _split_values(X.data, p, rng, sample_ratio)
-        halves = []
-        for data in (a_data, b_data):
-            half = type(X)((data, X.indices.copy(), X.indptr.copy()), shape=X.shape)
-            half.eliminate_zeros()
-            halves.append(half)
-        return tuple(halves)
+        return tuple(_compact(X, data) for data in (a_data, b_data))
     X = np.asarray(X)
     return _split_values(X, p, rng, sample_ratio)
+
+
+def _compact(X: sparse.spmatrix, data: np.ndarray) -> sparse.spmatrix:
+    """A matrix of ``X``'s kind with values ``data`` on ``X``'s pattern, zeros dropped, in arrays of its own size."""
+    keep = data != 0
+    positions = np.zeros(len(keep) + 1, dtype=X.indptr.dtype)
+    np.cumsum(keep, out=positions[1:])
+    return type(X)((data[keep], X.indices[keep], positions[X.indptr]), shape=X.shape)
 
 
 def _split_values(

@@ -116,3 +116,24 @@ def test_backed_input_with_factors_reconstructs_the_in_memory_layer(small_blocks
         np.testing.assert_array_equal(values, memory.layers["denoised"])
     finally:
         backed.file.close()
+
+
+def test_backed_input_for_the_autoencoder_and_split_counts_is_read_into_memory(data, tmp_path):
+    path = tmp_path / "counts.h5ad"
+    data.write_h5ad(path)
+    configs = [{"hidden": 16, "bottleneck": 4, "dropout": 0.0, "max_epochs": 3, "batch_size": 64}]
+    kwargs = {"method": "auto", "autoencoder_configs": configs, "max_rank": 5, "n_splits": 1}
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        _denoise(backed, **kwargs)
+        memory = _denoise(data.copy(), **kwargs)
+        np.testing.assert_array_equal(backed.layers["denoised"], memory.layers["denoised"])
+        assert backed.uns["denoised"]["comparison"] == memory.uns["denoised"]["comparison"]
+        scn2s.pp.split_counts(backed, rng=4)
+        in_memory = data.copy()
+        scn2s.pp.split_counts(in_memory, rng=4)
+        for key in ("counts_a", "counts_b"):
+            assert (backed.layers[key] != in_memory.layers[key]).nnz == 0
+        assert "denoised" in backed.layers
+    finally:
+        backed.file.close()

@@ -241,25 +241,6 @@ def test_empty_anndata(shape):
     _raises(ValueError, message, scn2s.pp.split_counts, adata)
 
 
-def test_backed_anndata_is_refused_where_it_cannot_be_streamed(counts, tmp_path):
-    path = tmp_path / "counts.h5ad"
-    ad.AnnData(sparse.csr_matrix(counts)).write_h5ad(path)
-    adata = ad.read_h5ad(path, backed="r")
-    for what, func, kwargs in (
-        ("method='auto'", _denoise, {"method": "auto"}),
-        ("method='autoencoder'", _denoise, {"method": "autoencoder"}),
-        ("split_counts", scn2s.pp.split_counts, {}),
-    ):
-        message = (
-            f"adata is backed by the file {adata.filename} (read with backed=...); {what} needs the counts in "
-            'memory: load them with adata = adata.to_memory(), or denoise with method="lowrank", which streams them '
-            "from the file."
-        )
-        _raises(ValueError, message, func, adata, **kwargs)
-    assert "denoised" not in adata.layers
-    adata.file.close()
-
-
 def test_one_cell_is_refused(counts):
     message = "denoise needs at least 2 cells to fit a model across cells; adata.X has 1."
     _raises(ValueError, message, _denoise, ad.AnnData(counts[:1]))

@@ -119,13 +119,15 @@ def _randomized_svd(
         out = np.empty((n, M.shape[1]))
         for r, block in zip(rows, blocks, strict=True):
             out[r] = block @ M.astype(block.dtype, copy=False)
-        return out - mean @ M
+        out -= mean @ M
+        return out
 
     def left(M: np.ndarray) -> np.ndarray:  # (Y - 1 mean^T).T @ M
         out = np.zeros((g, M.shape[1]))
         for r, block in zip(rows, blocks, strict=True):
             out += block.T @ M[r].astype(block.dtype, copy=False)
-        return out - np.outer(mean, M.sum(axis=0))
+        out -= np.outer(mean, M.sum(axis=0))
+        return out
 
     Q = orthonormalize(right(rng.standard_normal((g, width))))
     for _ in range(n_iter):

@@ -19,7 +19,6 @@ from .._validate import (
     describe_source,
     get_counts,
     make_rng,
-    refuse_backed,
     seed_record,
     versions,
     write_results,
@@ -82,7 +81,8 @@ def denoise(
     * ``"auto"``: both, and the family with the lower held-out loss on the splits both used is written.
 
     The low-rank family reads the counts in blocks of cells, so an AnnData opened with ``backed="r"`` is
-    streamed from its file (``method="lowrank"``); the autoencoder needs them in memory.
+    streamed from its file (``method="lowrank"``); for the autoencoder (``"auto"``, ``"autoencoder"``) the
+    modelled genes of a backed ``X`` are read into memory, block by block.
 
     Everything is computed before anything is written, and the writes are all or nothing: after an error or
     an interrupt (``KeyboardInterrupt``) ``adata`` is as it was. Writing to a view makes it an actual AnnData
@@ -186,10 +186,9 @@ def denoise(
         If ``layer`` or the ``mask_var`` column does not exist (the message lists the layers).
     ValueError
         If the counts are not raw UMI counts (non-integer, negative, NaN, infinite, above ``2**53``) or hold no
-        molecule; if ``adata`` is empty or has a single cell; if ``adata`` is backed and ``method`` is not
-        ``"lowrank"``; if an argument is out of range; or if ``output="factors"`` with a method other than
-        ``"lowrank"``. Each
-        message names where the counts were read (``adata.X`` or ``adata.layers[...]``) and what to do.
+        molecule; if ``adata`` is empty or has a single cell; if an argument is out of range; or if
+        ``output="factors"`` with a method other than ``"lowrank"``. Each message names where the counts were
+        read (``adata.X`` or ``adata.layers[...]``) and what to do.
     """
     start = time.perf_counter()
     if method not in _METHODS:
@@ -220,20 +219,24 @@ def denoise(
     timings = Timings()
     split_rng, lowrank_rng, autoencoder_rng = make_rng(rng).spawn(3)
     splits = Splits.draw(split_rng, n_splits, p, sample_ratio)
-    if method != "lowrank":
-        refuse_backed(adata, layer, f"method={method!r}")
     counts = get_counts(adata, layer)
     genes = _gene_mask(adata, mask_var)
 
     source = describe_source(layer)
     with timings.step("read"):
-        if adata.isbacked and layer is None:
+        if adata.isbacked and layer is None and method == "lowrank":
             # streamed from the file, block by block, each checked the first time it is read
             modelled = None
             blocks = RowBlocks(counts, genes=genes, source=source)
             has_molecule = False
             for _, _, block in blocks:  # one pass that checks every block before any work
                 has_molecule |= bool(block.data.any())
+        elif adata.isbacked and layer is None:
+            # the autoencoder trains on the counts in memory: the modelled genes are read block by block
+            logger.info("reading the modelled counts of %s from %s into memory", source, adata.filename)
+            modelled = RowBlocks(counts, genes=genes, source=source).to_csr()
+            blocks = RowBlocks(modelled, checked=True)
+            has_molecule = bool(modelled.data.any())
         else:
             counts = canonical_csr(counts)  # a copy only if X holds duplicate entries; never modified
             modelled = counts[:, genes] if genes is not None else counts

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._blocks import RowBlocks
 from .._validate import (
     check_fraction,
     check_key,
@@ -12,7 +13,6 @@ from .._validate import (
     describe_source,
     get_counts,
     make_rng,
-    refuse_backed,
     seed_record,
     versions,
     write_results,
@@ -83,8 +83,9 @@ def split_counts(
     check_sample_ratio(sample_ratio, held_out=False)
     seed = seed_record(rng)
     generator = make_rng(rng)
-    refuse_backed(adata, layer, "split_counts")
     counts = get_counts(adata, layer)
+    if adata.isbacked and layer is None:  # the halves are layers in memory: read X block by block
+        counts = RowBlocks(counts, source=describe_source(layer)).to_csr()
     halves = binomial_split(counts, p, rng=generator, sample_ratio=sample_ratio)
     params = {"p": p, "layer": layer or "X", "key_added": [key_a, key_b], "seed": seed}
     if sample_ratio is not None:
