@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 from scipy import sparse
 
-from ._sparse import canonical_csr
+from ._sparse import canonical_csr, int32_indices
 from ._validate import check_counts
 
 __all__ = ["BLOCK_ROWS", "RowBlocks", "block_slices"]
@@ -85,7 +85,7 @@ class RowBlocks:
         block = self._X[rows]
         if not self._checked:
             check_counts(block, self._source)
-        block = canonical_csr(block)
+        block = int32_indices(canonical_csr(block))
         if self._genes is not None:
-            block = block[:, self._genes]
+            block = int32_indices(block[:, self._genes])
         return block
