@@ -56,8 +56,14 @@ class RowBlocks:
         checked: bool = False,
         block_rows: int | None = None,
     ) -> None:
-        if sparse.issparse(X) and X.format != "csr":
-            X = X.tocsr()  # row slices of CSC or COO would convert the whole matrix each time
+        if sparse.issparse(X):
+            if X.format != "csr":
+                X = X.tocsr()  # row slices of CSC or COO would convert the whole matrix each time
+            # with index arrays of two dtypes (an int64 indptr from a file), scipy would copy all the indices
+            # to int64 at every slice; one dtype makes slices cheap (int32 needs no copy of the indices)
+            X = int32_indices(X)
+            if X.indices.dtype != X.indptr.dtype:
+                X = type(X)((X.data, X.indices.astype(np.int64), X.indptr.astype(np.int64)), shape=X.shape)
         self._X = X
         self._genes = genes
         self._source = source
@@ -85,7 +91,7 @@ class RowBlocks:
         block = self._X[rows]
         if not self._checked:
             check_counts(block, self._source)
-        block = int32_indices(canonical_csr(block))
+        block = canonical_csr(int32_indices(sparse.csr_matrix(block) if not sparse.issparse(block) else block))
         if self._genes is not None:
             block = int32_indices(block[:, self._genes])
         return block

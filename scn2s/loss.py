@@ -73,23 +73,45 @@ def sqrt_poisson_mean(lam: np.ndarray | float) -> np.ndarray:
     return out
 
 
+@cache
+def _inverse_table() -> tuple[float, float, np.ndarray]:
+    """``log(lambda)`` on a uniform grid of ``log(m)``: start, step and values (2**16 points)."""
+    log_lam, log_m = _table()
+    grid = np.linspace(log_m[0], log_m[-1], 1 << 16)
+    return float(grid[0]), float(grid[1] - grid[0]), np.interp(grid, log_m, log_lam)
+
+
 def sqrt_poisson_mean_inverse(y: np.ndarray | float) -> np.ndarray:
     """Inverse of :func:`sqrt_poisson_mean`: the Poisson rate whose square root has mean ``y``.
 
-    Non-positive ``y`` maps to rate 0.
+    Non-positive ``y`` maps to rate 0. Between the ends of the table, ``log(lambda)`` is interpolated on a
+    uniform grid of ``log(m)``, so a value costs an index computation rather than a search (this runs on every
+    entry of the output).
     """
     y = np.asarray(y, dtype=np.float64)
-    log_lam, log_m = _table()
+    shape = y.shape
+    y = y.reshape(-1)
+    _, log_m = _table()
     y_min, y_max = np.exp(log_m[0]), np.exp(log_m[-1])
-    out = np.zeros_like(y)
-    low = (y > 0) & (y < y_min)
+    start, step, values = _inverse_table()
+    # position on the grid, clipped to its ends (values outside are replaced below)
+    position = np.log(np.clip(y, y_min, y_max))
+    position -= start
+    position /= step
+    np.clip(position, 0, len(values) - 1.000001, out=position)
+    index = position.astype(np.intp)
+    position -= index
+    out = np.take(values, index)
+    out += position * (np.take(values, index + 1) - out)
+    np.exp(out, out=out)
+    low = y < y_min
+    if low.any():
+        out[low] = np.maximum(y[low], 0.0)
     high = y > y_max
-    mid = (y >= y_min) & (y <= y_max)
-    out[low] = y[low]
-    out[mid] = np.exp(np.interp(np.log(y[mid]), log_m, log_lam))
-    # sqrt(l) - 1 / (8 sqrt(l)) = y  <=>  sqrt(l) = (y + sqrt(y**2 + 1/2)) / 2
-    out[high] = ((y[high] + np.sqrt(y[high] ** 2 + 0.5)) / 2) ** 2
-    return out
+    if high.any():
+        # sqrt(l) - 1 / (8 sqrt(l)) = y  <=>  sqrt(l) = (y + sqrt(y**2 + 1/2)) / 2
+        out[high] = ((y[high] + np.sqrt(y[high] ** 2 + 0.5)) / 2) ** 2
+    return out.reshape(shape)
 
 
 def convert_sqrt_mean(y: np.ndarray, ratio: float) -> np.ndarray:

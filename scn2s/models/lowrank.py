@@ -131,7 +131,9 @@ def _randomized_svd(
 
     Q = orthonormalize(right(rng.standard_normal((g, width))))
     for _ in range(n_iter):
-        Q = orthonormalize(right(orthonormalize(left(Q))))
+        Z = orthonormalize(left(Q))
+        del Q  # a cells x width array: free it before the next one is made
+        Q = orthonormalize(right(Z))
     B = left(Q).T  # (width, g) = Q^T (Y - 1 mean^T)
     Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
     U = Q @ Ub[:, :rank]

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from scipy import sparse
 
 from .._blocks import RowBlocks
 from .._sparse import canonical_csr
@@ -224,22 +225,25 @@ def denoise(
 
     source = describe_source(layer)
     with timings.step("read"):
-        if adata.isbacked and layer is None and method == "lowrank":
-            # streamed from the file, block by block, each checked the first time it is read
+        backed = adata.isbacked and layer is None
+        if method == "lowrank":
+            # read block by block (streamed from the file if backed, each block checked the first time it is
+            # read); a dense matrix in memory is made sparse once
+            if not backed and not sparse.issparse(counts):
+                counts = canonical_csr(counts)
             modelled = None
-            blocks = RowBlocks(counts, genes=genes, source=source)
+            blocks = RowBlocks(counts, genes=genes, source=source, checked=not backed)
             has_molecule = False
-            for _, _, block in blocks:  # one pass that checks every block before any work
+            for _, _, block in blocks:  # one pass, which checks every block of a backed X before any work
                 has_molecule |= bool(block.data.any())
-        elif adata.isbacked and layer is None:
-            # the autoencoder trains on the counts in memory: the modelled genes are read block by block
-            logger.info("reading the modelled counts of %s from %s into memory", source, adata.filename)
-            modelled = RowBlocks(counts, genes=genes, source=source).to_csr()
-            blocks = RowBlocks(modelled, checked=True)
-            has_molecule = bool(modelled.data.any())
         else:
-            counts = canonical_csr(counts)  # a copy only if X holds duplicate entries; never modified
-            modelled = counts[:, genes] if genes is not None else counts
+            if backed:
+                # the autoencoder trains on the counts in memory: the modelled genes are read block by block
+                logger.info("reading the modelled counts of %s from %s into memory", source, adata.filename)
+                modelled = RowBlocks(counts, genes=genes, source=source).to_csr()
+            else:
+                counts = canonical_csr(counts)  # a copy only if X holds duplicate entries; never modified
+                modelled = counts[:, genes] if genes is not None else counts
             blocks = RowBlocks(modelled, checked=True)
             has_molecule = bool(modelled.data.any())
     if not has_molecule:
