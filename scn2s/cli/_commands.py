@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ from ._report import selection_summary
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Iterator
 
 __all__ = ["demo", "denoise", "split"]
 
@@ -23,7 +26,11 @@ logger = logging.getLogger(__name__)
 
 
 def denoise(args: argparse.Namespace) -> int:
-    """``scn2s denoise IN -o OUT``: denoise the counts of an ``.h5ad`` file and write the result."""
+    """``scn2s denoise IN -o OUT``: denoise the counts of an ``.h5ad`` file and write the result.
+
+    Under ``torchrun --nproc_per_node=N`` every process denoises (the autoencoder's trainings are shared) and only
+    rank 0 writes OUT and prints the summary; the other ranks write and print nothing and return 0.
+    """
     from .. import pp
     from ..pp._denoise import _gene_mask
 
@@ -44,21 +51,24 @@ def denoise(args: argparse.Namespace) -> int:
             check_layer_fits(adata.shape, key_added=args.key_added, alternatives=_LAYER_ALTERNATIVES)
         except MemoryError as err:
             raise InputError(f"{args.input}: {err}") from err
-    pp.denoise(
-        adata,
-        method=args.method,
-        layer=args.layer,
-        key_added=args.key_added,
-        mask_var=args.genes,
-        p=args.p,
-        n_splits=args.n_splits,
-        max_rank=args.max_rank,
-        rank=args.rank,
-        device=args.device,
-        output=args.output,
-        rng=args.seed,
-        progress=args.progress,
-    )
+    with _torchrun(args.device) as (main, device):
+        pp.denoise(
+            adata,
+            method=args.method,
+            layer=args.layer,
+            key_added=args.key_added,
+            mask_var=args.genes,
+            p=args.p,
+            n_splits=args.n_splits,
+            max_rank=args.max_rank,
+            rank=args.rank,
+            device=device,
+            output=args.output,
+            rng=args.seed,
+            progress=args.progress and main,
+        )
+    if not main:
+        return 0
     write_h5ad(adata, args.out)
     record = adata.uns[args.key_added]
     modelled = "all genes" if args.genes is None else f"genes in var[{args.genes!r}]"
@@ -79,6 +89,30 @@ def denoise(args: argparse.Namespace) -> int:
             "for any slice, scn2s.tl.write_denoised a file with the whole layer"
         )
     return 0
+
+
+@contextmanager
+def _torchrun(device: str | None) -> Iterator[tuple[bool, str | None]]:
+    """Under torchrun with more than one process, join the process group for the block and leave it after.
+
+    Yields whether this process is the main one (rank 0, which alone writes and prints) and the device to use
+    (on CUDA, the GPU ``LOCAL_RANK`` unless ``--device`` names one). Outside torchrun: ``(True, device)``.
+    A process group already initialised by the caller is used as it is and left open.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield True, device
+        return
+    from ..models.autoencoder import distributed
+
+    joined = not distributed.is_distributed()
+    resolved = distributed.init_from_env(device)
+    if resolved.type == "cuda":
+        device = str(resolved)
+    try:
+        yield distributed.is_main_process(), device
+    finally:
+        if joined:
+            distributed.destroy()
 
 
 _LAYER_ALTERNATIVES = (

@@ -85,6 +85,13 @@ def denoise(
     streamed from its file (``method="lowrank"``); for the autoencoder (``"auto"``, ``"autoencoder"``) the
     modelled genes of a backed ``X`` are read into memory, block by block.
 
+    Under ``torchrun`` (a ``torch.distributed`` process group of more than one process, joined with
+    :func:`scn2s.models.autoencoder.distributed.init_from_env`), every rank calls ``denoise`` with the same
+    ``adata`` and arguments and an integer ``rng``: the autoencoder's trainings are shared between the ranks
+    (DistributedDataParallel), the low-rank family runs on every rank, and every rank ends with the same layer and
+    record in its ``adata``. Write files on rank 0 only
+    (:func:`~scn2s.models.autoencoder.distributed.is_main_process`); the command line does.
+
     Everything is computed before anything is written, and the writes are all or nothing: after an error or
     an interrupt (``KeyboardInterrupt``) ``adata`` is as it was. Writing to a view makes it an actual AnnData
     (anndata warns); its parent is not changed.
@@ -168,8 +175,9 @@ def denoise(
         ``singular_values`` (the spectra of the splits and of the full fit); for ``autoencoder``, ``grid`` (``config``:
         the candidates' labels), ``hidden``, ``bottleneck``, ``dropout``, the same loss keys, ``loss_full_input`` and
         ``loss_replicas`` (the two inference modes), ``best_epochs``, ``heldout_curves`` and ``train_curves`` (per
-        candidate and split, per epoch), ``chosen``, ``epochs``, ``inference``, ``device``, ``batch_size``; both with
-        ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
+        candidate and split, per epoch), ``chosen``, ``epochs``, ``inference``, ``device``, ``batch_size``,
+        ``world_size`` (processes that trained together, 1 without ``torch.distributed``); both with ``p``,
+        ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
         splits and the choice); ``version``; ``versions`` (``python``, ``scn2s``, ``numpy``, ``scipy`` and ``anndata``);
         ``elapsed_seconds``; ``timings`` (seconds per step: ``read``, ``split``, ``selection``, ``fit``,
         ``autoencoder``, ``output``, those that ran); ``output`` (``"layer"`` or ``"factors"``); with
@@ -432,6 +440,7 @@ def _autoencoder_record(fit: AutoencoderSelection) -> dict:
         "inference": fit.mode,
         "device": fit.device,
         "batch_size": fit.batch_size,
+        "world_size": fit.world_size,
         "n_splits": int(fit.losses.shape[0]),
     }
 

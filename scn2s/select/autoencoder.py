@@ -64,6 +64,7 @@ class AutoencoderSelection:
     device: str = "cpu"
     seed: int = 0
     batch_size: int = 0
+    world_size: int = 1  # processes that trained together (torch.distributed)
 
     @property
     def losses(self) -> np.ndarray:
@@ -142,9 +143,16 @@ def fit_autoencoder(
         Seeds of the networks.
     progress
         Show progress bars.
+
+    Notes
+    -----
+    Under ``torch.distributed`` (``torchrun``; :mod:`scn2s.models.autoencoder.distributed`), every rank calls this
+    with the same counts, splits and ``rng`` state: each training is shared between the ranks, the held-out
+    molecules are the same on every rank (checked), and so are the losses, the choice and the final network.
     """
     import torch
 
+    from ..models.autoencoder import distributed
     from ..models.autoencoder.data import CsrBatches
     from ..models.autoencoder.train import heldout_loss, resolve_device, train
 
@@ -157,7 +165,7 @@ def fit_autoencoder(
     heldout_curves, train_curves = [], []
     seeds = [int(s) for s in rng.integers(2**31, size=used + 1)]
     total = used * len(candidates)
-    bar = tqdm(total=total, desc="autoencoder search", disable=not progress)
+    bar = tqdm(total=total, desc="autoencoder search", disable=not progress or not distributed.is_main_process())
     for i in range(used):
         train_half, heldout_half = splits.get(i, counts)
         genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
@@ -199,6 +207,7 @@ def fit_autoencoder(
         train_curves=train_curves,
         device=str(device),
         seed=seeds[-1],
+        world_size=distributed.world_size(),
     )
     selection.best = int(np.argmin(selection.loss_mean))
     selection.mode = "replicas" if replicas[:, selection.best].mean() < full[:, selection.best].mean() else "full"
@@ -209,7 +218,12 @@ def fit_autoencoder(
     )
     selection.genes = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
     final = train(
-        counts[:, selection.genes], config, epochs=selection.epochs, device=device, seed=seeds[-1], progress=progress
+        counts[:, selection.genes],
+        config,
+        epochs=selection.epochs,
+        device=device,
+        seed=seeds[-1],
+        progress=progress and distributed.is_main_process(),
     )
     selection.model = final.model
     selection.batch_size = final.batch_size

@@ -6,6 +6,10 @@ negative log-likelihood of the target half given the rates predicted from the in
 target's depth. The network never sees the molecules it is asked to predict. Molecules held out once, before
 training (``heldout``), are never input or target: they only score epochs and hyperparameters, with the
 cross-molecule loss of :mod:`scn2s.loss`.
+
+While a ``torch.distributed`` process group of more than one process is initialised (``torchrun``), training and
+the held-out loss are shared between the ranks; see :mod:`scn2s.models.autoencoder.distributed`. Every rank must
+then call :func:`train` and :func:`heldout_loss` with the same arguments.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from ...loss import _table
+from . import distributed
 from .data import CsrBatches, input_transform, thin
 from .module import CountAutoencoder
 
@@ -84,6 +89,12 @@ def sqrt_poisson_mean_torch(rate: torch.Tensor) -> torch.Tensor:
 def _nll(
     log_freq: torch.Tensor, log_scale: torch.Tensor, target: torch.Tensor, model: CountAutoencoder
 ) -> torch.Tensor:
+    return _nll_per_cell(log_freq, log_scale, target, model).mean()
+
+
+def _nll_per_cell(
+    log_freq: torch.Tensor, log_scale: torch.Tensor, target: torch.Tensor, model: CountAutoencoder
+) -> torch.Tensor:
     log_rate = log_freq + log_scale
     if model.likelihood == "poisson":
         per_cell = (torch.exp(log_rate) - target * log_rate).sum(dim=1)
@@ -97,7 +108,7 @@ def _nll(
             + theta * (torch.log(theta) - log_theta_mu)
             + target * (log_rate - log_theta_mu)
         ).sum(dim=1)
-    return per_cell.mean()
+    return per_cell
 
 
 def _autocast(device: torch.device):
@@ -150,15 +161,24 @@ def heldout_loss(
     generator: torch.Generator | None = None,
     batch_size: int = 1024,
 ) -> float:
-    """Cross-molecule loss (:mod:`scn2s.loss`) of the network on held-out molecules, mean per entry."""
+    """Cross-molecule loss (:mod:`scn2s.loss`) of the network on held-out molecules, mean per entry.
+
+    Under ``torch.distributed``, each rank scores a contiguous share of the cells and the sum over the ranks is
+    returned on every rank (the same number: added in rank order).
+    """
     total = 0.0
-    for start in range(0, len(data), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(data)))
+    cells = np.arange(len(data))
+    if distributed.is_distributed():
+        cells = np.array_split(cells, distributed.world_size())[distributed.rank()]
+    for start in range(0, len(cells), batch_size):
+        rows = cells[start : start + batch_size]
         rates = predict_rates(
             model, data, rows, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
         )
         diff = torch.sqrt(heldout.dense(rows)) - sqrt_poisson_mean_torch(rates * depth_ratio)
         total += float((diff * diff).sum())
+    if distributed.is_distributed():
+        total = float(distributed.gather(total).sum())
     return total / (data.shape[0] * data.shape[1])
 
 
@@ -192,7 +212,9 @@ def train(
     device
         Torch device; ``None`` picks CUDA when available.
     seed
-        Seeds the batch order, the thinning and the weights. On CPU the same seed gives the same network.
+        Seeds the batch order, the thinning and the weights. On CPU the same seed gives the same network. Under
+        ``torch.distributed`` the batch order and the initial weights are the same on every rank; the thinning
+        and dropout of each rank have streams of their own (:func:`~.distributed.rank_seed`).
     progress
         Show a progress bar over epochs.
     on_epoch
@@ -200,15 +222,26 @@ def train(
 
     Returns
     -------
-    The trained network, the best epoch (1-based) and the per-epoch losses.
+    The trained network, the best epoch (1-based) and the per-epoch losses. Under ``torch.distributed``: the same
+    on every rank (the network of rank 0 is broadcast at the end).
+
+    Raises
+    ------
+    RuntimeError
+        Under ``torch.distributed``, if the training or held-out molecules or the seed differ between ranks.
     """
     device = resolve_device(device)
+    shared = distributed.is_distributed()
+    if shared:
+        # the held-out molecules come from the same seeds on every rank: make sure of it before any training
+        fingerprints = [distributed.fingerprint(counts), -1 if heldout is None else distributed.fingerprint(heldout)]
+        distributed.check_same("training molecules, held-out molecules or seeds", [*fingerprints, seed])
     n_genes = counts.shape[1]
     data = CsrBatches(counts, device)
     held = CsrBatches(heldout, device) if heldout is not None else None
     n_epochs = config.max_epochs if held is not None or epochs is None else epochs
-    order_rng = np.random.default_rng(seed)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    order_rng = np.random.default_rng(seed)  # the same on every rank: the same permutation each epoch
+    generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(seed))
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -219,12 +252,17 @@ def train(
             dropout=config.dropout,
             likelihood=config.likelihood,
         ).to(device)
+        network = model
+        if shared:
+            torch.manual_seed(distributed.rank_seed(seed))  # dropout masks of each rank's own cells
+            network = distributed.wrap(model, device)
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         result = TrainResult(model=model, best_epoch=0, batch_size=config.batch_size)
         best_loss, best_state, stale = np.inf, None, 0
         log_ratio = float(np.log((1 - config.input_fraction) / config.input_fraction))
-        for epoch in tqdm(range(1, n_epochs + 1), desc="training", disable=not progress, leave=False):
-            train_loss = _run_epoch(model, optimiser, data, order_rng, generator, config, log_ratio, result)
+        show = progress and distributed.is_main_process()
+        for epoch in tqdm(range(1, n_epochs + 1), desc="training", disable=not show, leave=False):
+            train_loss = _run_epoch(network, optimiser, data, order_rng, generator, config, log_ratio, result)
             loss = np.nan
             if held is not None:
                 loss = heldout_loss(model, data, held, depth_ratio, generator=generator)
@@ -242,12 +280,13 @@ def train(
             model.load_state_dict(best_state)
         else:
             result.best_epoch = n_epochs
+    distributed.broadcast_module(model)
     model.eval()
     return result
 
 
 def _run_epoch(
-    model: CountAutoencoder,
+    model: CountAutoencoder | torch.nn.parallel.DistributedDataParallel,
     optimiser: torch.optim.Optimizer,
     data: CsrBatches,
     order_rng: np.random.Generator,
@@ -256,8 +295,14 @@ def _run_epoch(
     log_ratio: float,
     result: TrainResult,
 ) -> float:
-    """One pass over the cells with fresh input/target splits; backs off the batch size on CUDA OOM."""
+    """One pass over the cells with fresh input/target splits; backs off the batch size on CUDA OOM.
+
+    ``model`` wrapped in DistributedDataParallel: each batch is shared between the ranks, and a CUDA OOM is raised
+    (a retry on one rank alone would leave the others waiting).
+    """
     order = order_rng.permutation(len(data))
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return _shared_epoch_pass(model, optimiser, data, order, generator, config, log_ratio, result.batch_size)
     while True:
         try:
             return _epoch_pass(model, optimiser, data, order, generator, config, log_ratio, result.batch_size)
@@ -287,4 +332,36 @@ def _epoch_pass(model, optimiser, data, order, generator, config, log_ratio, bat
         optimiser.step()
         total += float(loss.detach()) * int(keep.sum())
         n += int(keep.sum())
+    return total / max(n, 1) / data.shape[1]
+
+
+def _shared_epoch_pass(network, optimiser, data, order, generator, config, log_ratio, batch_size) -> float:
+    """One epoch under DistributedDataParallel: each batch of the permutation is shared out between the ranks.
+
+    Every rank runs the same number of steps (one per batch). A rank's loss is its cells' summed NLL times
+    ``world_size / cells in the whole batch``, so the gradient averaged by DDP is that of the batch's mean NLL, as
+    in a single process. A rank with no cell in a batch still steps (zero loss), so the collectives stay matched.
+    """
+    model = network.module
+    world = distributed.world_size()
+    network.train()
+    total, n = 0.0, 0
+    for batch in data.batches(batch_size, order=order):
+        rows = distributed.shard(batch)
+        inputs, target = data.thinned(rows, config.input_fraction, generator)
+        x, library = input_transform(inputs)
+        keep = library[:, 0] > 0
+        kept = int(distributed.gather(int(keep.sum())).sum())
+        if kept == 0:
+            continue
+        with _autocast(data.device):
+            log_freq = network(x[keep])
+        per_cell = _nll_per_cell(log_freq, torch.log(library[keep]) + log_ratio, target[keep], model)
+        loss = per_cell.sum() * (world / kept)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        total += float(per_cell.detach().sum())
+        n += kept
+    total = float(distributed.gather(total).sum())
     return total / max(n, 1) / data.shape[1]
