@@ -32,8 +32,8 @@ class SelectionCurve:
     loss_mean: np.ndarray
     loss_std: np.ndarray
     loss_per_split: np.ndarray | None
-    chosen: float
-    applied: float
+    chosen: float | str
+    applied: float | str
     loss: str | None
     p: float | None
 
@@ -111,5 +111,10 @@ def _curve(family: str, entry: dict, record: dict, key: str) -> SelectionCurve:
 
 
 def _scalar(value):
+    """A grid value as a Python scalar: an int or float for ranks, the label for autoencoder candidates."""
     value = np.asarray(value).item()
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        return value
     return int(value) if float(value).is_integer() else float(value)

@@ -8,6 +8,8 @@ import torch
 from scipy import sparse
 
 import scn2s
+from scn2s._record import selection_curves
+from scn2s.cli._report import selection_summary
 from scn2s.datasets import simulate
 from scn2s.loss import sqrt_poisson_mean
 from scn2s.models.autoencoder import train as train_module
@@ -175,6 +177,12 @@ def test_denoise_autoencoder_writes_layer_and_curves(halves):
     truth = adata.layers["rates"]
     raw_error = np.mean((np.sqrt(adata.X.toarray()) - np.sqrt(truth)) ** 2)
     assert np.mean((np.sqrt(out) - np.sqrt(truth)) ** 2) < 0.7 * raw_error
+    # the record reads back as a curve over the candidates, for the plot and the command line's summary
+    (curve,) = selection_curves(record, "autoencoder")
+    assert curve.chosen == selection["chosen"]
+    assert list(curve.values) == list(selection["grid"]["config"])
+    summary = selection_summary(record, key="denoised")
+    assert summary[0] == f"model: autoencoder, config {selection['chosen']} (lowest held-out loss)"
 
 
 def test_rank_needs_lowrank(halves):

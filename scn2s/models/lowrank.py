@@ -129,36 +129,38 @@ def _randomized_svd(
         out -= np.outer(mean, M.sum(axis=0))
         return out
 
-    Q = orthonormalize(right(rng.standard_normal((g, width))))
+    Q = orthonormalize(right(rng.standard_normal((g, width))), overwrite=True)
     for _ in range(n_iter):
-        Z = orthonormalize(left(Q))
+        Z = orthonormalize(left(Q), overwrite=True)
         del Q  # a cells x width array: free it before the next one is made
-        Q = orthonormalize(right(Z))
+        Q = orthonormalize(right(Z), overwrite=True)
     B = left(Q).T  # (width, g) = Q^T (Y - 1 mean^T)
     Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
     U = Q @ Ub[:, :rank]
     return LowRankFactors(mean=mean, U=U, s=s[:rank], Vt=Vt[:rank])
 
 
-def orthonormalize(A: np.ndarray) -> np.ndarray:
+def orthonormalize(A: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
     """An orthonormal basis of the columns of a tall ``A`` (``n x w``, full column rank), same shape.
 
     CholeskyQR2 (Fukaya et al. 2014): ``Q = A R^{-1}`` with ``R^T R = A^T A``, twice. It costs two Gram
     matrices and two triangular solves, an order of magnitude less than Householder QR on a million rows, and
     the second pass restores orthogonality to working precision while the columns' condition number stays
-    below about ``1e7``. Householder QR is used when it does not (a Cholesky failure, or a second pass that
-    still changes the basis).
+    below about ``1e7``. Householder QR of the current basis (the same column space) is used when it does not
+    (a Cholesky failure, or a second pass that still changes the basis). With ``overwrite``, the solves are
+    done in ``A``'s memory (a C-ordered float64 ``A``), so no other ``n x w`` array is allocated.
     """
-    Q = A
+    Q = A if overwrite else A.copy()
     try:
         for _ in range(2):
             R = linalg.cholesky(Q.T @ Q, lower=False, check_finite=False)
-            Q = linalg.solve_triangular(R, Q.T, trans="T", lower=False, check_finite=False).T
+            # Q.T is a Fortran-ordered view of Q: the solve writes into Q's memory
+            Q = linalg.solve_triangular(R, Q.T, trans="T", lower=False, overwrite_b=True, check_finite=False).T
         if np.isfinite(Q).all() and np.allclose(np.diag(R), 1.0, atol=1e-3):
             return Q
     except linalg.LinAlgError:
         pass
-    return np.linalg.qr(A)[0]
+    return np.linalg.qr(Q)[0]
 
 
 def heldout_loss_per_rank(

@@ -272,10 +272,10 @@ def denoise(
         )
         warnings.warn(msg, UserWarning, stacklevel=2)
         method, rank = "lowrank", 0
-    elif rank is None:
-        max_rank = clamp_rank("max_rank", max_rank, (n_cells, n_genes), stacklevel=3)
-    else:
+    elif rank is not None:
         rank = clamp_rank("rank", rank, (n_cells, n_genes), stacklevel=3)
+    elif method != "autoencoder":  # the autoencoder searches no rank
+        max_rank = clamp_rank("max_rank", max_rank, (n_cells, n_genes), stacklevel=3)
     logger.info("denoising %s: %d cells x %d genes", source, n_cells, n_genes)
     fits: dict[str, LowRankSelection | AutoencoderSelection] = {}
     if method in ("auto", "lowrank"):
