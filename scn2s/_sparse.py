@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-__all__ = ["canonical_csr"]
+__all__ = ["canonical_csr", "is_dask_array"]
 
 
 def canonical_csr(X) -> sparse.csr_matrix:
@@ -26,3 +26,9 @@ def canonical_csr(X) -> sparse.csr_matrix:
         X = X.copy()
         X.sum_duplicates()
     return X
+
+
+def is_dask_array(X) -> bool:
+    """Whether ``X`` is a :class:`dask.array.Array`, told by its type's module so that dask is never imported."""
+    kind = type(X)
+    return kind.__name__ == "Array" and kind.__module__.split(".")[:2] == ["dask", "array"]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .._blocks import RowBlocks
-from .._sparse import canonical_csr
+from .._sparse import canonical_csr, is_dask_array
 from .._timing import Timings
 from .._validate import (
     check_fraction,
@@ -33,7 +33,7 @@ from ..select import (
     fit_lowrank,
 )
 from ..select.autoencoder import config_label
-from ._output import OUTPUTS, check_layer_fits, dense_layer, factor_entries, stale_entries
+from ._output import OUTPUTS, check_layer_fits, dense_layer, factor_entries, lazy_layer, stale_entries
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -212,7 +212,8 @@ def denoise(
     check_integer("max_rank", max_rank, minimum=1)
     check_integer("rank", rank, minimum=0, allow_none=True)
     check_sample_ratio(sample_ratio, held_out=True)
-    if output == "layer":
+    lazy = _lazy_counts(adata, layer, method)
+    if output == "layer" and not lazy:
         check_layer_fits(adata.shape, key_added=key_added)  # before any work
     seed = seed_record(rng)
     requested = method
@@ -224,7 +225,14 @@ def denoise(
 
     source = describe_source(layer)
     with timings.step("read"):
-        if adata.isbacked and layer is None and method == "lowrank":
+        if lazy:
+            # a dask array: every chunk is checked on its worker in one pass before any work
+            from .._dask import DaskRowBlocks
+
+            modelled = None
+            blocks = DaskRowBlocks(counts, genes=genes, source=source)
+            has_molecule = blocks.has_molecule()
+        elif adata.isbacked and layer is None and method == "lowrank":
             # streamed from the file, block by block, each checked the first time it is read
             modelled = None
             blocks = RowBlocks(counts, genes=genes, source=source)
@@ -292,10 +300,15 @@ def denoise(
     family = comparison["chosen"] if comparison else method
     fit = fits[family]
     with timings.step("output"):
-        if output == "layer":
+        row_chunks = blocks.chunks if lazy else None
+        if output == "layer" and lazy:
+            entries = {"layers": {key_added: lazy_layer(fit, blocks.raw, genes)}}
+        elif output == "layer":
             entries = {"layers": {key_added: dense_layer(fit, modelled, counts, genes, progress=progress)}}
         else:
-            entries, factors_record = factor_entries(fit, counts.shape[1], genes, key_added=key_added)
+            entries, factors_record = factor_entries(
+                fit, counts.shape[1], genes, key_added=key_added, row_chunks=row_chunks
+            )
 
     params = {
         "method": requested,
@@ -344,6 +357,24 @@ def denoise(
     where = f"layers[{key_added!r}]" if output == "layer" else f"the factors obsm['X_{key_added}'] and others"
     logger.info("wrote %s (%s, %s) in %.1f s", where, family, record["best_params"], record["elapsed_seconds"])
     return adata if copy else None
+
+
+def _lazy_counts(adata: AnnData, layer: str | None, method: str) -> bool:
+    """Whether the counts are a dask array; raises unless ``method="lowrank"``, the family that runs on dask."""
+    if layer is None:
+        counts = None if adata.isbacked else adata.X
+    else:
+        counts = adata.layers[layer] if isinstance(layer, str) and layer in adata.layers else None
+    if not is_dask_array(counts):
+        return False
+    if method != "lowrank":
+        msg = (
+            f'{describe_source(layer)} is a dask array; only method="lowrank" runs chunk by chunk on dask\'s '
+            f'workers, got method={method!r}. Pass method="lowrank", or compute the counts into memory first '
+            "(e.g. adata.X = adata.X.compute()) for the autoencoder."
+        )
+        raise ValueError(msg)
+    return True
 
 
 def _gene_mask(adata: AnnData, mask_var) -> np.ndarray | None:
