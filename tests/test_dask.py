@@ -217,3 +217,10 @@ def test_scn2s_works_without_dask():
         "assert 'scn2s._dask' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
+
+
+def test_dask_selection_with_unequal_halves(client, small_blocks, data):
+    """p != 0.5: the held-out half is scored on dense row chunks after the depth conversion, per dask chunk too."""
+    memory = _denoise(data.copy(), output="factors", p=0.4, n_splits=2)
+    lazy = _denoise(_lazy(data), output="factors", p=0.4, n_splits=2)
+    _compare_selection(lazy, memory)

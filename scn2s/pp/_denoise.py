@@ -84,6 +84,11 @@ def denoise(
     streamed from its file (``method="lowrank"``); for the autoencoder (``"auto"``, ``"autoencoder"``) the
     modelled genes of a backed ``X`` are read into memory, block by block.
 
+    Counts in a dask array of sparse chunks (``X`` or the layer; e.g. from
+    :func:`anndata.experimental.read_elem_lazy`) are denoised chunk by chunk on dask's workers
+    (``method="lowrank"`` only): the chunks are the blocks of the in-memory path, split by the same seeds, so the
+    same ``rng`` chooses the same rank; nothing of cells x genes comes to this process, and the layer is lazy.
+
     Everything is computed before anything is written, and the writes are all or nothing: after an error or
     an interrupt (``KeyboardInterrupt``) ``adata`` is as it was. Writing to a view makes it an actual AnnData
     (anndata warns); its parent is not changed.
@@ -126,7 +131,9 @@ def denoise(
         Torch device of the autoencoder; ``None`` picks CUDA when available.
     output
         ``"layer"``: write the denoised values as a dense ``float32`` layer (cells x genes x 4 bytes; checked
-        against the memory available before any work, :class:`MemoryError` if it would not fit).
+        against the memory available before any work, :class:`MemoryError` if it would not fit); for counts in
+        a dask array, a lazy dask array chunked like the counts (not checked: it is computed when read or
+        written, chunk by chunk).
         ``"factors"`` (``method="lowrank"`` only): store the low-rank model instead (cells x rank and genes x
         rank), from which :func:`scn2s.tl.reconstruct` computes any slice of the layer and
         :func:`scn2s.tl.write_denoised` writes it to a file chunk by chunk. Entries of an earlier output of the
@@ -145,7 +152,7 @@ def denoise(
     ``adata.layers[key_added]``
         With ``output="layer"``: ``float32`` denoised expected counts, cells x genes: each cell on its own
         library size (its modelled genes sum to its observed count over them), non-negative, zero for genes with
-        no molecule. Normalise and log it as you would counts.
+        no molecule. Normalise and log it as you would counts. A lazy dask array when the counts are one.
     ``adata.obsm[f"X_{key_added}"]``
         With ``output="factors"``: the cells' scores ``U[:, :rank] * s[:rank]`` (float64, cells x rank).
     ``adata.varm[f"{key_added}_loadings"]``
@@ -187,8 +194,9 @@ def denoise(
     ValueError
         If the counts are not raw UMI counts (non-integer, negative, NaN, infinite, above ``2**53``) or hold no
         molecule; if ``adata`` is empty or has a single cell; if an argument is out of range; or if
-        ``output="factors"`` with a method other than ``"lowrank"``. Each message names where the counts were
-        read (``adata.X`` or ``adata.layers[...]``) and what to do.
+        ``output="factors"`` with a method other than ``"lowrank"``, or the counts are a dask array with a method
+        other than ``"lowrank"`` (raised before any work). Each message names where the counts were read
+        (``adata.X`` or ``adata.layers[...]``) and what to do.
     """
     start = time.perf_counter()
     if method not in _METHODS:
