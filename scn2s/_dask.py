@@ -207,6 +207,7 @@ class DaskOperator:
         self.mean = sums.sum(axis=0).compute() / max(n, 1)
 
     def right(self, M: np.ndarray):
+        """``(Y - 1 mean^T) @ M``: a tall dask array chunked like ``Y``'s rows, persisted on the workers."""
         M_d = da.from_array(M, chunks=M.shape)
         w = M.shape[1]
         out = da.blockwise(
@@ -225,6 +226,7 @@ class DaskOperator:
         return out.persist()
 
     def left(self, Q) -> np.ndarray:
+        """``(Y - 1 mean^T).T @ Q`` for a tall dask ``Q``: per-chunk partials summed on the cluster, genes x ``w``."""
         parts = da.blockwise(
             _left_chunk,
             "bjw",
