@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-__all__ = ["canonical_csr", "int32_indices"]
+__all__ = ["canonical_csr", "int32_indices", "is_dask_array"]
 
 
 def canonical_csr(X) -> sparse.csr_matrix:
@@ -44,3 +44,9 @@ def int32_indices(X: sparse.csr_matrix) -> sparse.csr_matrix:
     indices = X.indices.astype(np.int32, copy=False)
     indptr = X.indptr.astype(np.int32, copy=False)
     return type(X)((X.data, indices, indptr), shape=X.shape, copy=False)
+
+
+def is_dask_array(X) -> bool:
+    """Whether ``X`` is a :class:`dask.array.Array`, told by its type's module so that dask is never imported."""
+    kind = type(X)
+    return kind.__name__ == "Array" and kind.__module__.split(".")[:2] == ["dask", "array"]

@@ -12,17 +12,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Protocol
 
 import numpy as np
 from scipy import linalg, sparse
 from threadpoolctl import threadpool_limits
 
-from .._sparse import canonical_csr
+from .._sparse import canonical_csr, is_dask_array
 from ..loss import convert_sqrt_mean, sqrt_poisson_mean_inverse
 
 __all__ = [
+    "BlockOperator",
+    "CentredOperator",
     "LowRankFactors",
+    "block_loss_per_rank",
     "cell_scale",
+    "centred_operator",
+    "gather",
     "heldout_loss_per_rank",
     "library_scale",
     "orthonormalize",
@@ -80,8 +86,69 @@ def _block_rows(blocks: list) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in pairwise(bounds)]
 
 
+class CentredOperator(Protocol):
+    """The column-centred ``Y - 1 mean^T`` of a cells x genes ``Y``, seen only through products.
+
+    :func:`randomized_svd` needs nothing else, so one implementation serves every place ``Y`` may live:
+    :class:`BlockOperator` (row blocks in memory) and :class:`scn2s._dask.DaskOperator` (the chunks of a dask
+    array, on the workers of a cluster). A *tall* matrix (cells x ``w``) is whatever :meth:`right` returns: a
+    numpy array, or a dask array chunked like ``Y``'s rows; :func:`orthonormalize` and :func:`gather` work on
+    both. Everything genes x ``w`` or smaller is a numpy array.
+    """
+
+    shape: tuple[int, int]
+    mean: np.ndarray  # (genes,) float64: the column means of Y
+
+    def right(self, M: np.ndarray):
+        """``(Y - 1 mean^T) @ M`` for a genes x ``w`` ``M``: a tall matrix."""
+
+    def left(self, Q) -> np.ndarray:
+        """``(Y - 1 mean^T).T @ Q`` for a tall ``Q``: a genes x ``w`` numpy array."""
+
+
+class BlockOperator:
+    """:class:`CentredOperator` of ``Y`` given as CSR (or dense) row blocks in memory, multiplied one at a time.
+
+    The products run in the blocks' precision (float32 halves their memory traffic) and accumulate in float64.
+    """
+
+    def __init__(self, blocks: Sequence) -> None:
+        self.blocks = list(blocks)
+        self.rows = _block_rows(self.blocks)
+        n = self.rows[-1].stop
+        self.shape = (n, self.blocks[0].shape[1])
+        self.mean = sum(np.asarray(block.sum(axis=0, dtype=np.float64)).ravel() for block in self.blocks) / max(n, 1)
+
+    def right(self, M: np.ndarray) -> np.ndarray:
+        """``(Y - 1 mean^T) @ M``, block by block."""
+        out = np.empty((self.shape[0], M.shape[1]))
+        for r, block in zip(self.rows, self.blocks, strict=True):
+            out[r] = block @ M.astype(block.dtype, copy=False)
+        out -= self.mean @ M
+        return out
+
+    def left(self, Q: np.ndarray) -> np.ndarray:
+        """``(Y - 1 mean^T).T @ Q``, accumulated over the blocks."""
+        out = np.zeros((self.shape[1], Q.shape[1]))
+        for r, block in zip(self.rows, self.blocks, strict=True):
+            out += block.T @ Q[r].astype(block.dtype, copy=False)
+        out -= np.outer(self.mean, Q.sum(axis=0))
+        return out
+
+
+def centred_operator(Y) -> CentredOperator:
+    """``Y`` (a matrix, a sequence of row blocks, a dask array or already an operator) as a :class:`CentredOperator`."""
+    if is_dask_array(Y):
+        from .._dask import DaskOperator
+
+        return DaskOperator(Y)
+    if hasattr(Y, "right") and hasattr(Y, "left"):
+        return Y
+    return BlockOperator(_as_blocks(Y))
+
+
 def randomized_svd(
-    Y: sparse.spmatrix | np.ndarray | Blocks,
+    Y: sparse.spmatrix | np.ndarray | Blocks | CentredOperator,
     rank: int,
     *,
     rng: np.random.Generator,
@@ -92,75 +159,96 @@ def randomized_svd(
 
     Centring is implicit: products with ``Y - 1 mean^T`` are computed as products with ``Y`` minus a rank-one
     correction, so a sparse ``Y`` stays sparse. ``Y`` may be given as a sequence of row blocks, which are
-    multiplied one at a time. The products with ``Y`` run in ``Y``'s precision (float32 halves their memory
-    traffic) and accumulate in float64; everything dense is float64. Cost
-    ``O(nnz * (rank + n_oversamples) * n_iter)``. The dense steps are tall and thin (QR of ``cells x width``),
-    where BLAS threads gain little and, on a busy machine, lose a lot to spinning; they run on one BLAS thread.
+    multiplied one at a time, as a dask array of CSR row chunks, whose products run chunk by chunk on the
+    workers (:class:`scn2s._dask.DaskOperator`), or as any :class:`CentredOperator`. The products with ``Y`` run
+    in ``Y``'s precision (float32 halves their memory traffic) and accumulate in float64; everything dense is
+    float64. Cost ``O(nnz * (rank + n_oversamples) * n_iter)``. The dense steps are tall and thin (QR of
+    ``cells x width``), where BLAS threads gain little and, on a busy machine, lose a lot to spinning; they run
+    on one BLAS thread.
     """
     with threadpool_limits(limits=1, user_api="blas"):
-        return _randomized_svd(_as_blocks(Y), rank, rng=rng, n_oversamples=n_oversamples, n_iter=n_iter)
+        return _randomized_svd(centred_operator(Y), rank, rng=rng, n_oversamples=n_oversamples, n_iter=n_iter)
 
 
 def _randomized_svd(
-    blocks: list, rank: int, *, rng: np.random.Generator, n_oversamples: int, n_iter: int
+    op: CentredOperator, rank: int, *, rng: np.random.Generator, n_oversamples: int, n_iter: int
 ) -> LowRankFactors:
-    n = sum(block.shape[0] for block in blocks)
-    g = blocks[0].shape[1]
+    n, g = op.shape
     rank = int(min(rank, n - 1, g))
     if rank < 1:
         msg = f"Need at least 2 cells and 1 gene for a rank-1 fit, got shape {(n, g)}."
         raise ValueError(msg)
-    rows = _block_rows(blocks)
-    mean = sum(np.asarray(block.sum(axis=0, dtype=np.float64)).ravel() for block in blocks) / n
     # a sketch of at least 40 columns: small ranks of a flat noise spectrum converge poorly otherwise
     width = min(max(rank + n_oversamples, 40), n, g)
-
-    def right(M: np.ndarray) -> np.ndarray:  # (Y - 1 mean^T) @ M
-        out = np.empty((n, M.shape[1]))
-        for r, block in zip(rows, blocks, strict=True):
-            out[r] = block @ M.astype(block.dtype, copy=False)
-        out -= mean @ M
-        return out
-
-    def left(M: np.ndarray) -> np.ndarray:  # (Y - 1 mean^T).T @ M
-        out = np.zeros((g, M.shape[1]))
-        for r, block in zip(rows, blocks, strict=True):
-            out += block.T @ M[r].astype(block.dtype, copy=False)
-        out -= np.outer(mean, M.sum(axis=0))
-        return out
-
-    Q = orthonormalize(right(rng.standard_normal((g, width))), overwrite=True)
+    Q = orthonormalize(op.right(rng.standard_normal((g, width))), overwrite=True)
     for _ in range(n_iter):
-        Z = orthonormalize(left(Q), overwrite=True)
+        Z = orthonormalize(op.left(Q), overwrite=True)
         del Q  # a cells x width array: free it before the next one is made
-        Q = orthonormalize(right(Z), overwrite=True)
-    B = left(Q).T  # (width, g) = Q^T (Y - 1 mean^T)
+        Q = orthonormalize(op.right(Z), overwrite=True)
+    B = op.left(Q).T  # (width, g) = Q^T (Y - 1 mean^T)
     Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
-    U = Q @ Ub[:, :rank]
-    return LowRankFactors(mean=mean, U=U, s=s[:rank], Vt=Vt[:rank])
+    U = gather(Q @ Ub[:, :rank])
+    return LowRankFactors(mean=op.mean, U=U, s=s[:rank], Vt=Vt[:rank])
 
 
-def orthonormalize(A: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+def gather(A) -> np.ndarray:
+    """A tall matrix (numpy, or a dask array computed on its workers) as a numpy array."""
+    return A.compute() if is_dask_array(A) else A
+
+
+class _NumpyTall:
+    """The operations :func:`orthonormalize` needs, on a tall numpy array."""
+
+    @staticmethod
+    def gram(A: np.ndarray) -> np.ndarray:
+        return A.T @ A
+
+    @staticmethod
+    def solve(A: np.ndarray, R: np.ndarray) -> np.ndarray:  # A @ inv(R), R upper triangular, in A's memory
+        # A.T is a Fortran-ordered view of a C-ordered A: the solve writes into A's memory
+        return linalg.solve_triangular(R, A.T, trans="T", lower=False, overwrite_b=True, check_finite=False).T
+
+    @staticmethod
+    def all_finite(A: np.ndarray) -> bool:
+        return bool(np.isfinite(A).all())
+
+    @staticmethod
+    def qr(A: np.ndarray) -> np.ndarray:
+        return np.linalg.qr(A)[0]
+
+
+def _tall_ops(A):
+    if is_dask_array(A):
+        from .._dask import DaskTall
+
+        return DaskTall
+    return _NumpyTall
+
+
+def orthonormalize(A, *, overwrite: bool = False):
     """An orthonormal basis of the columns of a tall ``A`` (``n x w``, full column rank), same shape.
 
     CholeskyQR2 (Fukaya et al. 2014): ``Q = A R^{-1}`` with ``R^T R = A^T A``, twice. It costs two Gram
     matrices and two triangular solves, an order of magnitude less than Householder QR on a million rows, and
     the second pass restores orthogonality to working precision while the columns' condition number stays
     below about ``1e7``. Householder QR of the current basis (the same column space) is used when it does not
-    (a Cholesky failure, or a second pass that still changes the basis). With ``overwrite``, the solves are
-    done in ``A``'s memory (a C-ordered float64 ``A``), so no other ``n x w`` array is allocated.
+    (a Cholesky failure, or a second pass that still changes the basis). ``A`` may be a numpy array or a dask
+    array chunked by rows (whole columns per chunk): then the ``w x w`` Gram matrices are summed from the chunks on
+    the cluster, the solves run chunk by chunk, and the result stays on the workers (:class:`scn2s._dask.DaskTall`).
+    With ``overwrite``, a numpy ``A`` (C-ordered float64) is overwritten by the solves, so no other ``n x w``
+    array is allocated.
     """
-    Q = A if overwrite else A.copy()
+    ops = _tall_ops(A)
+    Q = A if overwrite or ops is not _NumpyTall else A.copy()
     try:
         for _ in range(2):
-            R = linalg.cholesky(Q.T @ Q, lower=False, check_finite=False)
-            # Q.T is a Fortran-ordered view of Q: the solve writes into Q's memory
-            Q = linalg.solve_triangular(R, Q.T, trans="T", lower=False, overwrite_b=True, check_finite=False).T
-        if np.isfinite(Q).all() and np.allclose(np.diag(R), 1.0, atol=1e-3):
+            R = linalg.cholesky(ops.gram(Q), lower=False, check_finite=False)
+            Q = ops.solve(Q, R)
+        if ops.all_finite(Q) and np.allclose(np.diag(R), 1.0, atol=1e-3):
             return Q
     except linalg.LinAlgError:
         pass
-    return np.linalg.qr(Q)[0]
+    return ops.qr(Q)
 
 
 def heldout_loss_per_rank(
@@ -187,7 +275,8 @@ def heldout_loss_per_rank(
     cell_scale
         Per-cell factor from normalised square-root space back to the training half's counts.
     heldout
-        Held-out counts (CSR), or a sequence of CSR blocks of consecutive cells.
+        Held-out counts (CSR), a sequence of CSR blocks of consecutive cells, or a dask array of CSR row chunks
+        (each chunk scored on its worker, the per-chunk vectors summed on the cluster).
     depth_ratio
         Expected depth of the held-out half over that of the training half, ``(1 - p) / p``.
     chunk_size
@@ -197,21 +286,42 @@ def heldout_loss_per_rank(
     -------
     Array of length ``K + 1``: the summed squared error of each rank.
     """
-    blocks = [canonical_csr(block) for block in _as_blocks(heldout)]
+    if is_dask_array(heldout):
+        from .._dask import heldout_loss_per_rank_chunks
+
+        return heldout_loss_per_rank_chunks(
+            factors, cell_scale, heldout, depth_ratio=depth_ratio, chunk_size=chunk_size
+        )
+    blocks = _as_blocks(heldout)
     loss = np.zeros(factors.max_rank + 1)
     for rows, block in zip(_block_rows(blocks), blocks, strict=True):
-        if depth_ratio == 1.0:
-            loss += _loss_per_rank_linear(factors, cell_scale, block, rows)
-        else:
-            loss += _loss_per_rank_converted(factors, cell_scale, block, rows, depth_ratio, chunk_size)
+        loss += block_loss_per_rank(factors, cell_scale[rows], factors.U[rows], block, depth_ratio, chunk_size)
     return loss
 
 
+def block_loss_per_rank(
+    factors: LowRankFactors,
+    a: np.ndarray,
+    U: np.ndarray,
+    heldout: sparse.csr_matrix,
+    depth_ratio: float = 1.0,
+    chunk_size: int = 2048,
+) -> np.ndarray:
+    """The summed held-out loss of every rank on one block of cells (:func:`heldout_loss_per_rank`'s terms).
+
+    ``a`` and ``U`` are the block's rows of the cell scale and of ``factors.U`` (whose own ``U`` is not read), so
+    a block is scored from its own rows alone, wherever it lives.
+    """
+    heldout = canonical_csr(heldout)
+    if depth_ratio == 1.0:
+        return _loss_per_rank_linear(factors, a, U, heldout)
+    return _loss_per_rank_converted(factors, a, U, heldout, depth_ratio, chunk_size)
+
+
 def _loss_per_rank_linear(
-    factors: LowRankFactors, a: np.ndarray, heldout: sparse.csr_matrix, rows: slice
+    factors: LowRankFactors, a: np.ndarray, U: np.ndarray, heldout: sparse.csr_matrix
 ) -> np.ndarray:
     mean, s, Vt = factors.mean, factors.s, factors.Vt
-    a, U = a[rows], factors.U[rows]
     T = heldout.astype(np.float64)
     T.data = np.sqrt(T.data)
     target_sq = float(np.sum(T.data**2))
@@ -227,10 +337,9 @@ def _loss_per_rank_linear(
 
 
 def _loss_per_rank_converted(
-    factors: LowRankFactors, a: np.ndarray, heldout: sparse.csr_matrix, block_rows: slice, ratio: float, chunk_size: int
+    factors: LowRankFactors, a: np.ndarray, U: np.ndarray, heldout: sparse.csr_matrix, ratio: float, chunk_size: int
 ) -> np.ndarray:
     mean, s, Vt = factors.mean, factors.s, factors.Vt
-    a, U = a[block_rows], factors.U[block_rows]
     loss = np.zeros(len(s) + 1)
     for start in range(0, heldout.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)

@@ -10,7 +10,7 @@ import numpy as np
 from scipy import sparse
 
 from .._blocks import RowBlocks
-from .._sparse import canonical_csr
+from .._sparse import canonical_csr, is_dask_array
 from .._timing import Timings
 from .._validate import (
     check_fraction,
@@ -34,7 +34,7 @@ from ..select import (
     fit_lowrank,
 )
 from ..select.autoencoder import config_label
-from ._output import OUTPUTS, check_layer_fits, dense_layer, factor_entries, stale_entries
+from ._output import OUTPUTS, check_layer_fits, dense_layer, factor_entries, lazy_layer, stale_entries
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -92,6 +92,11 @@ def denoise(
     record in its ``adata``. Write files on rank 0 only
     (:func:`~scn2s.models.autoencoder.distributed.is_main_process`); the command line does.
 
+    Counts in a dask array of sparse chunks (``X`` or the layer; e.g. from
+    :func:`anndata.experimental.read_elem_lazy`) are denoised chunk by chunk on dask's workers
+    (``method="lowrank"`` only): the chunks are the blocks of the in-memory path, split by the same seeds, so the
+    same ``rng`` chooses the same rank; nothing of cells x genes comes to this process, and the layer is lazy.
+
     Everything is computed before anything is written, and the writes are all or nothing: after an error or
     an interrupt (``KeyboardInterrupt``) ``adata`` is as it was. Writing to a view makes it an actual AnnData
     (anndata warns); its parent is not changed.
@@ -134,7 +139,9 @@ def denoise(
         Torch device of the autoencoder; ``None`` picks CUDA when available.
     output
         ``"layer"``: write the denoised values as a dense ``float32`` layer (cells x genes x 4 bytes; checked
-        against the memory available before any work, :class:`MemoryError` if it would not fit).
+        against the memory available before any work, :class:`MemoryError` if it would not fit); for counts in
+        a dask array, a lazy dask array chunked like the counts (not checked: it is computed when read or
+        written, chunk by chunk).
         ``"factors"`` (``method="lowrank"`` only): store the low-rank model instead (cells x rank and genes x
         rank), from which :func:`scn2s.tl.reconstruct` computes any slice of the layer and
         :func:`scn2s.tl.write_denoised` writes it to a file chunk by chunk. Entries of an earlier output of the
@@ -153,7 +160,7 @@ def denoise(
     ``adata.layers[key_added]``
         With ``output="layer"``: ``float32`` denoised expected counts, cells x genes: each cell on its own
         library size (its modelled genes sum to its observed count over them), non-negative, zero for genes with
-        no molecule. Normalise and log it as you would counts.
+        no molecule. Normalise and log it as you would counts. A lazy dask array when the counts are one.
     ``adata.obsm[f"X_{key_added}"]``
         With ``output="factors"``: the cells' scores ``U[:, :rank] * s[:rank]`` (float64, cells x rank).
     ``adata.varm[f"{key_added}_loadings"]``
@@ -196,8 +203,9 @@ def denoise(
     ValueError
         If the counts are not raw UMI counts (non-integer, negative, NaN, infinite, above ``2**53``) or hold no
         molecule; if ``adata`` is empty or has a single cell; if an argument is out of range; or if
-        ``output="factors"`` with a method other than ``"lowrank"``. Each message names where the counts were
-        read (``adata.X`` or ``adata.layers[...]``) and what to do.
+        ``output="factors"`` with a method other than ``"lowrank"``, or the counts are a dask array with a method
+        other than ``"lowrank"`` (raised before any work). Each message names where the counts were read
+        (``adata.X`` or ``adata.layers[...]``) and what to do.
     """
     start = time.perf_counter()
     if method not in _METHODS:
@@ -221,7 +229,8 @@ def denoise(
     check_integer("max_rank", max_rank, minimum=1)
     check_integer("rank", rank, minimum=0, allow_none=True)
     check_sample_ratio(sample_ratio, held_out=True)
-    if output == "layer":
+    lazy = _lazy_counts(adata, layer, method)
+    if output == "layer" and not lazy:
         check_layer_fits(adata.shape, key_added=key_added)  # before any work
     seed = seed_record(rng)
     requested = method
@@ -234,7 +243,14 @@ def denoise(
     source = describe_source(layer)
     with timings.step("read"):
         backed = adata.isbacked and layer is None
-        if method == "lowrank":
+        if lazy:
+            # a dask array: every chunk is checked on its worker in one pass before any work
+            from .._dask import DaskRowBlocks
+
+            modelled = None
+            blocks = DaskRowBlocks(counts, genes=genes, source=source)
+            has_molecule = blocks.has_molecule()
+        elif method == "lowrank":
             # read block by block (streamed from the file if backed, each block checked the first time it is
             # read); a dense matrix in memory is made sparse once
             if not backed and not sparse.issparse(counts):
@@ -304,10 +320,15 @@ def denoise(
     family = comparison["chosen"] if comparison else method
     fit = fits[family]
     with timings.step("output"):
-        if output == "layer":
+        row_chunks = blocks.chunks if lazy else None
+        if output == "layer" and lazy:
+            entries = {"layers": {key_added: lazy_layer(fit, blocks.raw, genes)}}
+        elif output == "layer":
             entries = {"layers": {key_added: dense_layer(fit, modelled, counts, genes, progress=progress)}}
         else:
-            entries, factors_record = factor_entries(fit, counts.shape[1], genes, key_added=key_added)
+            entries, factors_record = factor_entries(
+                fit, counts.shape[1], genes, key_added=key_added, row_chunks=row_chunks
+            )
 
     params = {
         "method": requested,
@@ -356,6 +377,24 @@ def denoise(
     where = f"layers[{key_added!r}]" if output == "layer" else f"the factors obsm['X_{key_added}'] and others"
     logger.info("wrote %s (%s, %s) in %.1f s", where, family, record["best_params"], record["elapsed_seconds"])
     return adata if copy else None
+
+
+def _lazy_counts(adata: AnnData, layer: str | None, method: str) -> bool:
+    """Whether the counts are a dask array; raises unless ``method="lowrank"``, the family that runs on dask."""
+    if layer is None:
+        counts = None if adata.isbacked else adata.X
+    else:
+        counts = adata.layers[layer] if isinstance(layer, str) and layer in adata.layers else None
+    if not is_dask_array(counts):
+        return False
+    if method != "lowrank":
+        msg = (
+            f'{describe_source(layer)} is a dask array; only method="lowrank" runs chunk by chunk on dask\'s '
+            f'workers, got method={method!r}. Pass method="lowrank", or compute the counts into memory first '
+            "(e.g. adata.X = adata.X.compute()) for the autoencoder."
+        )
+        raise ValueError(msg)
+    return True
 
 
 def _gene_mask(adata: AnnData, mask_var) -> np.ndarray | None:

@@ -22,7 +22,15 @@ from ..models.lowrank import cell_scale
 if TYPE_CHECKING:
     from ..select import LowRankSelection
 
-__all__ = ["OUTPUTS", "check_layer_fits", "dense_layer", "factor_entries", "factor_keys", "stale_entries"]
+__all__ = [
+    "OUTPUTS",
+    "check_layer_fits",
+    "dense_layer",
+    "factor_entries",
+    "factor_keys",
+    "lazy_layer",
+    "stale_entries",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,18 +99,50 @@ def factor_keys(key_added: str) -> dict[str, tuple[str, str]]:
     }
 
 
+def _scaled_factors(fit: LowRankSelection, row_chunks: tuple[int, ...] | None):
+    """The chosen rank's scores and loadings and the per-cell scale (on dask's workers with ``row_chunks``)."""
+    rank, factors = fit.rank, fit.factors
+    scores = factors.U[:, :rank] * factors.s[:rank]
+    loadings = factors.Vt[:rank].T
+    args = (factors.mean, scores, loadings, fit.library_size, fit.target_sum)
+    if row_chunks is None:
+        scale = cell_scale(*args, chunk_size=_CHUNK)
+    else:
+        from .._dask import cell_scale_chunks
+
+        scale = cell_scale_chunks(*args, rows=row_chunks, chunk_size=_CHUNK)
+    return scores, loadings, scale
+
+
+def lazy_layer(fit: LowRankSelection, raw, genes: np.ndarray | None):
+    """The ``float32`` output layer as a lazy dask array, chunked like ``raw`` (the counts, a dask array of CSR chunks).
+
+    The per-cell scale is computed on dask's workers now; the layer's chunks when the array is computed (by
+    :meth:`dask.array.Array.compute`, or chunk by chunk by anndata's writers).
+    """
+    from .._dask import denoised_layer
+
+    scores, loadings, scale = _scaled_factors(fit, raw.chunks[0])
+    return denoised_layer(
+        fit.factors.mean, scores, loadings, fit.library_size, scale, fit.target_sum, raw=raw, genes=genes
+    )
+
+
 def factor_entries(
-    fit: LowRankSelection, n_vars: int, genes: np.ndarray | None, *, key_added: str
+    fit: LowRankSelection,
+    n_vars: int,
+    genes: np.ndarray | None,
+    *,
+    key_added: str,
+    row_chunks: tuple[int, ...] | None = None,
 ) -> tuple[dict[str, dict], dict]:
     """The entries of ``output="factors"`` for :func:`scn2s._validate.write_results`, and the ``factors`` record.
 
     The per-cell scale is computed here, in row chunks over all modelled genes, by the same operations as the
-    dense layer's per-chunk rescaling.
+    dense layer's per-chunk rescaling; on dask's workers, a task per chunk of ``row_chunks`` cells, if given.
     """
     rank, factors = fit.rank, fit.factors
-    scores = factors.U[:, :rank] * factors.s[:rank]
-    modelled_loadings = factors.Vt[:rank].T
-    scale = cell_scale(factors.mean, scores, modelled_loadings, fit.library_size, fit.target_sum, chunk_size=_CHUNK)
+    scores, modelled_loadings, scale = _scaled_factors(fit, row_chunks)
     columns = slice(None) if genes is None else genes
     loadings = np.zeros((n_vars, rank), dtype=np.float64)
     loadings[columns] = modelled_loadings

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._blocks import RowBlocks
+from .._sparse import is_dask_array
 from .._validate import (
     check_fraction,
     check_key,
@@ -84,6 +85,13 @@ def split_counts(
     seed = seed_record(rng)
     generator = make_rng(rng)
     counts = get_counts(adata, layer)
+    if is_dask_array(counts):
+        msg = (
+            f"{describe_source(layer)} is a dask array; split_counts writes the halves as layers in memory. Compute "
+            "the counts first (e.g. adata.X = adata.X.compute()), or denoise them where they are with "
+            'scn2s.pp.denoise(adata, method="lowrank").'
+        )
+        raise ValueError(msg)
     if adata.isbacked and layer is None:  # the halves are layers in memory: read X block by block
         counts = RowBlocks(counts, source=describe_source(layer)).to_csr()
     halves = binomial_split(counts, p, rng=generator, sample_ratio=sample_ratio)

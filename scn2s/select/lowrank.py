@@ -11,14 +11,13 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from .._blocks import RowBlocks
-from .._sparse import canonical_csr
+from .._sparse import canonical_csr, is_dask_array
 from .._timing import Timings
 from ..models.lowrank import (
     LowRankFactors,
     heldout_loss_per_rank,
     randomized_svd,
     reconstruct_counts,
-    sqrt_normalize,
     transfer_rank,
 )
 from .splits import Splits
@@ -107,11 +106,20 @@ def clamp_rank(name: str, value: int, shape: tuple[int, int], *, stacklevel: int
     return value
 
 
-def as_row_blocks(counts: sparse.spmatrix | RowBlocks) -> RowBlocks:
-    """``counts`` as :class:`~scn2s._blocks.RowBlocks` (a matrix in memory is taken as checked counts)."""
-    if isinstance(counts, RowBlocks):
-        return counts
-    return RowBlocks(canonical_csr(counts), checked=True)
+def as_row_blocks(counts):
+    """``counts`` as blocks of consecutive cells; a :class:`~scn2s._blocks.RowBlocks` or ``DaskRowBlocks`` as is.
+
+    A matrix in memory becomes :class:`~scn2s._blocks.RowBlocks` and a dask array of CSR chunks
+    :class:`scn2s._dask.DaskRowBlocks` (both taken as checked counts). Both have the methods the search uses
+    (``split``, ``library_sizes``, ``normalised``), so one implementation serves the counts wherever they live.
+    """
+    if is_dask_array(counts):
+        from .._dask import DaskRowBlocks
+
+        return DaskRowBlocks(counts, checked=True)
+    if isinstance(counts, np.ndarray) or sparse.issparse(counts):
+        return RowBlocks(canonical_csr(counts), checked=True)
+    return counts
 
 
 def search_lowrank(
@@ -143,20 +151,12 @@ def search_lowrank(
     svd_rngs = rng.spawn(len(splits))
     for i in tqdm(range(len(splits)), desc="rank search", disable=not progress):
         with timings.step("split"):
-            train, heldout = [], []
-            library = np.empty(n)
-            for b, rows, block in blocks:
-                train_block, heldout_block = splits.get_block(i, b, block)
-                library[rows] = np.asarray(train_block.sum(axis=1, dtype=np.float64)).ravel()
-                train.append(train_block)
-                heldout.append(_narrow(heldout_block))
-                del block
+            train, heldout, library = blocks.split(splits, i)
         with timings.step("selection"):
             # normalise to the full-depth scale estimated from the training half alone (which may hold no molecule)
             expressed = library > 0
             target_sum = float(np.median(library[expressed])) / train_frac if expressed.any() else 1.0
-            for j, rows in enumerate(blocks.slices):
-                train[j] = sqrt_normalize(train[j], library[rows], target_sum)
+            train = blocks.normalised(library, target_sum, train)
             factors = randomized_svd(train, max_rank, rng=svd_rngs[i])
             del train
             cell_scale = np.sqrt(library / target_sum)
@@ -167,25 +167,16 @@ def search_lowrank(
     return losses, spectra
 
 
-def _narrow(counts: sparse.csr_matrix) -> sparse.csr_matrix:
-    """``counts`` with its values in ``uint16`` when they fit (held while a split is scored: half the memory)."""
-    if counts.data.size and counts.data.max() <= np.iinfo(np.uint16).max:
-        counts.data = counts.data.astype(np.uint16)
-    return counts
-
-
 def normalised_blocks(blocks: RowBlocks) -> tuple[list[sparse.csr_matrix], np.ndarray, float]:
     """The normalised square-root counts as blocks, each cell's library size and the normalisation target.
 
     Two passes over the counts (library sizes, then the normalised blocks), so that only the normalised copy
     is held.
     """
-    library = np.empty(blocks.shape[0])
-    for _, rows, block in blocks:
-        library[rows] = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
+    library = blocks.library_sizes()
     expressed = library > 0
     target_sum = float(np.median(library[expressed])) if expressed.any() else 1.0
-    normalised = [sqrt_normalize(block, library[rows], target_sum) for _, rows, block in blocks]
+    normalised = blocks.normalised(library, target_sum)
     return normalised, library, target_sum
 
 

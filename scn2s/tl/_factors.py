@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
+from .._sparse import is_dask_array
 from .._validate import check_integer
 from ..models.lowrank import unscaled_counts
 from ..pp._output import factor_keys
@@ -55,9 +56,11 @@ class StoredFactors:
         if len(rows) == 0:
             return np.empty((0, len(genes)), dtype=np.float32)
         if not (sparse.issparse(raw) or isinstance(raw, np.ndarray)):
-            # on disk (a backed AnnData's X): read the range of rows that covers the block
+            # on disk (a backed AnnData's X) or in a dask array: read the range of rows that covers the block
             start = int(rows.min())
             raw, rows = raw[start : int(rows.max()) + 1], rows - start
+            if is_dask_array(raw):
+                raw = raw.compute()
         if sparse.issparse(raw):
             return sparse.csr_matrix(raw[rows])[:, genes].toarray()
         return np.asarray(raw)[np.ix_(rows, genes)]

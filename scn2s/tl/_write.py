@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._sparse import is_dask_array
 from ._factors import StoredFactors, check_chunk_size, load_factors
 
 if TYPE_CHECKING:
@@ -38,6 +39,11 @@ def write_denoised(
     it when complete, so a failed or interrupted write leaves no partial file (and an existing ``filename`` as
     it was).
 
+    With counts in a dask array (``pp.denoise`` of a lazily opened AnnData), ``layers[key]`` of
+    ``output="layer"`` is a lazy dask array: anndata's writer then computes and writes it chunk by chunk, on
+    dask's workers, into the same temporary-then-renamed file. With ``output="factors"``, the raw counts of the
+    genes outside ``mask_var`` are read from the dask array one chunk of cells at a time.
+
     Parameters
     ----------
     adata
@@ -58,16 +64,17 @@ def write_denoised(
     ------
     KeyError, ValueError
         As :func:`scn2s.tl.reconstruct`; ``ValueError`` also if ``filename`` has another suffix, its folder does
-        not exist, or ``adata.layers[key]`` exists already (write ``adata`` with anndata's writer then).
+        not exist, or ``adata.layers[key]`` exists already in memory (write ``adata`` with anndata's writer then).
     """
     check_chunk_size(chunk_size)
-    factors = load_factors(adata, key)
+    lazy = is_dask_array(adata.layers[key]) if key in adata.layers else False
+    factors = None if lazy else load_factors(adata, key)
     path = Path(filename)
     suffix = path.suffix.lower()
     if suffix not in _SUFFIXES:
         msg = f"filename must end in .h5ad or .zarr, got {str(path)!r}."
         raise ValueError(msg)
-    if key in adata.layers:
+    if key in adata.layers and not lazy:
         msg = (
             f"adata.layers[{key!r}] exists already; write adata with adata.write_h5ad or adata.write_zarr, or "
             f"delete the layer first (del adata.layers[{key!r}])."
@@ -80,10 +87,12 @@ def write_denoised(
     try:
         if suffix == ".h5ad":
             adata.write_h5ad(temporary)
-            _fill_h5ad(temporary, key, factors, adata.shape, chunk_size)
+            if not lazy:
+                _fill_h5ad(temporary, key, factors, adata.shape, chunk_size)
         else:
             adata.write_zarr(temporary)
-            _fill_zarr(temporary, key, factors, adata.shape, chunk_size)
+            if not lazy:
+                _fill_zarr(temporary, key, factors, adata.shape, chunk_size)
         _replace(temporary, path)
     except BaseException:
         _remove(temporary)
