@@ -63,15 +63,7 @@ def run(n_workers: int, args) -> list[float]:
     ):
         counts = simulated_counts(args.cells, args.genes).persist()
         nnz = sum(counts.map_blocks(lambda b: np.array([b.nnz]), drop_axis=1, dtype=int).compute())
-        seconds = []
-        for i in range(args.runs):
-            adata = ad.AnnData(X=counts)
-            start = time.perf_counter()
-            scn2s.pp.denoise(adata, method="lowrank", output="factors", max_rank=args.max_rank, progress=False, rng=i)
-            seconds.append(time.perf_counter() - start)
-            rank = adata.uns["denoised"]["best_params"]["rank"]
-            print(f"  {n_workers} worker(s), run {i}: {seconds[-1]:.1f} s, rank {rank}, nnz {nnz}", flush=True)
-    return seconds
+        return _timed_runs(counts, args, f"{n_workers} worker(s), nnz {nnz}")
 
 
 def run_in_memory(args) -> list[float]:
@@ -80,6 +72,11 @@ def run_in_memory(args) -> list[float]:
 
     with dask.config.set(scheduler="sync"):
         counts = simulated_counts(args.cells, args.genes).compute()
+    return _timed_runs(counts, args, "in memory")
+
+
+def _timed_runs(counts, args, label: str) -> list[float]:
+    """Seconds of ``args.runs`` low-rank denoisings of ``counts`` (seeds 0, 1, ...), each printed as it ends."""
     seconds = []
     for i in range(args.runs):
         adata = ad.AnnData(X=counts)
@@ -87,7 +84,7 @@ def run_in_memory(args) -> list[float]:
         scn2s.pp.denoise(adata, method="lowrank", output="factors", max_rank=args.max_rank, progress=False, rng=i)
         seconds.append(time.perf_counter() - start)
         rank = adata.uns["denoised"]["best_params"]["rank"]
-        print(f"  in memory, run {i}: {seconds[-1]:.1f} s, rank {rank}", flush=True)
+        print(f"  {label}, run {i}: {seconds[-1]:.1f} s, rank {rank}", flush=True)
     return seconds
 
 

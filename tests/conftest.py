@@ -37,3 +37,22 @@ def poisson_counts() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(params=["dense", "csr", "csc"])
 def array_type(request):
     return {"dense": np.asarray, "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}[request.param]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 70 cells (``scn2s._blocks.BLOCK_ROWS``), so that the 230 cells of ``blocked_counts`` span four."""
+    from scn2s import _blocks
+
+    monkeypatch.setattr(_blocks, "BLOCK_ROWS", 70)
+
+
+@pytest.fixture(scope="module")
+def blocked_counts():
+    """230 cells x 50 genes of int32 CSR counts, with a ``highly_variable`` mask of two genes in three."""
+    from scn2s.datasets import simulate
+
+    adata = simulate(230, 50, n_types=3, rank=3, depth=400, rng=5)
+    adata.X = sparse.csr_matrix(adata.X, dtype=np.int32)
+    adata.var["highly_variable"] = np.arange(adata.n_vars) % 3 != 0
+    return adata

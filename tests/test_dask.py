@@ -26,11 +26,8 @@ import sys
 import anndata as ad
 import numpy as np
 import pytest
-from scipy import sparse
 
 import scn2s
-from scn2s import _blocks
-from scn2s.datasets import simulate
 
 dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
@@ -46,20 +43,6 @@ def client():
         distributed.Client(cluster) as client,
     ):
         yield client
-
-
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Blocks of 70 cells, so that 230 cells span four chunks."""
-    monkeypatch.setattr(_blocks, "BLOCK_ROWS", 70)
-
-
-@pytest.fixture(scope="module")
-def data() -> ad.AnnData:
-    adata = simulate(230, 50, n_types=3, rank=3, depth=400, rng=5)
-    adata.X = sparse.csr_matrix(adata.X, dtype=np.int32)
-    adata.var["highly_variable"] = np.arange(adata.n_vars) % 3 != 0
-    return adata
 
 
 def _lazy(adata: ad.AnnData, chunks=(50, 50)) -> ad.AnnData:
@@ -83,10 +66,10 @@ def _compare_selection(lazy: ad.AnnData, memory: ad.AnnData) -> None:
 
 
 @pytest.mark.parametrize("mask", [False, True], ids=["all-genes", "mask_var"])
-def test_dask_layer_equals_the_in_memory_layer(client, small_blocks, data, mask):
+def test_dask_layer_equals_the_in_memory_layer(client, small_blocks, blocked_counts, mask):
     kwargs = {"mask_var": "highly_variable"} if mask else {}
-    memory = _denoise(data.copy(), **kwargs)
-    lazy = _denoise(_lazy(data), **kwargs)
+    memory = _denoise(blocked_counts.copy(), **kwargs)
+    lazy = _denoise(_lazy(blocked_counts), **kwargs)
     _compare_selection(lazy, memory)
     layer = lazy.layers["denoised"]
     assert isinstance(layer, da.Array)  # lazy: computed chunk by chunk when asked
@@ -95,14 +78,14 @@ def test_dask_layer_equals_the_in_memory_layer(client, small_blocks, data, mask)
     values = layer.compute()
     np.testing.assert_allclose(values, memory.layers["denoised"], **LAYER_TOL)
     if mask:  # the genes outside the mask keep their raw counts, exactly
-        rest = ~data.var["highly_variable"].to_numpy()
-        np.testing.assert_array_equal(values[:, rest], data.X[:, rest].toarray())
+        rest = ~blocked_counts.var["highly_variable"].to_numpy()
+        np.testing.assert_array_equal(values[:, rest], blocked_counts.X[:, rest].toarray())
     assert isinstance(lazy.X, da.Array)  # the counts are not gathered into memory
 
 
-def test_dask_factors_equal_the_in_memory_factors(client, small_blocks, data, tmp_path):
-    memory = _denoise(data.copy(), output="factors", mask_var="highly_variable")
-    lazy = _denoise(_lazy(data), output="factors", mask_var="highly_variable")
+def test_dask_factors_equal_the_in_memory_factors(client, small_blocks, blocked_counts, tmp_path):
+    memory = _denoise(blocked_counts.copy(), output="factors", mask_var="highly_variable")
+    lazy = _denoise(_lazy(blocked_counts), output="factors", mask_var="highly_variable")
     _compare_selection(lazy, memory)
     scores = memory.obsm["X_denoised"]
     np.testing.assert_allclose(lazy.obsm["X_denoised"], scores, rtol=1e-5, atol=1e-5 * np.abs(scores).max())
@@ -115,11 +98,11 @@ def test_dask_factors_equal_the_in_memory_factors(client, small_blocks, data, tm
     scn2s.tl.write_denoised(lazy, path, chunk_size=60)
     back = ad.read_h5ad(path)
     np.testing.assert_allclose(back.layers["denoised"], scn2s.tl.reconstruct(memory), **LAYER_TOL)
-    assert (back.X != data.X).nnz == 0
+    assert (back.X != blocked_counts.X).nnz == 0
 
 
-def test_write_denoised_writes_the_lazy_layer(client, small_blocks, data, tmp_path):
-    lazy = _denoise(_lazy(data))
+def test_write_denoised_writes_the_lazy_layer(client, small_blocks, blocked_counts, tmp_path):
+    lazy = _denoise(_lazy(blocked_counts))
     path = tmp_path / "out.h5ad"
     scn2s.tl.write_denoised(lazy, path)
     back = ad.read_h5ad(path)
@@ -127,7 +110,7 @@ def test_write_denoised_writes_the_lazy_layer(client, small_blocks, data, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5ad"]
 
 
-def test_read_elem_lazy_counts(client, small_blocks, data, tmp_path):
+def test_read_elem_lazy_counts(client, small_blocks, blocked_counts, tmp_path):
     zarr = pytest.importorskip("zarr")
     from anndata.experimental import read_elem_lazy
 
@@ -136,16 +119,16 @@ def test_read_elem_lazy_counts(client, small_blocks, data, tmp_path):
         ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False),
         pytest.warns(UserWarning, match="Consolidated metadata is currently not part"),  # zarr's, on v3
     ):
-        data.write_zarr(path)
+        blocked_counts.write_zarr(path)
     group = zarr.open_group(path, mode="r")
-    lazy = ad.AnnData(X=read_elem_lazy(group["X"]), obs=data.obs.copy(), var=data.var.copy())
+    lazy = ad.AnnData(X=read_elem_lazy(group["X"]), obs=blocked_counts.obs.copy(), var=blocked_counts.var.copy())
     assert isinstance(lazy.X, da.Array)
     _denoise(lazy, output="factors")
-    memory = _denoise(data.copy(), output="factors")
+    memory = _denoise(blocked_counts.copy(), output="factors")
     _compare_selection(lazy, memory)
 
 
-def test_no_chunk_task_sees_more_than_one_block(small_blocks, data, monkeypatch):
+def test_no_chunk_task_sees_more_than_one_block(small_blocks, blocked_counts, monkeypatch):
     """Every per-chunk function of the dask path gets at most one block of cells, and block ``b`` of the split."""
     from scn2s import _dask
 
@@ -177,7 +160,7 @@ def test_no_chunk_task_sees_more_than_one_block(small_blocks, data, monkeypatch)
     for name in names:
         monkeypatch.setattr(_dask, name, spy(name, getattr(_dask, name)))
     with dask.config.set(scheduler="sync"):
-        lazy = _denoise(_lazy(data, chunks=(115, 25)), mask_var="highly_variable")
+        lazy = _denoise(_lazy(blocked_counts, chunks=(115, 25)), mask_var="highly_variable")
         lazy.layers["denoised"].compute()
     called = {name for name, _, _ in seen}
     assert called == set(names)
@@ -189,8 +172,8 @@ def test_no_chunk_task_sees_more_than_one_block(small_blocks, data, monkeypatch)
 
 
 @pytest.mark.parametrize("method", ["auto", "autoencoder"])
-def test_other_methods_refuse_dask_counts_up_front(data, method, monkeypatch):
-    lazy = _lazy(data)
+def test_other_methods_refuse_dask_counts_up_front(blocked_counts, method, monkeypatch):
+    lazy = _lazy(blocked_counts)
 
     def fail(*args, **kwargs):
         raise AssertionError("nothing may be computed")
@@ -201,8 +184,8 @@ def test_other_methods_refuse_dask_counts_up_front(data, method, monkeypatch):
     assert "denoised" not in lazy.uns
 
 
-def test_dask_counts_are_checked_on_the_workers(client, small_blocks, data):
-    bad = data.copy()
+def test_dask_counts_are_checked_on_the_workers(client, small_blocks, blocked_counts):
+    bad = blocked_counts.copy()
     bad.X = bad.X.astype(np.float32)
     bad.X.data[-1] = 0.5  # in the last chunk
     with pytest.raises(ValueError, match=r"adata.X holds non-integer values"):
@@ -221,22 +204,22 @@ def test_scn2s_works_without_dask():
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
 
 
-def test_dask_selection_with_unequal_halves(client, small_blocks, data):
+def test_dask_selection_with_unequal_halves(client, small_blocks, blocked_counts):
     """p != 0.5: the held-out half is scored on dense row chunks after the depth conversion, per dask chunk too."""
-    memory = _denoise(data.copy(), output="factors", p=0.4, n_splits=2)
-    lazy = _denoise(_lazy(data), output="factors", p=0.4, n_splits=2)
+    memory = _denoise(blocked_counts.copy(), output="factors", p=0.4, n_splits=2)
+    lazy = _denoise(_lazy(blocked_counts), output="factors", p=0.4, n_splits=2)
     _compare_selection(lazy, memory)
 
 
-def test_dask_counts_in_a_layer(client, small_blocks, data):
-    memory = data.copy()
+def test_dask_counts_in_a_layer(client, small_blocks, blocked_counts):
+    memory = blocked_counts.copy()
     memory.layers["counts"] = memory.X
-    lazy = data.copy()
-    lazy.layers["counts"] = da.from_array(data.X, chunks=(50, 50), asarray=False)
+    lazy = blocked_counts.copy()
+    lazy.layers["counts"] = da.from_array(blocked_counts.X, chunks=(50, 50), asarray=False)
     kwargs = {"layer": "counts", "mask_var": "highly_variable", "output": "factors"}
     _compare_selection(_denoise(lazy, **kwargs), _denoise(memory, **kwargs))
     # the genes outside the mask: raw counts read from the dask layer, one range of cells at a time
     values = scn2s.tl.reconstruct(lazy, chunk_size=90)
     np.testing.assert_allclose(values, scn2s.tl.reconstruct(memory), **LAYER_TOL)
-    rest = ~data.var["highly_variable"].to_numpy()
-    np.testing.assert_array_equal(values[:, rest], data.X[:, rest].toarray())
+    rest = ~blocked_counts.var["highly_variable"].to_numpy()
+    np.testing.assert_array_equal(values[:, rest], blocked_counts.X[:, rest].toarray())
