@@ -29,6 +29,7 @@ __all__ = [
     "check_key",
     "check_sample_ratio",
     "describe_source",
+    "gene_mask",
     "get_counts",
     "make_rng",
     "seed_record",
@@ -155,6 +156,37 @@ def check_counts(X, source: str = "X") -> None:
             "exactly; these are not UMI counts (an unsigned integer that wrapped around below zero?)."
         )
         raise ValueError(msg)
+
+
+def gene_mask(adata: AnnData, mask_var) -> np.ndarray | None:
+    """Indices of the genes selected by ``mask_var`` (a boolean array or ``var`` column), or ``None`` for all.
+
+    Raises
+    ------
+    KeyError
+        If ``mask_var`` names no ``var`` column.
+    ValueError
+        If the mask is not boolean over the genes, or selects none.
+    """
+    if mask_var is None:
+        return None
+    if isinstance(mask_var, str):
+        if mask_var not in adata.var:
+            msg = f"mask_var={mask_var!r} is not a column of adata.var (run sc.pp.highly_variable_genes first?)."
+            raise KeyError(msg)
+        mask = adata.var[mask_var].to_numpy()
+    else:
+        mask = np.asarray(mask_var)
+    if mask.dtype != bool or mask.shape != (adata.n_vars,):
+        msg = (
+            f"mask_var must be a boolean mask over the {adata.n_vars} genes, got dtype {mask.dtype} and shape "
+            f"{mask.shape}."
+        )
+        raise ValueError(msg)
+    if not mask.any():
+        msg = "mask_var selects no gene; select at least one, or pass mask_var=None to model every gene."
+        raise ValueError(msg)
+    return np.flatnonzero(mask)
 
 
 def check_fraction(name: str, value, *, closed_right: bool = False) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._validate import describe_source, get_counts
+from .._validate import describe_source, gene_mask, get_counts
 from ..pp._output import check_layer_fits
 from ._files import InputError, atomic_write, check_paths, input_errors, read_h5ad, write_h5ad
 from ._report import selection_summary
@@ -32,7 +32,6 @@ def denoise(args: argparse.Namespace) -> int:
     rank 0 writes OUT and prints the summary; the other ranks write and print nothing and return 0.
     """
     from .. import pp
-    from ..pp._denoise import _gene_mask
 
     start = time.perf_counter()
     if args.output == "factors" and args.method != "lowrank":
@@ -45,7 +44,7 @@ def denoise(args: argparse.Namespace) -> int:
     with input_errors(args.input):
         get_counts(adata, args.layer)
         if args.genes is not None:
-            _gene_mask(adata, args.genes)
+            gene_mask(adata, args.genes)
     if args.output == "layer":
         try:
             check_layer_fits(adata.shape, key_added=args.key_added, alternatives=_LAYER_ALTERNATIVES)

@@ -18,6 +18,7 @@ from .._validate import (
     check_key,
     check_sample_ratio,
     describe_source,
+    gene_mask,
     get_counts,
     make_rng,
     seed_record,
@@ -238,7 +239,7 @@ def denoise(
     split_rng, lowrank_rng, autoencoder_rng = make_rng(rng).spawn(3)
     splits = Splits.draw(split_rng, n_splits, p, sample_ratio)
     counts = get_counts(adata, layer)
-    genes = _gene_mask(adata, mask_var)
+    genes = gene_mask(adata, mask_var)
 
     source = describe_source(layer)
     with timings.step("read"):
@@ -395,28 +396,6 @@ def _lazy_counts(adata: AnnData, layer: str | None, method: str) -> bool:
         )
         raise ValueError(msg)
     return True
-
-
-def _gene_mask(adata: AnnData, mask_var) -> np.ndarray | None:
-    if mask_var is None:
-        return None
-    if isinstance(mask_var, str):
-        if mask_var not in adata.var:
-            msg = f"mask_var={mask_var!r} is not a column of adata.var (run sc.pp.highly_variable_genes first?)."
-            raise KeyError(msg)
-        mask = adata.var[mask_var].to_numpy()
-    else:
-        mask = np.asarray(mask_var)
-    if mask.dtype != bool or mask.shape != (adata.n_vars,):
-        msg = (
-            f"mask_var must be a boolean mask over the {adata.n_vars} genes, got dtype {mask.dtype} and shape "
-            f"{mask.shape}."
-        )
-        raise ValueError(msg)
-    if not mask.any():
-        msg = "mask_var selects no gene; select at least one, or pass mask_var=None to model every gene."
-        raise ValueError(msg)
-    return np.flatnonzero(mask)
 
 
 def _best_params(fit) -> dict:
