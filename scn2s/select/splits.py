@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from .._blocks import block_slices
-from .._sparse import canonical_csr
+from .._blocks import RowBlocks
 from ..split import binomial_split, overlap_probabilities
 
 __all__ = ["Splits", "split_fractions"]
@@ -48,9 +47,8 @@ class Splits:
         return len(self.seeds)
 
     def get(self, i: int, counts: sparse.csr_matrix) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-        """``(training half, held-out half)`` of split ``i`` of the whole matrix (CSR)."""
-        counts = canonical_csr(counts)
-        halves = [self.get_block(i, b, counts[rows]) for b, rows in enumerate(block_slices(counts.shape[0]))]
+        """``(training half, held-out half)`` of split ``i`` of the whole matrix (CSR), split block by block."""
+        halves = [self.get_block(i, b, block) for b, _, block in RowBlocks(counts, checked=True)]
         if len(halves) == 1:
             return halves[0]
         return tuple(sparse.vstack(parts, format="csr") for parts in zip(*halves, strict=True))
