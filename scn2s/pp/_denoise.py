@@ -258,9 +258,11 @@ def denoise(
                 counts = canonical_csr(counts)
             modelled = None
             blocks = RowBlocks(counts, genes=genes, source=source, checked=not backed)
-            has_molecule = False
-            for _, _, block in blocks:  # one pass, which checks every block of a backed X before any work
-                has_molecule |= bool(block.data.any())
+            if backed or genes is not None:
+                # one pass, which also checks every block of a backed X before any work
+                has_molecule = any([bool(block.data.any()) for _, _, block in blocks])
+            else:
+                has_molecule = bool(counts.data.any())
         else:
             if backed:
                 # the autoencoder trains on the counts in memory: the modelled genes are read block by block
