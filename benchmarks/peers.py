@@ -5,6 +5,13 @@ fresh interpreter (``--worker``) that loads the counts, times only the method (`
 records its peak resident set (``VmHWM``) and saves its estimate as expected counts, cells x genes; the
 parent scores it. Results are cached in the ``--out`` JSON, so a rerun of one method
 (``--methods scvi``) leaves the others alone. ``--tables`` prints the Markdown tables of the cache.
+``--keep DIR`` keeps every estimate (``DIR/<task>/<method>.npy``); ``--rescore DIR`` scores kept estimates
+again without running the methods (their times and records stay as they were).
+
+Real data has no truth, only the held-out molecules, so two of the scores are estimates of the error and of
+the correlations *of the truth* that are unbiased under binomial thinning: given a cell's held-out total
+``s``, its held-out counts are multinomial, so the noise of ``cp10k(target)`` has a known covariance that is
+estimated without bias from the counts and subtracted (see ``mse_cp10k`` and ``truth_corr``).
 
 Tasks (each restricted to one gene set shared by all methods):
 
@@ -50,10 +57,17 @@ FILES = {"pbmc1k": "pbmc1k_10x_v3_906cells.h5ad", "zheng": "zheng2017_purified_p
 FRACTIONS = {"pbmc1k": 0.2, "zheng": 0.5}
 N_GENES = 2000
 N_CORR_GENES = 200
+CHECK_DEPTHS = (2000.0, 1000.0, 500.0, 250.0)
 NLL_FLOOR = 1e-4
 MAX_RANK = 50
 LOWRANK_REPEATS = 3
 N_CLUSTERS = 10
+ERROR_LABELS = {
+    "mse_cp10k": "MSE CP10k",
+    "poisson_nll": "Poisson NLL",
+    "heldout_sqrt_loss": "held-out sqrt loss",
+    "mse_sqrt_cp10k": "MSE sqrt CP10k",
+}
 
 
 @dataclass
@@ -154,17 +168,21 @@ def _scn2s(method: str):
 
 
 def _best_rank(task: Task) -> tuple[np.ndarray, dict]:
+    """The rank with the lowest MSE of sqrt CP10k against the target; also the best rank for every other error."""
     from scn2s.models.lowrank import reconstruct_counts
     from scn2s.select import fit_lowrank
 
     fit = fit_lowrank(task.counts, rank=MAX_RANK, rng=np.random.default_rng(0))
-    curve = [
-        mse_sqrt_cp10k(reconstruct_counts(fit.factors, k, fit.library_size, fit.target_sum), task.target)
-        for k in range(fit.factors.max_rank + 1)
-    ]
-    best = int(np.argmin(curve))
-    estimate = reconstruct_counts(fit.factors, best, fit.library_size, fit.target_sum)
-    return estimate, {"rank": best, "mse_per_rank": curve}
+    ranks = range(fit.factors.max_rank + 1)
+    curves = {name: [] for name in ERRORS if not (task.target_is_truth and name == "heldout_sqrt_loss")}
+    for k in ranks:
+        estimate = reconstruct_counts(fit.factors, k, fit.library_size, fit.target_sum)
+        for name, curve in curves.items():
+            curve.append(ERRORS[name](estimate, task))
+    best = {name: {"rank": int(np.argmin(curve)), "value": float(np.min(curve))} for name, curve in curves.items()}
+    rank = best["mse_sqrt_cp10k"]["rank"]
+    estimate = reconstruct_counts(fit.factors, rank, fit.library_size, fit.target_sum)
+    return estimate, {"rank": rank, "mse_per_rank": curves["mse_sqrt_cp10k"], "best_per_error": best}
 
 
 def _magic(task: Task) -> tuple[np.ndarray, dict]:
@@ -237,6 +255,108 @@ def heldout_sqrt_loss(estimate: np.ndarray, target: np.ndarray) -> float:
     return heldout_sqrt_mse(target, sqrt_poisson_mean(rates)) / target.size
 
 
+def mse_cp10k(estimate: np.ndarray, task: Task) -> float:
+    """MSE of CP10k against the truth: exact for the simulation, an unbiased estimate on held-out counts.
+
+    Given a cell's held-out total ``s``, its counts are multinomial, so ``cp10k(target)`` is unbiased for the
+    true CP10k with per-entry variance ``1e8 * pi * (1 - pi) / s``, of which ``1e8 * x * (s - x) / (s**2 * (s - 1))``
+    is an unbiased estimate. Subtracting its mean from the MSE against the target leaves the MSE against the
+    truth, in expectation.
+    """
+    error = float(np.mean((cp10k(estimate) - cp10k(task.target)) ** 2))
+    return error if task.target_is_truth else error - float(np.mean(noise_variance(task.target)))
+
+
+def noise_variance(counts: np.ndarray) -> np.ndarray:
+    """Unbiased estimate of each entry's multinomial variance in CP10k given its row total (0 where total < 2)."""
+    total = counts.sum(axis=1, keepdims=True)
+    denominator = total**2 * (total - 1)
+    return np.divide(1e8 * counts * (total - counts), denominator, out=np.zeros_like(counts), where=total > 1)
+
+
+def truth_covariance(target: np.ndarray, task_is_truth: bool, genes: np.ndarray | None = None) -> np.ndarray:
+    """Covariance over cells of the true CP10k of ``genes``: exact, or corrected for multinomial noise.
+
+    For held-out counts the noise covariance given a row total ``s`` is ``1e8 * (diag(pi) - pi pi^T) / s``;
+    ``x_g * x_h / (s**2 * (s - 1))`` and ``x_g * (s - x_g) / (s**2 * (s - 1))`` estimate its entries without
+    bias, and their means over cells are subtracted from the sample covariance.
+    """
+    genes = np.arange(target.shape[1]) if genes is None else genes
+    values = cp10k(target)[:, genes]
+    covariance = np.atleast_2d(np.cov(values, rowvar=False))
+    if task_is_truth:
+        return covariance
+    counts = target[:, genes]
+    total = target.sum(axis=1, keepdims=True)
+    weight = np.divide(1e8, total**2 * (total - 1), out=np.zeros_like(total), where=total > 1)
+    noise = -((counts * weight).T @ counts) / target.shape[0]
+    noise[np.diag_indices_from(noise)] = np.mean(noise_variance(target)[:, genes], axis=0)
+    return covariance - noise
+
+
+def signal_genes(target: np.ndarray, task_is_truth: bool) -> np.ndarray:
+    """The ``N_CORR_GENES`` genes with the largest (estimated) true variance of CP10k."""
+    values = cp10k(target)
+    variance = np.var(values, axis=0, ddof=1)
+    if not task_is_truth:
+        variance = variance - np.mean(noise_variance(target), axis=0)
+    return np.argsort(-variance, kind="stable")[:N_CORR_GENES]
+
+
+def truth_corr(target: np.ndarray, task_is_truth: bool, genes: np.ndarray) -> float:
+    """Mean |Pearson r| over gene pairs of the truth's CP10k (estimated from held-out counts on real data)."""
+    covariance = truth_covariance(target, task_is_truth, genes)
+    scale = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = covariance / np.outer(scale, scale)
+    return float(np.nanmean(np.abs(corr[np.triu_indices(len(genes), k=1)])))
+
+
+def mean_abs_corr_cp10k(values: np.ndarray, genes: np.ndarray) -> float:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.corrcoef(cp10k(values)[:, genes], rowvar=False)
+    return float(np.nanmean(np.abs(corr[np.triu_indices(len(genes), k=1)])))
+
+
+def truth_corr_check(task: Task) -> list[dict]:
+    """On the simulation, the noise-corrected estimate of the truth's correlations from Poisson counts drawn at
+    several depths (UMIs per cell), next to the exact value and to the plain correlation of the counts."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for depth in CHECK_DEPTHS:
+        rates = task.target * (depth / np.median(task.target.sum(axis=1)))
+        counts = rng.poisson(rates).astype(np.float64)
+        genes = signal_genes(counts, task_is_truth=False)
+        rows.append(
+            {
+                "umis_per_cell": float(np.median(counts.sum(axis=1))),
+                "truth": truth_corr(task.target, True, genes),
+                "counts": mean_abs_corr_cp10k(counts, genes),
+                "estimate": truth_corr(counts, False, genes),
+            }
+        )
+    return rows
+
+
+def mse_cp10k_check(task: Task) -> list[dict]:
+    """On the simulation, the held-out estimate of the MSE of CP10k against the exact one: the counts split at
+    several fractions, the held-out half as target, for three estimates (the truth, the input half, and the
+    mean of the two in CP10k)."""
+    from scn2s.split import binomial_split
+
+    rows = []
+    for p in (0.2, 0.5, 0.9):
+        given, heldout = binomial_split(task.counts, p, rng=np.random.default_rng(1))
+        heldout_task = Task("check", given, heldout.toarray().astype(np.float64), target_is_truth=False)
+        truth_task = Task("check", given, task.target, target_is_truth=True)
+        given = given.toarray().astype(np.float64)
+        candidates = {"truth": task.target, "input": given, "halfway": (cp10k(given) + cp10k(task.target)) / 2}
+        for name, estimate in candidates.items():
+            exact, estimated = mse_cp10k(estimate, truth_task), mse_cp10k(estimate, heldout_task)
+            rows.append({"p": p, "estimate": name, "exact": exact, "held_out_estimate": estimated})
+    return rows
+
+
 def mean_abs_corr(values: np.ndarray, genes: np.ndarray) -> float:
     logged = np.log1p(cp10k(values)[:, genes])
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -273,15 +393,49 @@ def clustering(estimate: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def score(estimate: np.ndarray, task: Task, corr_genes: np.ndarray, target_corr: float) -> dict:
-    corr = mean_abs_corr(estimate, corr_genes)
+@dataclass
+class Reference:
+    """What every estimate of a task is compared with: gene sets and the target's correlations."""
+
+    corr_genes: np.ndarray
+    target_corr: float
+    signal_genes: np.ndarray
+    truth_corr: float
+
+    @classmethod
+    def of(cls, task: Task) -> Reference:
+        corr_genes = np.argsort(-task.target.mean(axis=0), kind="stable")[:N_CORR_GENES]
+        genes = signal_genes(task.target, task.target_is_truth)
+        return cls(
+            corr_genes,
+            mean_abs_corr(task.target, corr_genes),
+            genes,
+            truth_corr(task.target, task.target_is_truth, genes),
+        )
+
+
+ERRORS = {
+    "mse_cp10k": lambda estimate, task: mse_cp10k(estimate, task),
+    "poisson_nll": lambda estimate, task: poisson_error(estimate, task),
+    "heldout_sqrt_loss": lambda estimate, task: heldout_sqrt_loss(estimate, task.target),
+    "mse_sqrt_cp10k": lambda estimate, task: mse_sqrt_cp10k(estimate, task.target),
+}
+
+
+def score(estimate: np.ndarray, task: Task, reference: Reference) -> dict:
+    corr = mean_abs_corr(estimate, reference.corr_genes)
+    corr_cp10k = mean_abs_corr_cp10k(estimate, reference.signal_genes)
     scores = {
         "mse_sqrt_cp10k": mse_sqrt_cp10k(estimate, task.target),
+        "mse_cp10k": mse_cp10k(estimate, task),
         "poisson_nll": poisson_error(estimate, task),
         "heldout_sqrt_loss": None if task.target_is_truth else heldout_sqrt_loss(estimate, task.target),
         "corr": corr,
-        "corr_target": target_corr,
-        "corr_ratio": corr / target_corr,
+        "corr_target": reference.target_corr,
+        "corr_ratio": corr / reference.target_corr,
+        "corr_cp10k": corr_cp10k,
+        "corr_cp10k_truth": reference.truth_corr,
+        "corr_cp10k_ratio": corr_cp10k / reference.truth_corr,
     }
     if task.labels is not None:
         scores |= clustering(estimate, task.labels)
@@ -339,13 +493,16 @@ def spawn(method: str, scratch: Path, torch_threads: int | None) -> tuple[np.nda
 
 
 def benchmark(
-    task_name: str, methods: list[str], data_dir: Path, results: dict, out: Path, torch_threads: int | None = None
+    task_name: str,
+    methods: list[str],
+    data_dir: Path,
+    out: Path,
+    torch_threads: int | None = None,
+    keep: Path | None = None,
 ) -> None:
     task = load_task(task_name, data_dir)
-    corr_genes = np.argsort(-task.target.mean(axis=0), kind="stable")[:N_CORR_GENES]
-    target_corr = mean_abs_corr(task.target, corr_genes)
-    entry = results.setdefault(task_name, {"info": task.info, "methods": {}})
-    entry["info"] = task.info
+    reference = Reference.of(task)
+    entry = {"info": task_info(task), "methods": {}}
     repeats = {"lowrank": LOWRANK_REPEATS}
     with tempfile.TemporaryDirectory() as scratch:
         save_task(task, Path(scratch))
@@ -356,13 +513,34 @@ def benchmark(
                 record = runs[-1][1]
                 print(f"{task_name} {method}: {record['time_s']:.1f} s, {record['peak_rss_mib']:.0f} MiB", flush=True)
             estimate, record = runs[0]
-            entry["methods"][method] = score(estimate.astype(np.float64), task, corr_genes, target_corr) | {
+            if keep is not None:
+                (keep / task_name).mkdir(parents=True, exist_ok=True)
+                np.save(keep / task_name / f"{method}.npy", estimate)
+            entry["methods"][method] = score(estimate.astype(np.float64), task, reference) | {
                 "time_s": float(np.median([r["time_s"] for _, r in runs])),
                 "times_s": [r["time_s"] for _, r in runs],
                 "peak_rss_mib": float(np.median([r["peak_rss_mib"] for _, r in runs])),
                 "info": record["info"],
             }
             save_result(out, task_name, method, entry)
+
+
+def rescore(task_name: str, data_dir: Path, out: Path, keep: Path) -> None:
+    """Score the estimates kept in ``keep`` again; times, memory and records stay as ``out`` has them."""
+    task = load_task(task_name, data_dir)
+    reference = Reference.of(task)
+    results = json.loads(out.read_text())
+    entry = {"info": task_info(task), "methods": results[task_name]["methods"]}
+    for path in sorted((keep / task_name).glob("*.npy")):
+        method = path.stem
+        entry["methods"][method] |= score(np.load(path).astype(np.float64), task, reference)
+        save_result(out, task_name, method, entry)
+
+
+def task_info(task: Task) -> dict:
+    if task.name == "sim":
+        return task.info | {"truth_corr_check": truth_corr_check(task), "mse_cp10k_check": mse_cp10k_check(task)}
+    return task.info
 
 
 def save_result(out: Path, task_name: str, method: str, entry: dict) -> None:
@@ -380,33 +558,68 @@ def save_result(out: Path, task_name: str, method: str, entry: dict) -> None:
 
 
 def tables(results: dict) -> str:
+    """Two Markdown tables a task (errors; correlations, clusters and cost) and the simulation's estimator check."""
     blocks = []
     for task_name in TASKS:
         if task_name not in results:
             continue
         entry = results[task_name]
-        methods = entry["methods"]
-        clustered = any("ari" in m for m in methods.values())
+        methods = {m: entry["methods"][m] for m in METHODS if m in entry["methods"]}
         real = any(m.get("heldout_sqrt_loss") is not None for m in methods.values())
-        header = "| method | MSE sqrt CP10k | Poisson NLL |" + (" held-out sqrt loss |" if real else "")
-        header += " mean abs corr (target) | ratio |"
-        header += " ARI | NMI | clusters |" if clustered else ""
-        header += " time (s) | peak RSS (MiB) | choice |"
-        rule = "|" + "---|" * (header.count("|") - 1)
-        rows = [header, rule]
-        for method in METHODS:
-            if method not in methods:
-                continue
-            m = methods[method]
-            row = f"| {LABELS[method]} | {m['mse_sqrt_cp10k']:.4f} | {m['poisson_nll']:.4f} |"
+        clustered = any("ari" in m for m in methods.values())
+        versus = "held-out estimate of truth" if real else "truth"
+        errors = [f"| method | MSE CP10k ({versus}) | Poisson NLL |" + (" held-out sqrt loss |" if real else "")]
+        errors[0] += f" MSE sqrt CP10k (vs {'held-out counts' if real else 'truth'}) | choice |"
+        others = ["| method | mean abs corr CP10k (truth) | ratio | mean abs corr log1p (target) | ratio |"]
+        others[0] += " ARI | NMI | clusters |" if clustered else ""
+        others[0] += " time (s) | peak RSS (MiB) |"
+        for rows in (errors, others):
+            rows.append("|" + "---|" * (rows[0].count("|") - 1))
+        for method, m in methods.items():
+            row = f"| {LABELS[method]} | {m['mse_cp10k']:.2f} | {m['poisson_nll']:.4f} |"
             row += f" {m['heldout_sqrt_loss']:.5f} |" if real else ""
+            errors.append(row + f" {m['mse_sqrt_cp10k']:.4f} | {_choice(method, m['info'])} |")
+            row = f"| {LABELS[method]} | {m['corr_cp10k']:.3f} ({m['corr_cp10k_truth']:.3f})"
+            row += f" | {m['corr_cp10k_ratio']:.2f} |"
             row += f" {m['corr']:.3f} ({m['corr_target']:.3f}) | {m['corr_ratio']:.2f} |"
             if clustered:
                 row += f" {m['ari']:.3f} | {m['nmi']:.3f} | {m['n_clusters']} |"
-            row += f" {m['time_s']:.1f} | {m['peak_rss_mib']:.0f} | {_choice(method, m['info'])} |"
-            rows.append(row)
-        blocks.append(f"**{task_name}** ({json.dumps(entry['info'])})\n\n" + "\n".join(rows))
+            others.append(row + f" {m['time_s']:.1f} | {m['peak_rss_mib']:.0f} |")
+        info = {k: v for k, v in entry["info"].items() if not k.endswith("_check")}
+        block = f"**{task_name}** ({json.dumps(info)})\n\n" + "\n".join(errors) + "\n\n"
+        if "best_per_error" in methods.get("best_rank", {}).get("info", {}):
+            best = methods["best_rank"]["info"]["best_per_error"]
+            block += "Best fixed rank for each error (oracle, ranks 0-50): " + "; ".join(
+                f"{ERROR_LABELS[name]} rank {b['rank']} ({b['value']:.5g})" for name, b in best.items()
+            )
+            block += ".\n\n"
+        block += "\n".join(others)
+        if "mse_cp10k_check" in entry["info"]:
+            block += "\n\n" + _mse_check_table(entry["info"]["mse_cp10k_check"])
+        if "truth_corr_check" in entry["info"]:
+            block += "\n\n" + _check_table(entry["info"]["truth_corr_check"])
+        blocks.append(block)
     return "\n\n".join(blocks)
+
+
+def _mse_check_table(rows: list[dict]) -> str:
+    lines = [
+        "| simulated counts split at p, held-out half as target | estimate | MSE CP10k, exact | held-out estimate |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['p']:g} | {r['estimate']} | {r['exact']:.2f} | {r['held_out_estimate']:.2f} |")
+    return "\n".join(lines)
+
+
+def _check_table(rows: list[dict]) -> str:
+    lines = [
+        "| Poisson counts of the simulated truth, UMIs per cell | truth | counts | noise-corrected estimate |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['umis_per_cell']:.0f} | {r['truth']:.3f} | {r['counts']:.3f} | {r['estimate']:.3f} |")
+    return "\n".join(lines)
 
 
 def _choice(method: str, info: dict) -> str:
@@ -419,7 +632,11 @@ def _choice(method: str, info: dict) -> str:
     params = info["best_params"]
     if info["family"] == "lowrank":
         return f"lowrank, rank {params['rank']}"
-    return f"autoencoder h{params['hidden']}-b{params['bottleneck']}, {params['epochs']} epochs, {params['inference']}"
+    posterior = {True: ", posterior", False: ", no posterior"}.get(params.get("posterior"), "")
+    return (
+        f"autoencoder h{params['hidden']}-b{params['bottleneck']}{posterior}, {params['epochs']} epochs, "
+        f"{params['inference']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("peers.json"))
     parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads in each worker (default: torch's)")
+    parser.add_argument("--keep", type=Path, help="keep every estimate in this folder (<task>/<method>.npy)")
+    parser.add_argument("--rescore", type=Path, help="score the estimates kept in this folder again, run nothing")
     parser.add_argument("--tables", action="store_true", help="print the tables of --out and exit")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
@@ -437,11 +656,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args)
         return 0
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if not args.tables:
+    if args.rescore is not None:
         for task_name in args.tasks:
-            benchmark(task_name, args.methods, args.data_dir, results, args.out, args.torch_threads)
-    print(tables(results))
+            rescore(task_name, args.data_dir, args.out, args.rescore)
+    elif not args.tables:
+        for task_name in args.tasks:
+            benchmark(task_name, args.methods, args.data_dir, args.out, args.torch_threads, args.keep)
+    print(tables(json.loads(args.out.read_text()) if args.out.exists() else {}))
     return 0
 
 
