@@ -16,6 +16,7 @@ from scn2s.models.autoencoder import train as train_module
 from scn2s.models.autoencoder.data import CsrBatches, input_transform
 from scn2s.models.autoencoder.module import CountAutoencoder
 from scn2s.models.autoencoder.train import TrainConfig, sqrt_poisson_mean_torch, train
+from scn2s.select import Splits, fit_autoencoder
 from scn2s.split import binomial_split
 
 TINY = {"hidden": 32, "bottleneck": 4, "dropout": 0.0, "max_epochs": 12, "patience": 4, "batch_size": 64}
@@ -34,6 +35,57 @@ def test_module_outputs_log_frequencies():
     assert out.shape == (5, 20)
     torch.testing.assert_close(out.exp().sum(dim=1), torch.ones(5))
     assert model.log_theta.shape == (20,)
+
+
+def test_posterior_is_the_gamma_poisson_mean():
+    model = CountAutoencoder(6, hidden=8, bottleneck=2)
+    rng = np.random.default_rng(0)
+    prior = rng.dirichlet(np.ones(6), size=4)
+    counts = rng.poisson(50 * prior).astype(np.float64)
+    counts[3] = 0  # a cell without molecules keeps its prior
+    shape = np.array([0.5, 1.0, 2.0, 5.0, 20.0, 1e9])
+    with torch.no_grad():
+        model.log_shape.copy_(torch.tensor(np.log(shape)))
+
+    def posterior(counts):
+        with torch.no_grad():
+            log_prior = torch.tensor(np.log(prior[: len(counts)]), dtype=torch.float32)
+            return model.posterior(log_prior, torch.tensor(counts, dtype=torch.float32)).exp().numpy()
+
+    library = counts.sum(axis=1, keepdims=True)
+    expected = (counts + shape) / (library + shape / prior)
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(posterior(counts), expected, rtol=1e-5)
+    np.testing.assert_allclose(posterior(counts)[3], prior[3], rtol=1e-5)
+    # a deeper cell with the same proportions is pulled further towards them
+    observed = counts[:3] / library[:3]
+    shallow, deep = posterior(counts[:3]), posterior(10 * counts[:3])
+    assert np.all(np.abs(deep - observed).sum(axis=1) < np.abs(shallow - observed).sum(axis=1))
+    plain = CountAutoencoder(6, hidden=8, bottleneck=2, posterior=False).eval()
+    assert plain.log_shape is None
+    x = torch.rand(4, 6)
+    torch.testing.assert_close(plain(x, torch.tensor(counts, dtype=torch.float32)), plain(x))
+
+
+def test_posterior_learns_which_genes_vary_on_their_own():
+    """Genes with cell-to-cell variation that the code cannot explain get small prior shapes (weight on the
+    cell's own counts), and the posterior lowers the held-out loss on such data."""
+    rng = np.random.default_rng(4)
+    n_cells, n_genes = 600, 60
+    types = rng.integers(0, 3, n_cells)
+    profiles = rng.gamma(2.0, 1.0, (3, n_genes))
+    own = np.ones((n_cells, n_genes))
+    own[:, n_genes // 2 :] = rng.gamma(2.0, 0.5, (n_cells, n_genes // 2))  # CV 0.7, independent per cell
+    rates = profiles[types] * own
+    rates *= 1500 / rates.sum(axis=1, keepdims=True)
+    counts = sparse.csr_matrix(rng.poisson(rates))
+    train_half, heldout = binomial_split(counts, 0.5, rng=np.random.default_rng(0))
+    config = {**TINY, "bottleneck": 2, "max_epochs": 40, "patience": 8}
+    with_posterior = train(train_half, TrainConfig(**config), heldout=heldout, seed=0)
+    without = train(train_half, TrainConfig(**config, posterior=False), heldout=heldout, seed=0)
+    shape = with_posterior.model.log_shape.detach().exp().numpy()
+    assert np.median(shape[n_genes // 2 :]) < 0.2 * np.median(shape[: n_genes // 2])
+    assert min(with_posterior.heldout_loss) < 0.98 * min(without.heldout_loss)
 
 
 def test_batches_densify_the_right_rows(halves):
@@ -166,8 +218,13 @@ def test_denoise_autoencoder_writes_layer_and_curves(halves):
     record = adata.uns["denoised"]
     assert record["method"] == "autoencoder"
     selection = record["selection"]["autoencoder"]
-    assert list(selection["grid"]["config"]) == ["h32-b4-d0", "h32-b8-d0"]
-    assert selection["loss_mean"].shape == (2,)
+    labels = list(selection["grid"]["config"])
+    assert labels[:2] == ["h32-b4-d0", "h32-b8-d0"]
+    # the better of the two is also trained without the posterior, on the same held-out molecules
+    assert labels[2:] == [labels[int(np.argmin(selection["loss_mean"][:2]))] + "-noposterior"]
+    assert list(selection["posterior"]) == [True, True, False]
+    assert selection["loss_mean"].shape == (3,)
+    assert record["best_params"]["posterior"] == selection["posterior"][labels.index(selection["chosen"])]
     assert selection["chosen"] in selection["grid"]["config"]
     assert selection["inference"] in ("full", "replicas")
     assert record["best_params"]["epochs"] == selection["epochs"]
@@ -183,6 +240,16 @@ def test_denoise_autoencoder_writes_layer_and_curves(halves):
     assert list(curve.values) == list(selection["grid"]["config"])
     summary = selection_summary(record, key="denoised")
     assert summary[0] == f"model: autoencoder, config {selection['chosen']} (lowest held-out loss)"
+
+
+def test_a_posterior_set_by_the_caller_is_not_switched(halves):
+    adata, _, _ = halves
+    splits = Splits.draw(np.random.default_rng(0), 1, 0.5)
+    config = {**TINY, "max_epochs": 3, "posterior": False}
+    fit = fit_autoencoder(adata.X, splits=splits, configs=[config], device="cpu", rng=np.random.default_rng(0))
+    assert [c.posterior for c in fit.configs] == [False]
+    assert fit.losses.shape == (1, 1)
+    assert fit.model.log_shape is None
 
 
 def test_rank_needs_lowrank(halves):

@@ -78,8 +78,10 @@ def denoise(
       the full counts.
     * ``"autoencoder"``: for each candidate of ``autoencoder_configs``, a count autoencoder is trained across
       the molecules of the first ``autoencoder_splits`` training halves (a fresh input/target split every
-      epoch) with early stopping on the held-out half. The best candidate, its epoch count and inference mode
-      are trained on the full counts.
+      epoch) with early stopping on the held-out half. Its output is the posterior mean of each cell's
+      frequencies under a gamma prior centred on the network's, with a learned shape per gene, given the cell's
+      own counts (``posterior=True``, the default; see :class:`~scn2s.models.autoencoder.module.CountAutoencoder`).
+      The best candidate, its epoch count and inference mode are trained on the full counts.
     * ``"auto"``: both, and the family with the lower held-out loss on the splits both used is written.
 
     The low-rank family reads the counts in blocks of cells, so an AnnData opened with ``backed="r"`` is
@@ -132,7 +134,7 @@ def denoise(
         (:func:`scn2s.split.overlap_probabilities`). ``None``: plain thinning.
     autoencoder_configs
         Autoencoder candidates, dicts of :class:`~scn2s.models.autoencoder.train.TrainConfig` fields
-        (``hidden``, ``bottleneck``, ``dropout``, ``max_epochs``, ``batch_size``, ``likelihood``, ...);
+        (``hidden``, ``bottleneck``, ``dropout``, ``posterior``, ``max_epochs``, ``batch_size``, ``likelihood``, ...);
         default :data:`scn2s.select.DEFAULT_CONFIGS`.
     autoencoder_splits
         Number of splits the autoencoder candidates are trained on (each costs one training per candidate).
@@ -176,16 +178,17 @@ def denoise(
         (:func:`scn2s.models.lowrank.cell_scale`).
     ``adata.uns[key_added]``
         ``method`` (the family written); ``params`` (the arguments); ``best_params`` (``{"rank": k}``, or the
-        autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``epochs`` and ``inference``); ``selection``, per family
+        autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``posterior``, ``epochs`` and ``inference``);
+        ``selection``, per family
         searched: for ``lowrank``, ``grid`` (``{"rank": ranks}``), ``loss`` (the loss's name), ``loss_mean``,
         ``loss_std`` and ``loss_per_split`` (held-out loss per entry, see :mod:`scn2s.loss`), ``split_rank`` (chosen at
         depth ``p N``), ``rank`` (applied at full depth), ``noise_ratio``, ``split_singular_values`` and
         ``singular_values`` (the spectra of the splits and of the full fit); for ``autoencoder``, ``grid`` (``config``:
-        the candidates' labels), ``hidden``, ``bottleneck``, ``dropout``, the same loss keys, ``loss_full_input`` and
-        ``loss_replicas`` (the two inference modes), ``best_epochs``, ``heldout_curves`` and ``train_curves`` (per
-        candidate and split, per epoch), ``chosen``, ``epochs``, ``inference``, ``device``, ``batch_size``,
-        ``world_size`` (processes that trained together, 1 without ``torch.distributed``); both with ``p``,
-        ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
+        the candidates' labels), ``hidden``, ``bottleneck``, ``dropout``, ``posterior``, the same loss keys,
+        ``loss_full_input`` and ``loss_replicas`` (the two inference modes), ``best_epochs``, ``heldout_curves`` and
+        ``train_curves`` (per candidate and split, per epoch), ``chosen``, ``epochs``, ``inference``, ``device``,
+        ``batch_size``, ``world_size`` (processes that trained together, 1 without ``torch.distributed``); both with
+        ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
         splits and the choice); ``version``; ``versions`` (``python``, ``scn2s``, ``numpy``, ``scipy`` and ``anndata``);
         ``elapsed_seconds``; ``timings`` (seconds per step: ``read``, ``split``, ``selection``, ``fit``,
         ``autoencoder``, ``output``, those that ran); ``output`` (``"layer"`` or ``"factors"``); with
@@ -408,6 +411,7 @@ def _best_params(fit) -> dict:
         "hidden": config.hidden,
         "bottleneck": config.bottleneck,
         "dropout": config.dropout,
+        "posterior": config.posterior,
         "epochs": fit.epochs,
         "inference": fit.mode,
     }
@@ -448,6 +452,7 @@ def _autoencoder_record(fit: AutoencoderSelection) -> dict:
         "hidden": np.array([c.hidden for c in fit.configs]),
         "bottleneck": np.array([c.bottleneck for c in fit.configs]),
         "dropout": np.array([c.dropout for c in fit.configs]),
+        "posterior": np.array([c.posterior for c in fit.configs]),
         "loss_mean": fit.loss_mean,
         "loss_std": fit.loss_std,
         "loss_per_split": fit.losses,

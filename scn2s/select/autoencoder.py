@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 from scipy import sparse
@@ -42,8 +42,9 @@ def make_configs(configs: Sequence[Mapping] | None, **overrides):
 
 
 def config_label(config) -> str:
-    """Short name of a candidate, e.g. ``h256-b32-d0.1``."""
-    return f"h{config.hidden}-b{config.bottleneck}-d{config.dropout:g}"
+    """Short name of a candidate, e.g. ``h256-b32-d0.1`` (``-noposterior`` appended without the posterior)."""
+    label = f"h{config.hidden}-b{config.bottleneck}-d{config.dropout:g}"
+    return label if config.posterior else f"{label}-noposterior"
 
 
 @dataclass
@@ -124,7 +125,10 @@ def fit_autoencoder(
     half, which it never sees as input or target. The candidate, its number of epochs and its inference mode
     (all molecules as input, or the average over thinned replicas at the training input depth) are chosen by
     the held-out loss of :mod:`scn2s.loss`, the same loss and molecules that score the low-rank family. The
-    choice is then trained on the full counts for the chosen number of epochs.
+    best of the candidates that leave ``posterior`` unset (every default candidate) is also trained with the
+    posterior switched off (on, if it was off), and that variant competes on the same held-out molecules: the
+    posterior helps where cells vary gene by gene beyond what the code explains, and costs a little where they do
+    not. The choice is then trained on the full counts for the chosen number of epochs.
 
     Parameters
     ----------
@@ -134,9 +138,10 @@ def fit_autoencoder(
         The shared splits.
     configs
         Candidate settings (dicts of :class:`~scn2s.models.autoencoder.train.TrainConfig` fields); default
-        :data:`DEFAULT_CONFIGS`.
+        :data:`DEFAULT_CONFIGS`. Set ``posterior`` in a candidate to keep the search from switching it.
     n_splits
-        How many of the splits to train on (each costs one training per candidate).
+        How many of the splits to train on (each costs one training per candidate; their halves are held in
+        memory together).
     device
         Torch device; ``None`` picks CUDA when available.
     rng
@@ -158,29 +163,33 @@ def fit_autoencoder(
 
     device = resolve_device(device)
     candidates = make_configs(configs)
+    # the candidates that leave ``posterior`` to its default: the best of them is also tried with it switched
+    raw = DEFAULT_CONFIGS if configs is None else configs
+    open_posterior = [j for j, config in enumerate(raw) if "posterior" not in config]
     n, g = counts.shape
     used = min(n_splits, len(splits))
-    shape = (used, len(candidates))
-    full, replicas, best_epochs = np.empty(shape), np.empty(shape), np.zeros(shape, dtype=int)
-    heldout_curves, train_curves = [], []
     seeds = [int(s) for s in rng.integers(2**31, size=used + 1)]
-    total = used * len(candidates)
-    bar = tqdm(total=total, desc="autoencoder search", disable=not progress or not distributed.is_main_process())
+    halves = []
     for i in range(used):
         train_half, heldout_half = splits.get(i, counts)
         genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
         # held-out molecules of genes absent from the training half are predicted as zero
         unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
-        train_part, held_part = train_half[:, genes], heldout_half[:, genes]
-        split_curves, split_train = [], []
-        for j, config in enumerate(candidates):
+        halves.append((train_half[:, genes], heldout_half[:, genes], len(genes) / g, unseen / (n * g)))
+
+    def score(config) -> list[tuple[float, float, int, np.ndarray, list[float]]]:
+        """Train ``config`` on each split's training half.
+
+        Per split: the held-out loss with full and with replica inference, the best epoch, and the held-out and
+        training curves.
+        """
+        out = []
+        for i, (train_part, held_part, scale, unseen) in enumerate(halves):
             result = train(
                 train_part, config, heldout=held_part, depth_ratio=splits.depth_ratio, device=device, seed=seeds[i]
             )
-            scale = len(genes) / g
             generator = torch.Generator(device=device).manual_seed(seeds[i])
-            full[i, j] = min(result.heldout_loss) * scale + unseen / (n * g)
-            replicas[i, j] = heldout_loss(
+            replicas = heldout_loss(
                 result.model,
                 CsrBatches(train_part, device),
                 CsrBatches(held_part, device),
@@ -189,20 +198,36 @@ def fit_autoencoder(
                 input_fraction=config.input_fraction,
                 n_replicas=config.n_replicas,
                 generator=generator,
-            ) * scale + unseen / (n * g)
-            best_epochs[i, j] = result.best_epoch
-            split_curves.append(np.asarray(result.heldout_loss) * scale + unseen / (n * g))
-            split_train.append(np.asarray(result.train_loss))
-            logger.debug("split %d %s: epoch %d, loss %.6g", i, config_label(config), result.best_epoch, full[i, j])
+            )
+            full = min(result.heldout_loss) * scale + unseen
+            logger.debug("split %d %s: epoch %d, loss %.6g", i, config_label(config), result.best_epoch, full)
+            curve = np.asarray(result.heldout_loss) * scale + unseen
+            out.append((full, replicas * scale + unseen, result.best_epoch, curve, result.train_loss))
             bar.update()
-        heldout_curves.append(split_curves)
-        train_curves.append(split_train)
+        return out
+
+    bar = tqdm(
+        total=used * (len(candidates) + bool(open_posterior)),
+        desc="autoencoder search",
+        disable=not progress or not distributed.is_main_process(),
+    )
+    scores = [score(config) for config in candidates]
+    if open_posterior:
+        mean_loss = [np.mean([min(full, replicas) for full, replicas, *_ in scores[j]]) for j in open_posterior]
+        best = candidates[open_posterior[int(np.argmin(mean_loss))]]
+        switched = replace(best, posterior=not best.posterior)
+        if switched not in candidates:
+            candidates.append(switched)
+            scores.append(score(switched))
     bar.close()
+    full, replicas, best_epochs = (np.array([[split[k] for split in per] for per in scores]).T for k in range(3))
+    heldout_curves = [[per[i][3] for per in scores] for i in range(used)]
+    train_curves = [[np.asarray(per[i][4]) for per in scores] for i in range(used)]
     selection = AutoencoderSelection(
         configs=candidates,
         losses_full=full,
         losses_replicas=replicas,
-        best_epochs=best_epochs,
+        best_epochs=best_epochs.astype(int),
         heldout_curves=heldout_curves,
         train_curves=train_curves,
         device=str(device),

@@ -4,18 +4,36 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = ["CountAutoencoder"]
 
+_INITIAL_LOG_SHAPE = float(np.log(100.0))  # a prior worth 100 molecules: training starts near the network alone
+
 
 class CountAutoencoder(nn.Module):
-    """Autoencoder from transformed counts to per-gene log-frequencies.
+    r"""Autoencoder from transformed counts to per-gene log-frequencies.
 
     ``encoder``: genes -> hidden -> bottleneck; ``decoder``: bottleneck -> hidden -> genes. The output
     logits give frequencies through a softmax over genes; times a library size they are Poisson rates (or the
     means of a negative binomial with per-gene inverse dispersion ``exp(log_theta)``).
+
+    With ``posterior=True`` the network's frequencies :math:`q_{ig}` are the prior means of a gamma prior on
+    each cell's true frequency, with a learned shape :math:`a_g = \exp(\text{log_shape}_g)` per gene (the inverse
+    squared coefficient of variation that the code leaves unexplained), and the output is the posterior mean
+    given the cell's counts :math:`x_{ig}` at library size :math:`s_i`:
+
+    .. math::
+
+        \hat\pi_{ig} \propto \frac{x_{ig} + a_g}{s_i + a_g / q_{ig}},
+
+    normalised to sum to one over the genes, so that the rates of a cell still add up to its library size.
+
+    A gene whose expression the code explains (:math:`a_g \to \infty`) keeps the network's frequency; one with
+    cell-specific variation of its own takes part of it from the cell's counts, the more so the deeper the cell.
+    The shape does not depend on depth, so the same network serves inputs of any depth.
 
     Parameters
     ----------
@@ -29,6 +47,8 @@ class CountAutoencoder(nn.Module):
         Dropout after each hidden layer.
     likelihood
         ``"poisson"`` or ``"nb"`` (adds the ``log_theta`` parameter).
+    posterior
+        Output the gamma-Poisson posterior mean given the cell's counts (adds the ``log_shape`` parameter).
     """
 
     def __init__(
@@ -39,6 +59,7 @@ class CountAutoencoder(nn.Module):
         bottleneck: int = 32,
         dropout: float = 0.1,
         likelihood: Literal["poisson", "nb"] = "poisson",
+        posterior: bool = True,
     ) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
@@ -57,7 +78,22 @@ class CountAutoencoder(nn.Module):
         )
         self.likelihood = likelihood
         self.log_theta = nn.Parameter(torch.zeros(n_genes)) if likelihood == "nb" else None
+        self.log_shape = nn.Parameter(torch.full((n_genes,), _INITIAL_LOG_SHAPE)) if posterior else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-frequencies (log-softmax over genes) for transformed counts ``x`` (cells x genes)."""
-        return torch.log_softmax(self.decoder(self.encoder(x)).float(), dim=-1)
+    def forward(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-frequencies for transformed counts ``x`` (cells x genes).
+
+        Without ``counts``, or with ``posterior=False``, the network's (log-softmax over genes); with the cells'
+        ``counts`` and ``posterior=True``, the posterior's (:meth:`posterior`).
+        """
+        log_freq = torch.log_softmax(self.decoder(self.encoder(x)).float(), dim=-1)
+        if counts is None or self.log_shape is None:
+            return log_freq
+        return self.posterior(log_freq, counts)
+
+    def posterior(self, log_freq: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Log posterior mean frequencies (normalised over genes) given prior ``log_freq`` and the cells' ``counts``."""
+        log_shape = self.log_shape.float()
+        library = counts.sum(dim=1, keepdim=True)
+        log_post = torch.log(counts + torch.exp(log_shape)) - torch.logaddexp(torch.log(library), log_shape - log_freq)
+        return torch.log_softmax(log_post, dim=-1)

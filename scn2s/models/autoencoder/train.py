@@ -52,6 +52,8 @@ class TrainConfig:
     weight_decay: float = 1e-5
     input_fraction: float = 0.5
     n_replicas: int = 8
+    posterior: bool = True
+    shape_learning_rate: float = 0.05
 
 
 @dataclass
@@ -139,12 +141,14 @@ def predict_rates(
     library = counts.sum(dim=1, keepdim=True)
     with _autocast(data.device):
         if mode == "full":
-            freq = torch.exp(model(input_transform(counts)[0]))
+            freq = torch.exp(model(input_transform(counts)[0], counts))
         else:
             freq = torch.zeros_like(counts)
             for _ in range(n_replicas):
                 freq += torch.exp(model(input_transform(thin(counts, input_fraction, generator)[0])[0]))
             freq /= n_replicas
+            if model.log_shape is not None:  # the replicas' mean frequencies are the prior of all the molecules
+                freq = torch.exp(model.posterior(torch.log(freq), counts))
     return freq.float() * library
 
 
@@ -251,12 +255,13 @@ def train(
             bottleneck=config.bottleneck,
             dropout=config.dropout,
             likelihood=config.likelihood,
+            posterior=config.posterior,
         ).to(device)
         network = model
         if shared:
             torch.manual_seed(distributed.rank_seed(seed))  # dropout masks of each rank's own cells
             network = distributed.wrap(model, device)
-        optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimiser = _optimiser(model, config)
         result = TrainResult(model=model, best_epoch=0, batch_size=config.batch_size)
         best_loss, best_state, stale = np.inf, None, 0
         log_ratio = float(np.log((1 - config.input_fraction) / config.input_fraction))
@@ -283,6 +288,15 @@ def train(
     distributed.broadcast_module(model)
     model.eval()
     return result
+
+
+def _optimiser(model: CountAutoencoder, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; the per-gene prior shapes (one number per gene, on a log scale) take larger steps, undecayed."""
+    network = [p for name, p in model.named_parameters() if name != "log_shape"]
+    groups = [{"params": network}]
+    if model.log_shape is not None:
+        groups.append({"params": [model.log_shape], "lr": config.shape_learning_rate, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
 def _run_epoch(
@@ -325,7 +339,7 @@ def _epoch_pass(model, optimiser, data, order, generator, config, log_ratio, bat
         if not bool(keep.any()):
             continue
         with _autocast(data.device):
-            log_freq = model(x[keep])
+            log_freq = model(x[keep], inputs[keep])
         loss = _nll(log_freq, torch.log(library[keep]) + log_ratio, target[keep], model)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -355,7 +369,7 @@ def _shared_epoch_pass(network, optimiser, data, order, generator, config, log_r
         if kept == 0:
             continue
         with _autocast(data.device):
-            log_freq = network(x[keep])
+            log_freq = network(x[keep], inputs[keep])
         per_cell = _nll_per_cell(log_freq, torch.log(library[keep]) + log_ratio, target[keep], model)
         loss = per_cell.sum() * (world / kept)
         optimiser.zero_grad(set_to_none=True)
