@@ -401,6 +401,7 @@ class Reference:
     target_corr: float
     signal_genes: np.ndarray
     truth_corr: float
+    truth_covariance: np.ndarray
 
     @classmethod
     def of(cls, task: Task) -> Reference:
@@ -411,7 +412,22 @@ class Reference:
             mean_abs_corr(task.target, corr_genes),
             genes,
             truth_corr(task.target, task.target_is_truth, genes),
+            truth_covariance(task.target, task.target_is_truth, genes),
         )
+
+
+def spread_against_truth(estimate: np.ndarray, reference: Reference) -> dict:
+    """Over the signal genes: the median of each gene's variance of CP10k over the truth's, and the mean |covariance|
+    over gene pairs over the truth's (where correlations above the truth's come from)."""
+    covariance = np.cov(cp10k(estimate)[:, reference.signal_genes], rowvar=False)
+    truth = reference.truth_covariance
+    pairs = np.triu_indices(len(reference.signal_genes), k=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variance_ratio = float(np.nanmedian(np.diag(covariance) / np.diag(truth)))
+    return {
+        "variance_ratio": variance_ratio,
+        "covariance_ratio": float(np.mean(np.abs(covariance[pairs])) / np.mean(np.abs(truth[pairs]))),
+    }
 
 
 ERRORS = {
@@ -436,6 +452,7 @@ def score(estimate: np.ndarray, task: Task, reference: Reference) -> dict:
         "corr_cp10k": corr_cp10k,
         "corr_cp10k_truth": reference.truth_corr,
         "corr_cp10k_ratio": corr_cp10k / reference.truth_corr,
+        **spread_against_truth(estimate, reference),
     }
     if task.labels is not None:
         scores |= clustering(estimate, task.labels)
@@ -570,7 +587,8 @@ def tables(results: dict) -> str:
         versus = "held-out estimate of truth" if real else "truth"
         errors = [f"| method | MSE CP10k ({versus}) | Poisson NLL |" + (" held-out sqrt loss |" if real else "")]
         errors[0] += f" MSE sqrt CP10k (vs {'held-out counts' if real else 'truth'}) | choice |"
-        others = ["| method | mean abs corr CP10k (truth) | ratio | mean abs corr log1p (target) | ratio |"]
+        others = ["| method | mean abs corr CP10k (truth) | ratio | variance / truth | abs covariance / truth |"]
+        others[0] += " mean abs corr log1p (target) | ratio |"
         others[0] += " ARI | NMI | clusters |" if clustered else ""
         others[0] += " time (s) | peak RSS (MiB) |"
         for rows in (errors, others):
@@ -580,7 +598,7 @@ def tables(results: dict) -> str:
             row += f" {m['heldout_sqrt_loss']:.5f} |" if real else ""
             errors.append(row + f" {m['mse_sqrt_cp10k']:.4f} | {_choice(method, m['info'])} |")
             row = f"| {LABELS[method]} | {m['corr_cp10k']:.3f} ({m['corr_cp10k_truth']:.3f})"
-            row += f" | {m['corr_cp10k_ratio']:.2f} |"
+            row += f" | {m['corr_cp10k_ratio']:.2f} | {m['variance_ratio']:.2f} | {m['covariance_ratio']:.2f} |"
             row += f" {m['corr']:.3f} ({m['corr_target']:.3f}) | {m['corr_ratio']:.2f} |"
             if clustered:
                 row += f" {m['ari']:.3f} | {m['nmi']:.3f} | {m['n_clusters']} |"
