@@ -613,30 +613,32 @@ def tables(results: dict) -> str:
             block += ".\n\n"
         block += "\n".join(others)
         if "mse_cp10k_check" in entry["info"]:
-            block += "\n\n" + _mse_check_table(entry["info"]["mse_cp10k_check"])
+            block += "\n\n" + _check_table(entry["info"]["mse_cp10k_check"], MSE_CHECK_COLUMNS)
         if "truth_corr_check" in entry["info"]:
-            block += "\n\n" + _check_table(entry["info"]["truth_corr_check"])
+            block += "\n\n" + _check_table(entry["info"]["truth_corr_check"], CORR_CHECK_COLUMNS)
         blocks.append(block)
     return "\n\n".join(blocks)
 
 
-def _mse_check_table(rows: list[dict]) -> str:
-    lines = [
-        "| simulated counts split at p, held-out half as target | estimate | MSE CP10k, exact | held-out estimate |",
-        "|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['p']:g} | {r['estimate']} | {r['exact']:.2f} | {r['held_out_estimate']:.2f} |")
-    return "\n".join(lines)
+MSE_CHECK_COLUMNS = (
+    ("simulated counts split at p, held-out half as target", "p", "g"),
+    ("estimate", "estimate", ""),
+    ("MSE CP10k, exact", "exact", ".2f"),
+    ("held-out estimate", "held_out_estimate", ".2f"),
+)
+CORR_CHECK_COLUMNS = (
+    ("Poisson counts of the simulated truth, UMIs per cell", "umis_per_cell", ".0f"),
+    ("truth", "truth", ".3f"),
+    ("counts", "counts", ".3f"),
+    ("noise-corrected estimate", "estimate", ".3f"),
+)
 
 
-def _check_table(rows: list[dict]) -> str:
-    lines = [
-        "| Poisson counts of the simulated truth, UMIs per cell | truth | counts | noise-corrected estimate |",
-        "|---|---|---|---|",
-    ]
+def _check_table(rows: list[dict], columns: tuple[tuple[str, str, str], ...]) -> str:
+    """Markdown table of ``rows``, one column per ``(title, key, format)``."""
+    lines = ["| " + " | ".join(title for title, _, _ in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        lines.append(f"| {r['umis_per_cell']:.0f} | {r['truth']:.3f} | {r['counts']:.3f} | {r['estimate']:.3f} |")
+        lines.append("| " + " | ".join(format(r[key], spec) for _, key, spec in columns) + " |")
     return "\n".join(lines)
 
 
