@@ -308,14 +308,17 @@ def truth_corr(target: np.ndarray, task_is_truth: bool, genes: np.ndarray) -> fl
     covariance = truth_covariance(target, task_is_truth, genes)
     scale = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = covariance / np.outer(scale, scale)
-    return float(np.nanmean(np.abs(corr[np.triu_indices(len(genes), k=1)])))
+        return mean_abs_pair(covariance / np.outer(scale, scale))
+
+
+def mean_abs_pair(matrix: np.ndarray) -> float:
+    """Mean absolute value over the pairs above the diagonal of a gene x gene matrix (NaNs left out)."""
+    return float(np.nanmean(np.abs(matrix[np.triu_indices(len(matrix), k=1)])))
 
 
 def mean_abs_corr_cp10k(values: np.ndarray, genes: np.ndarray) -> float:
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.corrcoef(cp10k(values)[:, genes], rowvar=False)
-    return float(np.nanmean(np.abs(corr[np.triu_indices(len(genes), k=1)])))
+        return mean_abs_pair(np.corrcoef(cp10k(values)[:, genes], rowvar=False))
 
 
 def truth_corr_check(task: Task) -> list[dict]:
@@ -358,11 +361,8 @@ def mse_cp10k_check(task: Task) -> list[dict]:
 
 
 def mean_abs_corr(values: np.ndarray, genes: np.ndarray) -> float:
-    logged = np.log1p(cp10k(values)[:, genes])
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.corrcoef(logged, rowvar=False)
-    upper = corr[np.triu_indices(len(genes), k=1)]
-    return float(np.nanmean(np.abs(upper)))
+        return mean_abs_pair(np.corrcoef(np.log1p(cp10k(values)[:, genes]), rowvar=False))
 
 
 def clustering(estimate: np.ndarray, labels: np.ndarray) -> dict:

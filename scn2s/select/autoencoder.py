@@ -211,16 +211,21 @@ def fit_autoencoder(
         desc="autoencoder search",
         disable=not progress or not distributed.is_main_process(),
     )
+
+    def stacked(k: int) -> np.ndarray:
+        """Field ``k`` of every score as a ``(splits, candidates)`` array."""
+        return np.array([[split[k] for split in per] for per in scores]).T
+
     scores = [score(config) for config in candidates]
     if open_posterior:
-        mean_loss = [np.mean([min(full, replicas) for full, replicas, *_ in scores[j]]) for j in open_posterior]
+        mean_loss = np.minimum(stacked(0), stacked(1)).mean(axis=0)[open_posterior]
         best = candidates[open_posterior[int(np.argmin(mean_loss))]]
         switched = replace(best, posterior=not best.posterior)
         if switched not in candidates:
             candidates.append(switched)
             scores.append(score(switched))
     bar.close()
-    full, replicas, best_epochs = (np.array([[split[k] for split in per] for per in scores]).T for k in range(3))
+    full, replicas, best_epochs = stacked(0), stacked(1), stacked(2)
     heldout_curves = [[per[i][3] for per in scores] for i in range(used)]
     train_curves = [[np.asarray(per[i][4]) for per in scores] for i in range(used)]
     selection = AutoencoderSelection(
