@@ -15,8 +15,9 @@ from scn2s.loss import sqrt_poisson_mean
 from scn2s.models.autoencoder import train as train_module
 from scn2s.models.autoencoder.data import CsrBatches, input_transform
 from scn2s.models.autoencoder.module import CountAutoencoder
-from scn2s.models.autoencoder.train import TrainConfig, sqrt_poisson_mean_torch, train
+from scn2s.models.autoencoder.train import TrainConfig, heldout_loss, predict_rates, sqrt_poisson_mean_torch, train
 from scn2s.select import Splits, fit_autoencoder
+from scn2s.select.autoencoder import SHAPE_SCALES
 from scn2s.split import binomial_split
 
 TINY = {"hidden": 32, "bottleneck": 4, "dropout": 0.0, "max_epochs": 12, "patience": 4, "batch_size": 64}
@@ -56,6 +57,12 @@ def test_posterior_is_the_gamma_poisson_mean():
     expected = (counts + shape) / (library + shape / prior)
     expected /= expected.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(posterior(counts), expected, rtol=1e-5)
+    # a factor on the shapes is a prior worth that many times the molecules
+    with torch.no_grad():
+        log_prior = torch.tensor(np.log(prior), dtype=torch.float32)
+        scaled = model.posterior(log_prior, torch.tensor(counts, dtype=torch.float32), shape_scale=3.0).exp().numpy()
+    expected = (counts + 3 * shape) / (library + 3 * shape / prior)
+    np.testing.assert_allclose(scaled, expected / expected.sum(axis=1, keepdims=True), rtol=1e-5)
     np.testing.assert_allclose(posterior(counts)[3], prior[3], rtol=1e-5)
     # a deeper cell with the same proportions is pulled further towards them
     observed = counts[:3] / library[:3]
@@ -250,6 +257,42 @@ def test_a_posterior_set_by_the_caller_is_not_switched(halves):
     assert [c.posterior for c in fit.configs] == [False]
     assert fit.losses.shape == (1, 1)
     assert fit.model.log_shape is None
+
+
+def test_the_shape_factor_is_chosen_on_the_heldout_molecules(halves):
+    """Every factor on the prior shapes is scored in both inference modes on the split's held-out molecules (one
+    pass of the network for all of them); the chosen one has the lowest loss in the chosen mode and is the one the
+    output uses."""
+    adata, _, _ = halves
+    splits = Splits.draw(np.random.default_rng(0), 1, 0.5)
+    config = {**TINY, "max_epochs": 6, "posterior": True}
+    fit = fit_autoencoder(adata.X, splits=splits, configs=[config], device="cpu", rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(fit.shape_scales, SHAPE_SCALES)
+    assert fit.losses_by_scale.shape == (2, 1, 1, len(SHAPE_SCALES))
+    mode = int(fit.mode == "replicas")
+    by_scale = fit.losses_by_scale[mode, 0, 0]
+    assert fit.shape_scale == SHAPE_SCALES[int(np.argmin(by_scale))]
+    assert fit.losses[0, 0] == by_scale.min()
+    assert np.ptp(by_scale) > 0  # the factor changes the loss
+    # one pass for all factors gives what each factor gives alone
+    train_half, heldout_half = splits.get(0, adata.X)
+    trained = train(train_half, TrainConfig(**config), epochs=3, seed=0)
+    data, held = CsrBatches(train_half, "cpu"), CsrBatches(heldout_half, "cpu")
+    together = heldout_loss(trained.model, data, held, splits.depth_ratio, shape_scales=(0.5, 1.0, 4.0))
+    cells, target = np.arange(len(data)), torch.sqrt(held.dense(np.arange(len(data))))
+
+    def alone(scale: float) -> float:
+        rates = predict_rates(trained.model, data, cells, shape_scale=scale) * splits.depth_ratio
+        return float(((target - sqrt_poisson_mean_torch(rates)) ** 2).mean())
+
+    np.testing.assert_allclose(together, [alone(c) for c in (0.5, 1.0, 4.0)], rtol=1e-5)
+    assert heldout_loss(trained.model, data, held, splits.depth_ratio) == together[1]
+    # the output is the posterior with the chosen factor
+    model = fit.model
+    block = adata.X[:50][:, fit.genes]
+    rates = predict_rates(model, CsrBatches(block, "cpu"), np.arange(50), mode="full", shape_scale=fit.shape_scale)
+    fit.mode = "full"
+    np.testing.assert_allclose(fit.reconstruct(adata.X, slice(0, 50))[:, fit.genes], rates.numpy(), rtol=1e-6)
 
 
 def test_rank_needs_lowrank(halves):

@@ -81,7 +81,10 @@ def denoise(
       epoch) with early stopping on the held-out half. Its output is the posterior mean of each cell's
       frequencies under a gamma prior centred on the network's, with a learned shape per gene, given the cell's
       own counts (``posterior=True``, the default; see :class:`~scn2s.models.autoencoder.module.CountAutoencoder`).
-      The best candidate, its epoch count and inference mode are trained on the full counts.
+      The inference mode (all of a cell's molecules as input, or the mean over thinned replicas) and a factor on
+      the learned shapes (:data:`~scn2s.select.autoencoder.SHAPE_SCALES`: at inference the network sees more
+      molecules than in training, and its prior deserves more weight) are chosen on the same held-out molecules.
+      The best candidate, its epoch count, inference mode and shape factor are trained on the full counts.
     * ``"auto"``: both, and the family with the lower held-out loss on the splits both used is written.
 
     The low-rank family reads the counts in blocks of cells, so an AnnData opened with ``backed="r"`` is
@@ -178,14 +181,18 @@ def denoise(
         (:func:`scn2s.models.lowrank.cell_scale`).
     ``adata.uns[key_added]``
         ``method`` (the family written); ``params`` (the arguments); ``best_params`` (``{"rank": k}``, or the
-        autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``posterior``, ``epochs`` and ``inference``);
+        autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``posterior``, ``shape_scale``, ``epochs`` and
+        ``inference``);
         ``selection``, per family
         searched: for ``lowrank``, ``grid`` (``{"rank": ranks}``), ``loss`` (the loss's name), ``loss_mean``,
         ``loss_std`` and ``loss_per_split`` (held-out loss per entry, see :mod:`scn2s.loss`), ``split_rank`` (chosen at
         depth ``p N``), ``rank`` (applied at full depth), ``noise_ratio``, ``split_singular_values`` and
         ``singular_values`` (the spectra of the splits and of the full fit); for ``autoencoder``, ``grid`` (``config``:
         the candidates' labels), ``hidden``, ``bottleneck``, ``dropout``, ``posterior``, the same loss keys,
-        ``loss_full_input`` and ``loss_replicas`` (the two inference modes), ``best_epochs``, ``heldout_curves`` and
+        ``loss_full_input`` and ``loss_replicas`` (the two inference modes, each at the candidate's best shape
+        factor), ``shape_scales`` (the factors tried), ``loss_full_input_by_scale`` and ``loss_replicas_by_scale``
+        (splits x candidates x factors; constant over the factors without a posterior), ``shape_scale`` (the
+        chosen candidate's factor, 1 without a posterior), ``best_epochs``, ``heldout_curves`` and
         ``train_curves`` (per candidate and split, per epoch), ``chosen``, ``epochs``, ``inference``, ``device``,
         ``batch_size``, ``world_size`` (processes that trained together, 1 without ``torch.distributed``); both with
         ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
@@ -412,6 +419,7 @@ def _best_params(fit) -> dict:
         "bottleneck": config.bottleneck,
         "dropout": config.dropout,
         "posterior": config.posterior,
+        "shape_scale": fit.shape_scale,
         "epochs": fit.epochs,
         "inference": fit.mode,
     }
@@ -458,6 +466,10 @@ def _autoencoder_record(fit: AutoencoderSelection) -> dict:
         "loss_per_split": fit.losses,
         "loss_full_input": fit.losses_full,
         "loss_replicas": fit.losses_replicas,
+        "shape_scales": fit.shape_scales,
+        "loss_full_input_by_scale": fit.losses_by_scale[0],
+        "loss_replicas_by_scale": fit.losses_by_scale[1],
+        "shape_scale": fit.shape_scale,
         "best_epochs": fit.best_epochs,
         **curves,
         "chosen": labels[fit.best],

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .splits import Splits
 
-__all__ = ["DEFAULT_CONFIGS", "AutoencoderSelection", "fit_autoencoder", "make_configs"]
+__all__ = ["DEFAULT_CONFIGS", "SHAPE_SCALES", "AutoencoderSelection", "fit_autoencoder", "make_configs"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,9 @@ DEFAULT_CONFIGS: tuple[dict, ...] = (
     {"hidden": 128, "bottleneck": 16, "dropout": 0.0},
     {"hidden": 512, "bottleneck": 64, "dropout": 0.2},
 )
+
+SHAPE_SCALES: tuple[float, ...] = tuple(2.0 ** (k / 2) for k in range(-4, 7))
+"""Factors on the learned prior shapes tried at inference (0.25 to 8, by sqrt 2)."""
 
 
 def make_configs(configs: Sequence[Mapping] | None, **overrides):
@@ -52,9 +55,12 @@ class AutoencoderSelection:
     """Outcome of the autoencoder search, and the full-depth fit it chose."""
 
     configs: list
-    losses_full: np.ndarray  # (n_splits_used, n_configs), mean per entry, full-input inference
-    losses_replicas: np.ndarray  # (n_splits_used, n_configs), thinned-replica inference
+    losses_full: np.ndarray  # (n_splits_used, n_configs), mean per entry, full-input inference, best shape scale
+    losses_replicas: np.ndarray  # (n_splits_used, n_configs), thinned-replica inference, best shape scale
     best_epochs: np.ndarray  # (n_splits_used, n_configs)
+    shape_scales: np.ndarray = field(default_factory=lambda: np.ones(1))  # the factors tried on the prior shapes
+    losses_by_scale: np.ndarray | None = None  # (2 inference modes, n_splits_used, n_configs, n_scales)
+    shape_scale: float = 1.0  # the chosen candidate's factor in its inference mode
     heldout_curves: list = field(default_factory=list)  # [split][config] -> per-epoch held-out loss
     train_curves: list = field(default_factory=list)
     best: int = 0
@@ -102,6 +108,7 @@ class AutoencoderSelection:
             mode=self.mode,
             input_fraction=config.input_fraction,
             n_replicas=config.n_replicas,
+            shape_scale=self.shape_scale,
             generator=generator,
         )
         out[:, self.genes] = rates.cpu().numpy()
@@ -177,32 +184,36 @@ def fit_autoencoder(
         unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
         halves.append((train_half[:, genes], heldout_half[:, genes], len(genes) / g, unseen / (n * g)))
 
-    def score(config) -> list[tuple[float, float, int, np.ndarray, list[float]]]:
+    def score(config) -> list[tuple[np.ndarray, np.ndarray, int, np.ndarray, list[float]]]:
         """Train ``config`` on each split's training half.
 
-        Per split: the held-out loss with full and with replica inference, the best epoch, and the held-out and
-        training curves.
+        Per split: the held-out loss with full and with replica inference (one a shape scale), the best epoch, and
+        the held-out and training curves.
         """
+        scales = SHAPE_SCALES if config.posterior else (1.0,)
         out = []
         for i, (train_part, held_part, scale, unseen) in enumerate(halves):
             result = train(
                 train_part, config, heldout=held_part, depth_ratio=splits.depth_ratio, device=device, seed=seeds[i]
             )
-            generator = torch.Generator(device=device).manual_seed(seeds[i])
-            replicas = heldout_loss(
-                result.model,
-                CsrBatches(train_part, device),
-                CsrBatches(held_part, device),
-                splits.depth_ratio,
-                mode="replicas",
-                input_fraction=config.input_fraction,
-                n_replicas=config.n_replicas,
-                generator=generator,
-            )
-            full = min(result.heldout_loss) * scale + unseen
-            logger.debug("split %d %s: epoch %d, loss %.6g", i, config_label(config), result.best_epoch, full)
+            data, held = CsrBatches(train_part, device), CsrBatches(held_part, device)
+            by_mode = []
+            for mode in ("full", "replicas"):
+                losses = heldout_loss(
+                    result.model,
+                    data,
+                    held,
+                    splits.depth_ratio,
+                    mode=mode,
+                    input_fraction=config.input_fraction,
+                    n_replicas=config.n_replicas,
+                    shape_scales=scales,
+                    generator=torch.Generator(device=device).manual_seed(seeds[i]),
+                )
+                by_mode.append(np.broadcast_to(losses * scale + unseen, len(SHAPE_SCALES)))
+            logger.debug("split %d %s: epoch %d, loss %.6g", i, config_label(config), result.best_epoch, by_mode[0][0])
             curve = np.asarray(result.heldout_loss) * scale + unseen
-            out.append((full, replicas * scale + unseen, result.best_epoch, curve, result.train_loss))
+            out.append((*by_mode, result.best_epoch, curve, result.train_loss))
             bar.update()
         return out
 
@@ -213,19 +224,33 @@ def fit_autoencoder(
     )
 
     def stacked(k: int) -> np.ndarray:
-        """Field ``k`` of every score as a ``(splits, candidates)`` array."""
-        return np.array([[split[k] for split in per] for per in scores]).T
+        """Field ``k`` of every score as a ``(splits, candidates, ...)`` array."""
+        return np.array([[split[k] for split in per] for per in scores]).swapaxes(0, 1)
+
+    def best_scales() -> tuple[np.ndarray, np.ndarray]:
+        """Losses by inference mode and shape scale, and the best scale of each mode and candidate.
+
+        ``(2, splits, candidates, scales)`` and ``(2, candidates)``: the scale of lowest mean loss over the splits.
+        """
+        by_scale = np.stack([stacked(0), stacked(1)])
+        return by_scale, np.argmin(by_scale.mean(axis=1), axis=-1)
+
+    def at_best_scales() -> np.ndarray:
+        """The losses ``(2, splits, candidates)`` at each mode's and candidate's best scale."""
+        by_scale, index = best_scales()
+        return np.take_along_axis(by_scale, index[:, None, :, None], axis=-1)[..., 0]
 
     scores = [score(config) for config in candidates]
     if open_posterior:
-        mean_loss = np.minimum(stacked(0), stacked(1)).mean(axis=0)[open_posterior]
+        mean_loss = at_best_scales().min(axis=0).mean(axis=0)[open_posterior]
         best = candidates[open_posterior[int(np.argmin(mean_loss))]]
         switched = replace(best, posterior=not best.posterior)
         if switched not in candidates:
             candidates.append(switched)
             scores.append(score(switched))
     bar.close()
-    full, replicas, best_epochs = stacked(0), stacked(1), stacked(2)
+    (full, replicas), best_epochs = at_best_scales(), stacked(2)
+    by_scale, scale_index = best_scales()
     heldout_curves = [[per[i][3] for per in scores] for i in range(used)]
     train_curves = [[np.asarray(per[i][4]) for per in scores] for i in range(used)]
     selection = AutoencoderSelection(
@@ -233,6 +258,8 @@ def fit_autoencoder(
         losses_full=full,
         losses_replicas=replicas,
         best_epochs=best_epochs.astype(int),
+        shape_scales=np.array(SHAPE_SCALES),
+        losses_by_scale=by_scale,
         heldout_curves=heldout_curves,
         train_curves=train_curves,
         device=str(device),
@@ -241,10 +268,16 @@ def fit_autoencoder(
     )
     selection.best = int(np.argmin(selection.loss_mean))
     selection.mode = "replicas" if replicas[:, selection.best].mean() < full[:, selection.best].mean() else "full"
-    selection.epochs = max(1, int(np.round(best_epochs[:, selection.best].mean())))
     config = candidates[selection.best]
+    if config.posterior:
+        selection.shape_scale = float(SHAPE_SCALES[scale_index[int(selection.mode == "replicas"), selection.best]])
+    selection.epochs = max(1, int(np.round(best_epochs[:, selection.best].mean())))
     logger.info(
-        "autoencoder %s chosen: %d epochs, %s inference", config_label(config), selection.epochs, selection.mode
+        "autoencoder %s chosen: %d epochs, %s inference, shape scale %g",
+        config_label(config),
+        selection.epochs,
+        selection.mode,
+        selection.shape_scale,
     )
     selection.genes = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
     final = train(

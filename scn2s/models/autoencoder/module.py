@@ -33,7 +33,10 @@ class CountAutoencoder(nn.Module):
 
     A gene whose expression the code explains (:math:`a_g \to \infty`) keeps the network's frequency; one with
     cell-specific variation of its own takes part of it from the cell's counts, the more so the deeper the cell.
-    The shape does not depend on depth, so the same network serves inputs of any depth.
+    The shape does not depend on depth, but the prior does: at inference the network sees more of each cell's
+    molecules than in training (all of them, or the mean over several thinnings), so its frequencies are closer to
+    the truth and deserve a larger shape. :func:`scn2s.select.fit_autoencoder` chooses the factor on held-out
+    molecules (``shape_scale`` of :meth:`posterior`).
 
     Parameters
     ----------
@@ -91,9 +94,12 @@ class CountAutoencoder(nn.Module):
             return log_freq
         return self.posterior(log_freq, counts)
 
-    def posterior(self, log_freq: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Log posterior mean frequencies (normalised over genes) given prior ``log_freq`` and the cells' ``counts``."""
-        log_shape = self.log_shape.float()
+    def posterior(self, log_freq: torch.Tensor, counts: torch.Tensor, shape_scale: float = 1.0) -> torch.Tensor:
+        """Log posterior mean frequencies (normalised over genes) given prior ``log_freq`` and the cells' ``counts``.
+
+        ``shape_scale`` multiplies every learned shape (a prior worth more molecules, or fewer); training uses 1.
+        """
+        log_shape = self.log_shape.float() + float(np.log(shape_scale))
         library = counts.sum(dim=1, keepdim=True)
         log_post = torch.log(counts + torch.exp(log_shape)) - torch.logaddexp(torch.log(library), log_shape - log_freq)
         return torch.log_softmax(log_post, dim=-1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -128,28 +128,58 @@ def predict_rates(
     mode: InferenceMode = "full",
     input_fraction: float = 0.5,
     n_replicas: int = 8,
+    shape_scale: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Expected counts of the given cells at their own depth.
 
     ``mode="full"`` feeds all of a cell's molecules (a deeper input than in training); ``"replicas"``
     averages the predicted frequencies over ``n_replicas`` thinnings at the training input depth. Either
-    way the frequencies are scaled by the cell's full library size.
+    way the frequencies are scaled by the cell's full library size. With a posterior, the network's frequencies
+    are the prior and all the cell's molecules update it, with the learned shapes times ``shape_scale``.
     """
+    return _predict_rates(
+        model,
+        data,
+        rows,
+        (shape_scale,),
+        mode=mode,
+        input_fraction=input_fraction,
+        n_replicas=n_replicas,
+        generator=generator,
+    )[0]
+
+
+def _predict_rates(
+    model: CountAutoencoder,
+    data: CsrBatches,
+    rows: np.ndarray,
+    shape_scales: Sequence[float],
+    *,
+    mode: InferenceMode,
+    input_fraction: float,
+    n_replicas: int,
+    generator: torch.Generator | None,
+) -> list[torch.Tensor]:
+    """:func:`predict_rates` for several shape scales from one pass of the network (one tensor a scale)."""
     model.eval()
     counts = data.dense(rows)
     library = counts.sum(dim=1, keepdim=True)
     with _autocast(data.device):
         if mode == "full":
-            freq = torch.exp(model(input_transform(counts)[0], counts))
+            log_freq = model(input_transform(counts)[0])
+            freq = None if model.log_shape is not None else torch.exp(log_freq)
         else:
             freq = torch.zeros_like(counts)
             for _ in range(n_replicas):
                 freq += torch.exp(model(input_transform(thin(counts, input_fraction, generator)[0])[0]))
             freq /= n_replicas
-            if model.log_shape is not None:  # the replicas' mean frequencies are the prior of all the molecules
-                freq = torch.exp(model.posterior(torch.log(freq), counts))
-    return freq.float() * library
+            log_freq = torch.log(freq)
+        if model.log_shape is None:
+            freqs = [freq] * len(shape_scales)
+        else:  # the network's frequencies are the prior of all the molecules
+            freqs = [torch.exp(model.posterior(log_freq, counts, scale)) for scale in shape_scales]
+    return [freq.float() * library for freq in freqs]
 
 
 @torch.inference_mode()
@@ -162,28 +192,41 @@ def heldout_loss(
     mode: InferenceMode = "full",
     input_fraction: float = 0.5,
     n_replicas: int = 8,
+    shape_scales: Sequence[float] | None = None,
     generator: torch.Generator | None = None,
     batch_size: int = 1024,
-) -> float:
+) -> float | np.ndarray:
     """Cross-molecule loss (:mod:`scn2s.loss`) of the network on held-out molecules, mean per entry.
 
-    Under ``torch.distributed``, each rank scores a contiguous share of the cells and the sum over the ranks is
-    returned on every rank (the same number: added in rank order).
+    With ``shape_scales``, an array: the loss of the posterior with the learned shapes times each scale, from one
+    pass of the network. Under ``torch.distributed``, each rank scores a contiguous share of the cells and the sum
+    over the ranks is returned on every rank (the same number: added in rank order).
     """
-    total = 0.0
+    scales = (1.0,) if shape_scales is None else tuple(shape_scales)
+    total = np.zeros(len(scales))
     cells = np.arange(len(data))
     if distributed.is_distributed():
         cells = np.array_split(cells, distributed.world_size())[distributed.rank()]
     for start in range(0, len(cells), batch_size):
         rows = cells[start : start + batch_size]
-        rates = predict_rates(
-            model, data, rows, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
+        target = torch.sqrt(heldout.dense(rows))
+        rates = _predict_rates(
+            model,
+            data,
+            rows,
+            scales,
+            mode=mode,
+            input_fraction=input_fraction,
+            n_replicas=n_replicas,
+            generator=generator,
         )
-        diff = torch.sqrt(heldout.dense(rows)) - sqrt_poisson_mean_torch(rates * depth_ratio)
-        total += float((diff * diff).sum())
+        for k, rate in enumerate(rates):
+            diff = target - sqrt_poisson_mean_torch(rate * depth_ratio)
+            total[k] += float((diff * diff).sum())
     if distributed.is_distributed():
-        total = float(distributed.gather(total).sum())
-    return total / (data.shape[0] * data.shape[1])
+        total = distributed.gather(total).sum(axis=0)
+    losses = total / (data.shape[0] * data.shape[1])
+    return float(losses[0]) if shape_scales is None else losses
 
 
 def train(
