@@ -659,10 +659,16 @@ def _choice(method: str, info: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def task_parser(description: str) -> argparse.ArgumentParser:
+    """Command-line parser with the options every benchmark over these tasks has: ``--tasks``, ``--data-dir``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = task_parser(__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("peers.json"))
     parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads in each worker (default: torch's)")

@@ -12,7 +12,6 @@ Run from the repository root (needs the ``benchmarks`` extra for the real tasks'
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import TASKS, load_task
+from peers import load_task, task_parser
 
 from scn2s.models.autoencoder.data import CsrBatches
 from scn2s.models.autoencoder.train import TrainConfig, heldout_loss, train
@@ -64,9 +63,7 @@ def compare(task_name: str, data_dir: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser = task_parser(__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads is not None:

@@ -15,7 +15,6 @@ Run from the repository root (needs the ``benchmarks`` extra)::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import TASKS, Reference, load_task, score
+from peers import Reference, load_task, score, task_parser
 
 from scn2s.select import Splits, fit_autoencoder
 from scn2s.select.autoencoder import SHAPE_SCALES, config_label
@@ -62,9 +61,7 @@ def rows(task_name: str, data_dir: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser = task_parser(__doc__.splitlines()[0])
     args = parser.parse_args()
     header = [
         "| task | factor | held-out loss of the split | MSE CP10k | Poisson NLL | held-out sqrt loss | "

@@ -138,48 +138,38 @@ def predict_rates(
     way the frequencies are scaled by the cell's full library size. With a posterior, the network's frequencies
     are the prior and all the cell's molecules update it, with the learned shapes times ``shape_scale``.
     """
-    return _predict_rates(
-        model,
-        data,
-        rows,
-        (shape_scale,),
-        mode=mode,
-        input_fraction=input_fraction,
-        n_replicas=n_replicas,
-        generator=generator,
-    )[0]
+    counts = data.dense(rows)
+    log_freq = _network_log_frequencies(
+        model, counts, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
+    )
+    return _rates(model, log_freq, counts, shape_scale)
 
 
-def _predict_rates(
+def _network_log_frequencies(
     model: CountAutoencoder,
-    data: CsrBatches,
-    rows: np.ndarray,
-    shape_scales: Sequence[float],
+    counts: torch.Tensor,
     *,
     mode: InferenceMode,
     input_fraction: float,
     n_replicas: int,
     generator: torch.Generator | None,
-) -> list[torch.Tensor]:
-    """:func:`predict_rates` for several shape scales from one pass of the network (one tensor a scale)."""
+) -> torch.Tensor:
+    """The network's log frequencies of the cells: from all their molecules, or of the mean over thinned replicas."""
     model.eval()
-    counts = data.dense(rows)
-    library = counts.sum(dim=1, keepdim=True)
-    with _autocast(data.device):
+    with _autocast(counts.device):
         if mode == "full":
-            log_freq = model(input_transform(counts)[0])
-            freq = None if model.log_shape is not None else torch.exp(log_freq)
-        else:
-            freq = torch.zeros_like(counts)
-            for _ in range(n_replicas):
-                freq += torch.exp(model(input_transform(thin(counts, input_fraction, generator)[0])[0]))
-            freq /= n_replicas
-            log_freq = torch.log(freq)
-        if model.log_shape is None:
-            freqs = [freq] * len(shape_scales)
-        else:  # the network's frequencies are the prior of all the molecules
-            freqs = [torch.exp(model.posterior(log_freq, counts, scale)) for scale in shape_scales]
-    return [freq.float() * library for freq in freqs]
+            return model(input_transform(counts)[0]).float()
+        freq = torch.zeros_like(counts)
+        for _ in range(n_replicas):
+            freq += torch.exp(model(input_transform(thin(counts, input_fraction, generator)[0])[0])).float()
+        return torch.log(freq / n_replicas)
+
+
+def _rates(model: CountAutoencoder, log_freq: torch.Tensor, counts: torch.Tensor, shape_scale: float) -> torch.Tensor:
+    """Expected counts: the network's frequencies, or the posterior's given all the cell's molecules."""
+    if model.log_shape is not None:
+        log_freq = model.posterior(log_freq, counts, shape_scale)
+    return torch.exp(log_freq) * counts.sum(dim=1, keepdim=True)
 
 
 @torch.inference_mode()
@@ -209,19 +199,12 @@ def heldout_loss(
         cells = np.array_split(cells, distributed.world_size())[distributed.rank()]
     for start in range(0, len(cells), batch_size):
         rows = cells[start : start + batch_size]
-        target = torch.sqrt(heldout.dense(rows))
-        rates = _predict_rates(
-            model,
-            data,
-            rows,
-            scales,
-            mode=mode,
-            input_fraction=input_fraction,
-            n_replicas=n_replicas,
-            generator=generator,
+        counts, target = data.dense(rows), torch.sqrt(heldout.dense(rows))
+        log_freq = _network_log_frequencies(
+            model, counts, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
         )
-        for k, rate in enumerate(rates):
-            diff = target - sqrt_poisson_mean_torch(rate * depth_ratio)
+        for k, scale in enumerate(scales):
+            diff = target - sqrt_poisson_mean_torch(_rates(model, log_freq, counts, scale) * depth_ratio)
             total[k] += float((diff * diff).sum())
     if distributed.is_distributed():
         total = distributed.gather(total).sum(axis=0)
