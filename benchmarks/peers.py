@@ -653,6 +653,8 @@ def _choice(method: str, info: dict) -> str:
     if info["family"] == "lowrank":
         return f"lowrank, rank {params['rank']}"
     posterior = {True: ", posterior", False: ", no posterior"}.get(params.get("posterior"), "")
+    if params.get("posterior") and "shape_scale" in params:
+        posterior += f" x{params['shape_scale']:.3g}"
     return (
         f"autoencoder h{params['hidden']}-b{params['bottleneck']}{posterior}, {params['epochs']} epochs, "
         f"{params['inference']}"
