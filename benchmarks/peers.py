@@ -134,9 +134,9 @@ def _shape_info(counts: sparse.csr_matrix) -> dict:
 def run_method(method: str, task: Task) -> tuple[np.ndarray, dict]:
     return {
         "none": _none,
-        "lowrank": _scn2s("lowrank"),
-        "autoencoder": _scn2s("autoencoder"),
-        "auto": _scn2s("auto"),
+        "lowrank": scn2s_runner("lowrank"),
+        "autoencoder": scn2s_runner("autoencoder"),
+        "auto": scn2s_runner("auto"),
         "best_rank": _best_rank,
         "magic": _magic,
         "scvi": _scvi,
@@ -147,7 +147,9 @@ def _none(task: Task) -> tuple[np.ndarray, dict]:
     return task.counts.toarray().astype(np.float64), {}
 
 
-def _scn2s(method: str):
+def scn2s_runner(method: str, rng: int = 0):
+    """``scn2s.pp.denoise`` with ``method`` (``"auto"``: the default) and ``rng``, as a method of this benchmark."""
+
     def run(task: Task) -> tuple[np.ndarray, dict]:
         import anndata as ad
 
@@ -157,7 +159,7 @@ def _scn2s(method: str):
         kwargs = {} if method == "auto" else {"method": method}
         if method != "lowrank":
             kwargs["device"] = "cpu"
-        scn2s.pp.denoise(adata, progress=False, **kwargs)
+        scn2s.pp.denoise(adata, rng=rng, progress=False, **kwargs)
         record = adata.uns["denoised"]
         info = {"family": record["method"], "best_params": _plain(record["best_params"])}
         if "comparison" in record:
@@ -596,7 +598,7 @@ def tables(results: dict) -> str:
         for method, m in methods.items():
             row = f"| {LABELS[method]} | {m['mse_cp10k']:.2f} | {m['poisson_nll']:.4f} |"
             row += f" {m['heldout_sqrt_loss']:.5f} |" if real else ""
-            errors.append(row + f" {m['mse_sqrt_cp10k']:.4f} | {_choice(method, m['info'])} |")
+            errors.append(row + f" {m['mse_sqrt_cp10k']:.4f} | {choice(method, m['info'])} |")
             row = f"| {LABELS[method]} | {m['corr_cp10k']:.3f} ({m['corr_cp10k_truth']:.3f})"
             row += f" | {m['corr_cp10k_ratio']:.2f} | {m['variance_ratio']:.2f} | {m['covariance_ratio']:.2f} |"
             row += f" {m['corr']:.3f} ({m['corr_target']:.3f}) | {m['corr_ratio']:.2f} |"
@@ -642,7 +644,7 @@ def _check_table(rows: list[dict], columns: tuple[tuple[str, str, str], ...]) ->
     return "\n".join(lines)
 
 
-def _choice(method: str, info: dict) -> str:
+def choice(method: str, info: dict) -> str:
     if method == "best_rank":
         return f"rank {info['rank']}"
     if method == "scvi":

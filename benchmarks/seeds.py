@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import Reference, load_task, score, task_parser
+from peers import Reference, choice, load_task, scn2s_runner, score, task_parser
 
 COLUMNS = (
     ("mse_cp10k", "MSE CP10k", ".2f"),
@@ -30,25 +30,6 @@ COLUMNS = (
     ("covariance_ratio", "abs covariance / truth", ".2f"),
     ("ari", "ARI", ".3f"),
 )
-
-
-def run(task_name: str, seed: int, data_dir: Path) -> tuple[dict, str]:
-    import anndata as ad
-
-    import scn2s
-
-    task = load_task(task_name, data_dir)
-    adata = ad.AnnData(X=task.counts.copy())
-    scn2s.pp.denoise(adata, device="cpu", rng=seed, progress=False)
-    record = adata.uns["denoised"]
-    params = record["best_params"]
-    if record["method"] == "lowrank":
-        choice = f"lowrank, rank {params['rank']}"
-    else:
-        posterior = f"posterior x{params['shape_scale']:.3g}" if params["posterior"] else "no posterior"
-        choice = f"h{params['hidden']}-b{params['bottleneck']}, {posterior}, {params['epochs']} epochs"
-    estimate = np.asarray(adata.layers["denoised"], dtype=np.float64)
-    return score(estimate, task, Reference.of(task)), choice
 
 
 def cell(scores: dict, key: str, fmt: str) -> str:
@@ -65,12 +46,15 @@ def main() -> None:
     print("\n".join(header), flush=True)
     lines = []
     for task_name in args.tasks:
+        task = load_task(task_name, args.data_dir)
+        reference = Reference.of(task)
         all_scores = []
         for seed in args.seeds:
-            scores, choice = run(task_name, seed, args.data_dir)
+            estimate, info = scn2s_runner("auto", rng=seed)(task)
+            scores = score(estimate, task, reference)
             all_scores.append(scores)
             lines.append(
-                f"| {task_name} | {seed} | {choice} | "
+                f"| {task_name} | {seed} | {choice('auto', info)} | "
                 + " | ".join(cell(scores, key, fmt) for key, _, fmt in COLUMNS)
                 + " |"
             )

@@ -227,30 +227,27 @@ def fit_autoencoder(
         """Field ``k`` of every score as a ``(splits, candidates, ...)`` array."""
         return np.array([[split[k] for split in per] for per in scores]).swapaxes(0, 1)
 
-    def best_scales() -> tuple[np.ndarray, np.ndarray]:
-        """Losses by inference mode and shape scale, and the best scale of each mode and candidate.
+    def by_scale() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Losses by inference mode and shape scale, each mode's and candidate's best scale, the losses there.
 
-        ``(2, splits, candidates, scales)`` and ``(2, candidates)``: the scale of lowest mean loss over the splits.
+        ``(2, splits, candidates, scales)``; ``(2, candidates)``, the scale of lowest mean loss over the splits;
+        ``(2, splits, candidates)``.
         """
-        by_scale = np.stack([stacked(0), stacked(1)])
-        return by_scale, np.argmin(by_scale.mean(axis=1), axis=-1)
-
-    def at_best_scales() -> np.ndarray:
-        """The losses ``(2, splits, candidates)`` at each mode's and candidate's best scale."""
-        by_scale, index = best_scales()
-        return np.take_along_axis(by_scale, index[:, None, :, None], axis=-1)[..., 0]
+        losses = np.stack([stacked(0), stacked(1)])
+        index = np.argmin(losses.mean(axis=1), axis=-1)
+        return losses, index, np.take_along_axis(losses, index[:, None, :, None], axis=-1)[..., 0]
 
     scores = [score(config) for config in candidates]
     if open_posterior:
-        mean_loss = at_best_scales().min(axis=0).mean(axis=0)[open_posterior]
+        mean_loss = by_scale()[2].min(axis=0).mean(axis=0)[open_posterior]
         best = candidates[open_posterior[int(np.argmin(mean_loss))]]
         switched = replace(best, posterior=not best.posterior)
         if switched not in candidates:
             candidates.append(switched)
             scores.append(score(switched))
     bar.close()
-    (full, replicas), best_epochs = at_best_scales(), stacked(2)
-    by_scale, scale_index = best_scales()
+    losses_by_scale, scale_index, (full, replicas) = by_scale()
+    best_epochs = stacked(2)
     heldout_curves = [[per[i][3] for per in scores] for i in range(used)]
     train_curves = [[np.asarray(per[i][4]) for per in scores] for i in range(used)]
     selection = AutoencoderSelection(
@@ -259,7 +256,7 @@ def fit_autoencoder(
         losses_replicas=replicas,
         best_epochs=best_epochs.astype(int),
         shape_scales=np.array(SHAPE_SCALES),
-        losses_by_scale=by_scale,
+        losses_by_scale=losses_by_scale,
         heldout_curves=heldout_curves,
         train_curves=train_curves,
         device=str(device),

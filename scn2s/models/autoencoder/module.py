@@ -94,12 +94,20 @@ class CountAutoencoder(nn.Module):
             return log_freq
         return self.posterior(log_freq, counts)
 
-    def posterior(self, log_freq: torch.Tensor, counts: torch.Tensor, shape_scale: float = 1.0) -> torch.Tensor:
+    def posterior(
+        self,
+        log_freq: torch.Tensor,
+        counts: torch.Tensor,
+        shape_scale: float = 1.0,
+        library: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Log posterior mean frequencies (normalised over genes) given prior ``log_freq`` and the cells' ``counts``.
 
         ``shape_scale`` multiplies every learned shape (a prior worth more molecules, or fewer); training uses 1.
+        ``library``: the cells' totals ``counts.sum(dim=1, keepdim=True)``, if the caller has them.
         """
         log_shape = self.log_shape.float() + float(np.log(shape_scale))
-        library = counts.sum(dim=1, keepdim=True)
+        if library is None:
+            library = counts.sum(dim=1, keepdim=True)
         log_post = torch.log(counts + torch.exp(log_shape)) - torch.logaddexp(torch.log(library), log_shape - log_freq)
         return torch.log_softmax(log_post, dim=-1)

@@ -142,7 +142,7 @@ def predict_rates(
     log_freq = _network_log_frequencies(
         model, counts, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
     )
-    return _rates(model, log_freq, counts, shape_scale)
+    return _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale)
 
 
 def _network_log_frequencies(
@@ -165,11 +165,13 @@ def _network_log_frequencies(
         return torch.log(freq / n_replicas)
 
 
-def _rates(model: CountAutoencoder, log_freq: torch.Tensor, counts: torch.Tensor, shape_scale: float) -> torch.Tensor:
+def _rates(
+    model: CountAutoencoder, log_freq: torch.Tensor, counts: torch.Tensor, library: torch.Tensor, shape_scale: float
+) -> torch.Tensor:
     """Expected counts: the network's frequencies, or the posterior's given all the cell's molecules."""
     if model.log_shape is not None:
-        log_freq = model.posterior(log_freq, counts, shape_scale)
-    return torch.exp(log_freq) * counts.sum(dim=1, keepdim=True)
+        log_freq = model.posterior(log_freq, counts, shape_scale, library=library)
+    return torch.exp(log_freq) * library
 
 
 @torch.inference_mode()
@@ -200,11 +202,12 @@ def heldout_loss(
     for start in range(0, len(cells), batch_size):
         rows = cells[start : start + batch_size]
         counts, target = data.dense(rows), torch.sqrt(heldout.dense(rows))
+        library = counts.sum(dim=1, keepdim=True)
         log_freq = _network_log_frequencies(
             model, counts, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
         )
         for k, scale in enumerate(scales):
-            diff = target - sqrt_poisson_mean_torch(_rates(model, log_freq, counts, scale) * depth_ratio)
+            diff = target - sqrt_poisson_mean_torch(_rates(model, log_freq, counts, library, scale) * depth_ratio)
             total[k] += float((diff * diff).sum())
     if distributed.is_distributed():
         total = distributed.gather(total).sum(axis=0)
