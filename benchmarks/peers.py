@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,16 @@ class Task:
     target_is_truth: bool
     labels: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+
+    @cached_property
+    def target_cp10k(self) -> np.ndarray:
+        """``cp10k(target)``, computed once for all the estimates scored against it."""
+        return cp10k(self.target)
+
+    @cached_property
+    def target_noise(self) -> float:
+        """The mean multinomial noise variance of ``target_cp10k`` (:func:`noise_variance`; 0 for the truth)."""
+        return 0.0 if self.target_is_truth else float(np.mean(noise_variance(self.target)))
 
 
 # --- tasks -------------------------------------------------------------------------------------------------
@@ -265,8 +276,7 @@ def mse_cp10k(estimate: np.ndarray, task: Task) -> float:
     is an unbiased estimate. Subtracting its mean from the MSE against the target leaves the MSE against the
     truth, in expectation.
     """
-    error = float(np.mean((cp10k(estimate) - cp10k(task.target)) ** 2))
-    return error if task.target_is_truth else error - float(np.mean(noise_variance(task.target)))
+    return float(np.mean((cp10k(estimate) - task.target_cp10k) ** 2)) - task.target_noise
 
 
 def noise_variance(counts: np.ndarray) -> np.ndarray:
