@@ -414,31 +414,56 @@ class Reference:
     signal_genes: np.ndarray
     truth_corr: float
     truth_covariance: np.ndarray
+    signal_target: np.ndarray
+    signal_noise: np.ndarray
 
     @classmethod
     def of(cls, task: Task) -> Reference:
         corr_genes = np.argsort(-task.target.mean(axis=0), kind="stable")[:N_CORR_GENES]
         genes = signal_genes(task.target, task.target_is_truth)
+        noise = np.zeros(len(genes))
+        if not task.target_is_truth:
+            noise = np.mean(noise_variance(task.target)[:, genes], axis=0)
         return cls(
             corr_genes,
             mean_abs_corr(task.target, corr_genes),
             genes,
             truth_corr(task.target, task.target_is_truth, genes),
             truth_covariance(task.target, task.target_is_truth, genes),
+            task.target_cp10k[:, genes],
+            noise,
         )
 
 
 def spread_against_truth(estimate: np.ndarray, reference: Reference) -> dict:
-    """Over the signal genes: the median of each gene's variance of CP10k over the truth's, and the mean |covariance|
-    over gene pairs over the truth's (where correlations above the truth's come from)."""
-    covariance = np.cov(cp10k(estimate)[:, reference.signal_genes], rowvar=False)
+    """Over the signal genes, in CP10k: where correlations above or below the truth's come from.
+
+    ``variance_ratio``: the median of each gene's variance over the truth's; ``covariance_ratio``: the mean
+    |covariance| over gene pairs over the truth's. ``calibration_slope``: the median of each gene's slope of the
+    truth on the estimate, ``cov(estimate, truth) / var(estimate)`` (1: calibrated, ``E[truth | estimate]`` moves
+    one for one with the estimate; above 1: shrunk too far; below 1: spread by noise); the covariance with the
+    held-out counts is unbiased for the covariance with the truth, their noise being independent of the estimate.
+    ``error_ratio``: the median of each gene's MSE (noise-corrected as :func:`mse_cp10k`) over the truth's
+    variance. For a calibrated estimate ``var(estimate) = var(truth) - MSE``, so ``variance_ratio`` is about
+    ``1 - error_ratio``: its genes' variances fall short of the truth's by its error.
+    """
+    values = cp10k(estimate)[:, reference.signal_genes]
+    covariance = np.cov(values, rowvar=False)
     truth = reference.truth_covariance
     pairs = np.triu_indices(len(reference.signal_genes), k=1)
+    centred = values - values.mean(axis=0)
+    with_truth = np.sum(centred * (reference.signal_target - reference.signal_target.mean(axis=0)), axis=0)
+    with_truth /= len(values) - 1
+    error = np.mean((values - reference.signal_target) ** 2, axis=0) - reference.signal_noise
     with np.errstate(invalid="ignore", divide="ignore"):
         variance_ratio = float(np.nanmedian(np.diag(covariance) / np.diag(truth)))
+        slope = float(np.nanmedian(with_truth / np.diag(covariance)))
+        error_ratio = float(np.nanmedian(error / np.diag(truth)))
     return {
         "variance_ratio": variance_ratio,
         "covariance_ratio": float(np.mean(np.abs(covariance[pairs])) / np.mean(np.abs(truth[pairs]))),
+        "calibration_slope": slope,
+        "error_ratio": error_ratio,
     }
 
 
@@ -600,7 +625,7 @@ def tables(results: dict) -> str:
         errors = [f"| method | MSE CP10k ({versus}) | Poisson NLL |" + (" held-out sqrt loss |" if real else "")]
         errors[0] += f" MSE sqrt CP10k (vs {'held-out counts' if real else 'truth'}) | choice |"
         others = ["| method | mean abs corr CP10k (truth) | ratio | variance / truth | abs covariance / truth |"]
-        others[0] += " mean abs corr log1p (target) | ratio |"
+        others[0] += " slope of truth on estimate | error / truth variance | mean abs corr log1p (target) | ratio |"
         others[0] += " ARI | NMI | clusters |" if clustered else ""
         others[0] += " time (s) | peak RSS (MiB) |"
         for rows in (errors, others):
@@ -611,6 +636,7 @@ def tables(results: dict) -> str:
             errors.append(row + f" {m['mse_sqrt_cp10k']:.4f} | {choice(method, m['info'])} |")
             row = f"| {LABELS[method]} | {m['corr_cp10k']:.3f} ({m['corr_cp10k_truth']:.3f})"
             row += f" | {m['corr_cp10k_ratio']:.2f} | {m['variance_ratio']:.2f} | {m['covariance_ratio']:.2f} |"
+            row += f" {m['calibration_slope']:.2f} | {m['error_ratio']:.2f} |"
             row += f" {m['corr']:.3f} ({m['corr_target']:.3f}) | {m['corr_ratio']:.2f} |"
             if clustered:
                 row += f" {m['ari']:.3f} | {m['nmi']:.3f} | {m['n_clusters']} |"
