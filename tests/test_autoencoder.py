@@ -247,6 +247,11 @@ def test_denoise_autoencoder_writes_layer_and_curves(halves):
     assert list(curve.values) == list(selection["grid"]["config"])
     summary = selection_summary(record, key="denoised")
     assert summary[0] == f"model: autoencoder, config {selection['chosen']} (lowest held-out loss)"
+    chosen = labels.index(selection["chosen"])
+    assert summary[1].startswith("  output: posterior" if selection["posterior"][chosen] else "  output: the network")
+    assert f"; {selection['epochs']} epochs" in summary[1]
+    inference = {"full": "all of each cell's molecules", "replicas": "thinned replicas"}[selection["inference"]]
+    assert inference in summary[1]
 
 
 def test_a_posterior_set_by_the_caller_is_not_switched(halves):

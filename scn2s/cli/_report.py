@@ -29,8 +29,24 @@ def selection_summary(record: dict, *, key: str, n_best: int = 5) -> list[str]:
             lines.append(f"model: {family}, {fixed}, fixed by the caller (no search)")
             continue
         lines.append(f"model: {family}, {_choice(curve)}")
+        if family == "autoencoder":
+            lines.append(_autoencoder_output(record["selection"][family]))
         lines.extend(_table(curve, n_best))
     return lines
+
+
+_INFERENCE = {"full": "all of each cell's molecules", "replicas": "thinned replicas of each cell, averaged"}
+
+
+def _autoencoder_output(selection: dict) -> str:
+    """How the chosen network makes the output: posterior or not (with its shape factor), inference, epochs."""
+    chosen = list(selection["grid"]["config"]).index(selection["chosen"])
+    if bool(selection["posterior"][chosen]):
+        output = f"posterior given each cell's counts, prior shapes x{float(selection['shape_scale']):.3g}"
+    else:
+        output = "the network's frequencies (no posterior)"
+    inference = _INFERENCE.get(str(selection["inference"]), str(selection["inference"]))
+    return f"  output: {output}; network input: {inference}; {int(selection['epochs'])} epochs"
 
 
 def _choice(curve: SelectionCurve) -> str:
