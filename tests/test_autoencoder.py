@@ -17,7 +17,7 @@ from scn2s.models.autoencoder.data import CsrBatches, input_transform
 from scn2s.models.autoencoder.module import CountAutoencoder
 from scn2s.models.autoencoder.train import TrainConfig, heldout_loss, predict_rates, sqrt_poisson_mean_torch, train
 from scn2s.select import Splits, fit_autoencoder
-from scn2s.select.autoencoder import SHAPE_SCALES
+from scn2s.select.autoencoder import SHAPE_SCALES, config_label
 from scn2s.split import binomial_split
 
 TINY = {"hidden": 32, "bottleneck": 4, "dropout": 0.0, "max_epochs": 12, "patience": 4, "batch_size": 64}
@@ -115,6 +115,47 @@ def test_thinned_batches_split_the_stored_counts(halves):
     assert abs(float(inputs.sum()) / dense.sum() - 0.3) < 0.03
 
 
+def test_thinned_batches_take_a_fraction_per_row(halves):
+    _, train_half, _ = halves
+    data = CsrBatches(train_half, "cpu")
+    rows = np.arange(6)
+    fraction = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    inputs, target = data.thinned(rows, fraction, torch.Generator().manual_seed(0))
+    dense = torch.tensor(train_half[rows].toarray(), dtype=torch.float32)
+    torch.testing.assert_close(inputs[1::2], dense[1::2], rtol=0, atol=0)
+    torch.testing.assert_close(target[::2], dense[::2], rtol=0, atol=0)
+    assert float(inputs[::2].sum()) == 0
+    assert float(target[1::2].sum()) == 0
+
+
+def test_input_range_draws_a_fraction_per_cell_and_rescales_by_it(halves):
+    _, train_half, _ = halves
+    data = CsrBatches(train_half, "cpu")
+    rows = np.arange(300)
+    config = TrainConfig(input_range=[0.1, 0.9])
+    assert config.input_range == (0.1, 0.9)
+    inputs, target, log_ratio = train_module._split_batch(data, rows, config, torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal((inputs + target).numpy(), train_half[rows].toarray())
+    fraction = 1 / (1 + torch.exp(log_ratio[:, 0]))
+    assert float(fraction.min()) >= 0.1
+    assert float(fraction.max()) <= 0.9
+    assert float(fraction.max() - fraction.min()) > 0.6  # spread over the range, one draw per cell
+    observed = inputs.sum(dim=1) / (inputs + target).sum(dim=1)
+    # each cell's input holds its own fraction of its molecules (binomial: a few per cent at ~400 molecules)
+    assert float((observed - fraction).abs().max()) < 0.15
+    assert np.corrcoef(observed.numpy(), fraction.numpy())[0, 1] > 0.98
+    _, _, fixed = train_module._split_batch(
+        data, rows, TrainConfig(input_fraction=0.3, input_range=None), torch.Generator()
+    )
+    assert fixed == pytest.approx(np.log(0.7 / 0.3))
+
+
+@pytest.mark.parametrize("input_range", [(0.0, 0.5), (0.5, 1.0), (0.6, 0.4), (0.5,)])
+def test_input_range_must_lie_inside_zero_one(input_range):
+    with pytest.raises(ValueError, match="input_range"):
+        TrainConfig(input_range=input_range)
+
+
 def test_input_transform_handles_empty_cells():
     x, library = input_transform(torch.tensor([[0.0, 0.0], [1.0, 3.0]]))
     assert torch.all(torch.isfinite(x))
@@ -128,9 +169,10 @@ def test_torch_sqrt_poisson_mean_matches_numpy():
     np.testing.assert_allclose(ours, sqrt_poisson_mean(rate), rtol=1e-4, atol=1e-12)
 
 
-def test_training_lowers_the_heldout_loss(halves):
+@pytest.mark.parametrize("input_range", [None, (0.1, 0.9)])
+def test_training_lowers_the_heldout_loss(halves, input_range):
     _, train_half, heldout = halves
-    result = train(train_half, TrainConfig(**TINY), heldout=heldout, seed=0)
+    result = train(train_half, TrainConfig(**TINY, input_range=input_range), heldout=heldout, seed=0)
     assert result.heldout_loss[result.best_epoch - 1] < 0.95 * result.heldout_loss[0]
     assert result.best_epoch >= 2
     assert np.isfinite(result.train_loss).all()
@@ -177,9 +219,10 @@ def _track_models(monkeypatch):
     _LAST_MODEL.clear()
 
 
-def test_same_seed_same_network_on_cpu(halves):
+@pytest.mark.parametrize("input_range", [None, (0.1, 0.9)])
+def test_same_seed_same_network_on_cpu(halves, input_range):
     _, train_half, heldout = halves
-    config = TrainConfig(**{**TINY, "dropout": 0.2})
+    config = TrainConfig(**{**TINY, "dropout": 0.2, "input_range": input_range})
     a = train(train_half, config, heldout=heldout, seed=5)
     b = train(train_half, config, heldout=heldout, seed=5)
     c = train(train_half, config, heldout=heldout, seed=6)
@@ -234,6 +277,9 @@ def test_denoise_autoencoder_writes_layer_and_curves(halves):
     assert record["best_params"]["posterior"] == selection["posterior"][labels.index(selection["chosen"])]
     assert selection["chosen"] in selection["grid"]["config"]
     assert selection["inference"] in ("full", "replicas")
+    assert selection["input_range"].shape == (len(labels), 2)
+    np.testing.assert_array_equal(record["best_params"]["input_range"], [0.1, 0.9])
+    np.testing.assert_array_equal(selection["input_range"][labels.index(selection["chosen"])], [0.1, 0.9])
     assert record["best_params"]["epochs"] == selection["epochs"]
     curve = selection["heldout_curves"][selection["chosen"]]["split_0"]
     assert len(curve) >= selection["epochs"]
@@ -298,6 +344,13 @@ def test_the_shape_factor_is_chosen_on_the_heldout_molecules(halves):
     rates = predict_rates(model, CsrBatches(block, "cpu"), np.arange(50), mode="full", shape_scale=fit.shape_scale)
     fit.mode = "full"
     np.testing.assert_allclose(fit.reconstruct(adata.X, slice(0, 50))[:, fit.genes], rates.numpy(), rtol=1e-6)
+
+
+def test_labels_name_input_fractions_other_than_the_default():
+    assert TrainConfig().input_range == (0.1, 0.9)
+    assert config_label(TrainConfig()) == "h256-b32-d0.1"
+    assert config_label(TrainConfig(input_range=None)) == "h256-b32-d0.1-f0.5"
+    assert config_label(TrainConfig(input_range=(0.2, 0.8), posterior=False)) == "h256-b32-d0.1-f0.2:0.8-noposterior"
 
 
 def test_rank_needs_lowrank(halves):

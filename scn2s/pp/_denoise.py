@@ -78,7 +78,8 @@ def denoise(
       the full counts.
     * ``"autoencoder"``: for each candidate of ``autoencoder_configs``, a count autoencoder is trained across
       the molecules of the first ``autoencoder_splits`` training halves (a fresh input/target split every
-      epoch) with early stopping on the held-out half. Its output is the posterior mean of each cell's
+      epoch, at a fraction drawn for each cell from ``input_range``) with early stopping on the held-out half.
+      Its output is the posterior mean of each cell's
       frequencies under a gamma prior centred on the network's, with a learned shape per gene, given the cell's
       own counts (``posterior=True``, the default; see :class:`~scn2s.models.autoencoder.module.CountAutoencoder`).
       The inference mode (all of a cell's molecules as input, or the mean over thinned replicas) and a factor on
@@ -137,7 +138,8 @@ def denoise(
         (:func:`scn2s.split.overlap_probabilities`). ``None``: plain thinning.
     autoencoder_configs
         Autoencoder candidates, dicts of :class:`~scn2s.models.autoencoder.train.TrainConfig` fields
-        (``hidden``, ``bottleneck``, ``dropout``, ``posterior``, ``max_epochs``, ``batch_size``, ``likelihood``, ...);
+        (``hidden``, ``bottleneck``, ``dropout``, ``posterior``, ``input_range``, ``max_epochs``, ``batch_size``,
+        ``likelihood``, ...);
         default :data:`scn2s.select.DEFAULT_CONFIGS`.
     autoencoder_splits
         Number of splits the autoencoder candidates are trained on (each costs one training per candidate).
@@ -181,14 +183,15 @@ def denoise(
         (:func:`scn2s.models.lowrank.cell_scale`).
     ``adata.uns[key_added]``
         ``method`` (the family written); ``params`` (the arguments); ``best_params`` (``{"rank": k}``, or the
-        autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``posterior``, ``shape_scale``, ``epochs`` and
-        ``inference``);
+        autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``posterior``, ``input_range``, ``shape_scale``,
+        ``epochs`` and ``inference``);
         ``selection``, per family
         searched: for ``lowrank``, ``grid`` (``{"rank": ranks}``), ``loss`` (the loss's name), ``loss_mean``,
         ``loss_std`` and ``loss_per_split`` (held-out loss per entry, see :mod:`scn2s.loss`), ``split_rank`` (chosen at
         depth ``p N``), ``rank`` (applied at full depth), ``noise_ratio``, ``split_singular_values`` and
         ``singular_values`` (the spectra of the splits and of the full fit); for ``autoencoder``, ``grid`` (``config``:
-        the candidates' labels), ``hidden``, ``bottleneck``, ``dropout``, ``posterior``, the same loss keys,
+        the candidates' labels), ``hidden``, ``bottleneck``, ``dropout``, ``posterior``, ``input_range`` (candidates x
+        2: the lowest and highest fraction of a cell's training molecules in its inputs), the same loss keys,
         ``loss_full_input`` and ``loss_replicas`` (the two inference modes, each at the candidate's best shape
         factor), ``shape_scales`` (the factors tried), ``loss_full_input_by_scale`` and ``loss_replicas_by_scale``
         (splits x candidates x factors; constant over the factors without a posterior), ``shape_scale`` (the
@@ -419,10 +422,16 @@ def _best_params(fit) -> dict:
         "bottleneck": config.bottleneck,
         "dropout": config.dropout,
         "posterior": config.posterior,
+        "input_range": np.array(_input_range(config), dtype=np.float64),
         "shape_scale": fit.shape_scale,
         "epochs": fit.epochs,
         "inference": fit.mode,
     }
+
+
+def _input_range(config) -> tuple[float, float]:
+    """The lowest and highest fraction of a cell's molecules that a candidate's training inputs hold."""
+    return (config.input_fraction,) * 2 if config.input_range is None else config.input_range
 
 
 def _lowrank_record(fit: LowRankSelection) -> dict:
@@ -461,6 +470,7 @@ def _autoencoder_record(fit: AutoencoderSelection) -> dict:
         "bottleneck": np.array([c.bottleneck for c in fit.configs]),
         "dropout": np.array([c.dropout for c in fit.configs]),
         "posterior": np.array([c.posterior for c in fit.configs]),
+        "input_range": np.array([_input_range(c) for c in fit.configs], dtype=np.float64),
         "loss_mean": fit.loss_mean,
         "loss_std": fit.loss_std,
         "loss_per_split": fit.losses,

@@ -45,8 +45,17 @@ def make_configs(configs: Sequence[Mapping] | None, **overrides):
 
 
 def config_label(config) -> str:
-    """Short name of a candidate, e.g. ``h256-b32-d0.1`` (``-noposterior`` appended without the posterior)."""
+    """Short name of a candidate, e.g. ``h256-b32-d0.1``.
+
+    ``-noposterior`` is appended without the posterior, and the training input fractions where they differ from
+    the default: ``-f0.5`` for a fixed fraction, ``-f0.2:0.8`` for a range.
+    """
+    from ..models.autoencoder.train import TrainConfig
+
     label = f"h{config.hidden}-b{config.bottleneck}-d{config.dropout:g}"
+    if config.input_range != TrainConfig.input_range:
+        fractions = (config.input_fraction,) if config.input_range is None else config.input_range
+        label += "-f" + ":".join(f"{f:g}" for f in fractions)
     return label if config.posterior else f"{label}-noposterior"
 
 

@@ -45,14 +45,16 @@ class CsrBatches:
         return self._scatter(len(rows), row_ids, cols, vals)
 
     def thinned(
-        self, rows: np.ndarray, fraction: float, generator: torch.Generator
+        self, rows: np.ndarray, fraction: float | torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense ``(input, target)`` of the given rows: ``input ~ Binomial(counts, fraction)``, ``target`` the rest.
 
-        Only the stored (non-zero) counts are thinned, so the cost follows the non-zeros, not the batch size.
+        ``fraction``: one for all rows, or a tensor of one per row (on the device). Only the stored (non-zero)
+        counts are thinned, so the cost follows the non-zeros, not the batch size.
         """
         row_ids, cols, vals = self._entries(rows)
-        kept = torch.binomial(vals, torch.full_like(vals, fraction), generator=generator)
+        probs = fraction[row_ids] if isinstance(fraction, torch.Tensor) else torch.full_like(vals, fraction)
+        kept = torch.binomial(vals, probs, generator=generator)
         n = len(rows)
         return self._scatter(n, row_ids, cols, kept), self._scatter(n, row_ids, cols, vals - kept)
 

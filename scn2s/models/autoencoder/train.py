@@ -1,11 +1,11 @@
 """Cross-molecule training of the count autoencoder, early stopping on held-out molecules, inference.
 
 Training follows Noise2Self for counts: every epoch each cell's training molecules are split afresh into an
-input half (fraction ``input_fraction``) and a target half, and the loss is the Poisson (or negative binomial)
-negative log-likelihood of the target half given the rates predicted from the input half, rescaled to the
-target's depth. The network never sees the molecules it is asked to predict. Molecules held out once, before
-training (``heldout``), are never input or target: they only score epochs and hyperparameters, with the
-cross-molecule loss of :mod:`scn2s.loss`.
+input part (a fraction drawn for the cell from ``input_range``, or ``input_fraction`` for all) and a target part,
+and the loss is the Poisson (or negative binomial) negative log-likelihood of the target given the rates predicted
+from the input, rescaled to the target's depth. The network never sees the molecules it is asked to predict.
+Molecules held out once, before training (``heldout``), are never input or target: they only score epochs and
+hyperparameters, with the cross-molecule loss of :mod:`scn2s.loss`.
 
 While a ``torch.distributed`` process group of more than one process is initialised (``torchrun``), training and
 the held-out loss are shared between the ranks; see :mod:`scn2s.models.autoencoder.distributed`. Every rank must
@@ -39,7 +39,13 @@ InferenceMode = Literal["full", "replicas"]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Architecture and optimisation settings of one autoencoder candidate."""
+    """Architecture and optimisation settings of one autoencoder candidate.
+
+    ``input_fraction`` is the depth of the thinned replicas at inference and, with ``input_range=None``, of every
+    training input. ``input_range=(low, high)``: every epoch, each cell's training molecules are split at a fraction
+    drawn afresh, uniformly in ``[low, high]``, so the network learns from inputs of many depths, closer to the
+    deeper inputs it is given at inference; the loss is rescaled by each cell's own ``(1 - fraction) / fraction``.
+    """
 
     hidden: int = 256
     bottleneck: int = 32
@@ -51,9 +57,19 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-5
     input_fraction: float = 0.5
+    input_range: tuple[float, float] | None = (0.1, 0.9)
     n_replicas: int = 8
     posterior: bool = True
     shape_learning_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.input_range is None:
+            return
+        values = tuple(float(v) for v in self.input_range)
+        if len(values) != 2 or not 0 < values[0] <= values[1] < 1:
+            msg = f"input_range must be (low, high) with 0 < low <= high < 1, got {self.input_range!r}."
+            raise ValueError(msg)
+        object.__setattr__(self, "input_range", values)
 
 
 @dataclass
@@ -293,10 +309,9 @@ def train(
         optimiser = _optimiser(model, config)
         result = TrainResult(model=model, best_epoch=0, batch_size=config.batch_size)
         best_loss, best_state, stale = np.inf, None, 0
-        log_ratio = float(np.log((1 - config.input_fraction) / config.input_fraction))
         show = progress and distributed.is_main_process()
         for epoch in tqdm(range(1, n_epochs + 1), desc="training", disable=not show, leave=False):
-            train_loss = _run_epoch(network, optimiser, data, order_rng, generator, config, log_ratio, result)
+            train_loss = _run_epoch(network, optimiser, data, order_rng, generator, config, result)
             loss = np.nan
             if held is not None:
                 loss = heldout_loss(model, data, held, depth_ratio, generator=generator)
@@ -335,7 +350,6 @@ def _run_epoch(
     order_rng: np.random.Generator,
     generator: torch.Generator,
     config: TrainConfig,
-    log_ratio: float,
     result: TrainResult,
 ) -> float:
     """One pass over the cells with fresh input/target splits; backs off the batch size on CUDA OOM.
@@ -345,10 +359,10 @@ def _run_epoch(
     """
     order = order_rng.permutation(len(data))
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return _shared_epoch_pass(model, optimiser, data, order, generator, config, log_ratio, result.batch_size)
+        return _shared_epoch_pass(model, optimiser, data, order, generator, config, result.batch_size)
     while True:
         try:
-            return _epoch_pass(model, optimiser, data, order, generator, config, log_ratio, result.batch_size)
+            return _epoch_pass(model, optimiser, data, order, generator, config, result.batch_size)
         except torch.cuda.OutOfMemoryError:
             if result.batch_size <= 1:
                 raise
@@ -358,18 +372,34 @@ def _run_epoch(
             logger.warning("GPU out of memory: retrying the epoch with batch size %d", result.batch_size)
 
 
-def _epoch_pass(model, optimiser, data, order, generator, config, log_ratio, batch_size) -> float:
+def _split_batch(
+    data: CsrBatches, rows: np.ndarray, config: TrainConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+    """A batch's input and target molecules, and the log of each cell's target-over-input depth.
+
+    The log ratio is one number for a fixed ``input_fraction``, a ``(cells, 1)`` tensor with ``input_range``.
+    """
+    if config.input_range is None:
+        inputs, target = data.thinned(rows, config.input_fraction, generator)
+        return inputs, target, float(np.log((1 - config.input_fraction) / config.input_fraction))
+    low, high = config.input_range
+    fraction = low + (high - low) * torch.rand(len(rows), generator=generator, device=data.device)
+    inputs, target = data.thinned(rows, fraction, generator)
+    return inputs, target, (torch.log1p(-fraction) - torch.log(fraction))[:, None]
+
+
+def _epoch_pass(model, optimiser, data, order, generator, config, batch_size) -> float:
     model.train()
     total, n = 0.0, 0
     for rows in data.batches(batch_size, order=order):
-        inputs, target = data.thinned(rows, config.input_fraction, generator)
+        inputs, target, log_ratio = _split_batch(data, rows, config, generator)
         x, library = input_transform(inputs)
         keep = library[:, 0] > 0
         if not bool(keep.any()):
             continue
         with _autocast(data.device):
             log_freq = model(x[keep], inputs[keep])
-        loss = _nll(log_freq, torch.log(library[keep]) + log_ratio, target[keep], model)
+        loss = _nll(log_freq, (torch.log(library) + log_ratio)[keep], target[keep], model)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -378,7 +408,7 @@ def _epoch_pass(model, optimiser, data, order, generator, config, log_ratio, bat
     return total / max(n, 1) / data.shape[1]
 
 
-def _shared_epoch_pass(network, optimiser, data, order, generator, config, log_ratio, batch_size) -> float:
+def _shared_epoch_pass(network, optimiser, data, order, generator, config, batch_size) -> float:
     """One epoch under DistributedDataParallel: each batch of the permutation is shared out between the ranks.
 
     Every rank runs the same number of steps (one per batch). A rank's loss is its cells' summed NLL times
@@ -391,7 +421,7 @@ def _shared_epoch_pass(network, optimiser, data, order, generator, config, log_r
     total, n = 0.0, 0
     for batch in data.batches(batch_size, order=order):
         rows = distributed.shard(batch)
-        inputs, target = data.thinned(rows, config.input_fraction, generator)
+        inputs, target, log_ratio = _split_batch(data, rows, config, generator)
         x, library = input_transform(inputs)
         keep = library[:, 0] > 0
         kept = int(distributed.gather(int(keep.sum())).sum())
@@ -399,7 +429,7 @@ def _shared_epoch_pass(network, optimiser, data, order, generator, config, log_r
             continue
         with _autocast(data.device):
             log_freq = network(x[keep], inputs[keep])
-        per_cell = _nll_per_cell(log_freq, torch.log(library[keep]) + log_ratio, target[keep], model)
+        per_cell = _nll_per_cell(log_freq, (torch.log(library) + log_ratio)[keep], target[keep], model)
         loss = per_cell.sum() * (world / kept)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
