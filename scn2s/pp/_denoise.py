@@ -422,7 +422,7 @@ def _best_params(fit) -> dict:
         "bottleneck": config.bottleneck,
         "dropout": config.dropout,
         "posterior": config.posterior,
-        "input_range": np.array(_input_range(config), dtype=np.float64),
+        "input_range": list(_input_range(config)),
         "shape_scale": fit.shape_scale,
         "epochs": fit.epochs,
         "inference": fit.mode,

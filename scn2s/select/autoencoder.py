@@ -139,7 +139,7 @@ def fit_autoencoder(
     For each of the first ``n_splits`` splits and each candidate, a network is trained across the molecules
     of the training half (:func:`scn2s.models.autoencoder.train.train`) with early stopping on the held-out
     half, which it never sees as input or target. The candidate, its number of epochs and its inference mode
-    (all molecules as input, or the average over thinned replicas at the training input depth) are chosen by
+    (all molecules as input, or the average over thinned replicas at ``input_fraction``) are chosen by
     the held-out loss of :mod:`scn2s.loss`, the same loss and molecules that score the low-rank family. The
     best of the candidates that leave ``posterior`` unset (every default candidate) is also trained with the
     posterior switched off (on, if it was off), and that variant competes on the same held-out molecules: the

@@ -149,8 +149,8 @@ def predict_rates(
 ) -> torch.Tensor:
     """Expected counts of the given cells at their own depth.
 
-    ``mode="full"`` feeds all of a cell's molecules (a deeper input than in training); ``"replicas"``
-    averages the predicted frequencies over ``n_replicas`` thinnings at the training input depth. Either
+    ``mode="full"`` feeds all of a cell's molecules (deeper than most training inputs); ``"replicas"``
+    averages the predicted frequencies over ``n_replicas`` thinnings to ``input_fraction``. Either
     way the frequencies are scaled by the cell's full library size. With a posterior, the network's frequencies
     are the prior and all the cell's molecules update it, with the learned shapes times ``shape_scale``.
     """
