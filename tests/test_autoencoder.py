@@ -300,6 +300,24 @@ def test_denoise_autoencoder_writes_layer_and_curves(halves):
     assert inference in summary[1]
 
 
+def test_the_record_of_chosen_candidates_writes_to_h5ad(halves, tmp_path):
+    import anndata as ad
+
+    adata = halves[0].copy()
+    configs = [{**TINY, "max_epochs": 2, "input_range": None}, {**TINY, "max_epochs": 2, "input_range": (0.2, 0.8)}]
+    scn2s.pp.denoise(adata, method="autoencoder", autoencoder_configs=configs, progress=False)
+    adata.write_h5ad(tmp_path / "out.h5ad")
+    record = ad.read_h5ad(tmp_path / "out.h5ad").uns["denoised"]
+    assert record["params"]["autoencoder_configs"]["0"]["input_range"] is None
+    np.testing.assert_array_equal(record["params"]["autoencoder_configs"]["1"]["input_range"], [0.2, 0.8])
+    selection = record["selection"]["autoencoder"]
+    labels = list(selection["grid"]["config"])
+    assert labels[:2] == ["h32-b4-d0-f0.5", "h32-b4-d0-f0.2:0.8"]
+    np.testing.assert_array_equal(selection["input_range"][:2], [[0.5, 0.5], [0.2, 0.8]])
+    chosen = labels.index(selection["chosen"])
+    np.testing.assert_array_equal(record["best_params"]["input_range"], selection["input_range"][chosen])
+
+
 def test_a_posterior_set_by_the_caller_is_not_switched(halves):
     adata, _, _ = halves
     splits = Splits.draw(np.random.default_rng(0), 1, 0.5)

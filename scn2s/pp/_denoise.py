@@ -182,7 +182,8 @@ def denoise(
         expected counts (:func:`scn2s.models.lowrank.unscaled_counts`) to sum to it
         (:func:`scn2s.models.lowrank.cell_scale`).
     ``adata.uns[key_added]``
-        ``method`` (the family written); ``params`` (the arguments); ``best_params`` (``{"rank": k}``, or the
+        ``method`` (the family written); ``params`` (the arguments; ``autoencoder_configs`` as a mapping by
+        position, ``"0"``, ``"1"``, ...); ``best_params`` (``{"rank": k}``, or the
         autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``posterior``, ``input_range``, ``shape_scale``,
         ``epochs`` and ``inference``);
         ``selection``, per family
@@ -365,7 +366,11 @@ def denoise(
     if device is not None:
         params["device"] = device
     if autoencoder_configs is not None:
-        params["autoencoder_configs"] = [dict(c) for c in autoencoder_configs]
+        # a mapping by position, of lists for tuples: what anndata can write to .h5ad
+        params["autoencoder_configs"] = {
+            str(i): {k: list(v) if isinstance(v, tuple) else v for k, v in c.items()}
+            for i, c in enumerate(autoencoder_configs)
+        }
     selection = {}
     if "lowrank" in fits:
         selection["lowrank"] = _lowrank_record(fits["lowrank"]) | {"p": p, "n_splits": n_splits, "seed": seed}
