@@ -79,9 +79,9 @@ def denoise(
     * ``"autoencoder"``: for each candidate of ``autoencoder_configs``, a count autoencoder is trained across
       the molecules of the first ``autoencoder_splits`` training halves (a fresh input/target split every
       epoch, at a fraction drawn for each cell from ``input_range``) with early stopping on the held-out half.
-      Its output is the posterior mean of each cell's
-      frequencies under a gamma prior centred on the network's, with a learned shape per gene, given the cell's
-      own counts (``posterior=True``, the default; see :class:`~scn2s.models.autoencoder.module.CountAutoencoder`).
+      Its output is the posterior mean of each cell's frequencies under a gamma prior centred on the network's,
+      with a learned shape per gene, given the cell's own counts (``posterior=True``, the default; see
+      :class:`~scn2s.models.autoencoder.module.CountAutoencoder`).
       The inference mode (all of a cell's molecules as input, or the mean over thinned replicas) and a factor on
       the learned shapes (:data:`~scn2s.select.autoencoder.SHAPE_SCALES`: at inference the network sees more
       molecules than in training, and its prior deserves more weight) are chosen on the same held-out molecules.
@@ -183,9 +183,8 @@ def denoise(
         (:func:`scn2s.models.lowrank.cell_scale`).
     ``adata.uns[key_added]``
         ``method`` (the family written); ``params`` (the arguments; ``autoencoder_configs`` as a mapping by
-        position, ``"0"``, ``"1"``, ...); ``best_params`` (``{"rank": k}``, or the
-        autoencoder's ``hidden``, ``bottleneck``, ``dropout``, ``posterior``, ``input_range``, ``shape_scale``,
-        ``epochs`` and ``inference``);
+        position, ``"0"``, ``"1"``, ...); ``best_params`` (``{"rank": k}``, or the autoencoder's ``hidden``,
+        ``bottleneck``, ``dropout``, ``posterior``, ``input_range``, ``shape_scale``, ``epochs`` and ``inference``);
         ``selection``, per family
         searched: for ``lowrank``, ``grid`` (``{"rank": ranks}``), ``loss`` (the loss's name), ``loss_mean``,
         ``loss_std`` and ``loss_per_split`` (held-out loss per entry, see :mod:`scn2s.loss`), ``split_rank`` (chosen at
@@ -427,16 +426,11 @@ def _best_params(fit) -> dict:
         "bottleneck": config.bottleneck,
         "dropout": config.dropout,
         "posterior": config.posterior,
-        "input_range": list(_input_range(config)),
+        "input_range": list(config.input_bounds),
         "shape_scale": fit.shape_scale,
         "epochs": fit.epochs,
         "inference": fit.mode,
     }
-
-
-def _input_range(config) -> tuple[float, float]:
-    """The lowest and highest fraction of a cell's molecules that a candidate's training inputs hold."""
-    return (config.input_fraction,) * 2 if config.input_range is None else config.input_range
 
 
 def _lowrank_record(fit: LowRankSelection) -> dict:
@@ -475,7 +469,7 @@ def _autoencoder_record(fit: AutoencoderSelection) -> dict:
         "bottleneck": np.array([c.bottleneck for c in fit.configs]),
         "dropout": np.array([c.dropout for c in fit.configs]),
         "posterior": np.array([c.posterior for c in fit.configs]),
-        "input_range": np.array([_input_range(c) for c in fit.configs], dtype=np.float64),
+        "input_range": np.array([c.input_bounds for c in fit.configs], dtype=np.float64),
         "loss_mean": fit.loss_mean,
         "loss_std": fit.loss_std,
         "loss_per_split": fit.losses,

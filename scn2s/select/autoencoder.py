@@ -54,8 +54,8 @@ def config_label(config) -> str:
 
     label = f"h{config.hidden}-b{config.bottleneck}-d{config.dropout:g}"
     if config.input_range != TrainConfig.input_range:
-        fractions = (config.input_fraction,) if config.input_range is None else config.input_range
-        label += "-f" + ":".join(f"{f:g}" for f in fractions)
+        low, high = config.input_bounds
+        label += f"-f{low:g}" if config.input_range is None else f"-f{low:g}:{high:g}"
     return label if config.posterior else f"{label}-noposterior"
 
 

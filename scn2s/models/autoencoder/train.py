@@ -71,6 +71,11 @@ class TrainConfig:
             raise ValueError(msg)
         object.__setattr__(self, "input_range", values)
 
+    @property
+    def input_bounds(self) -> tuple[float, float]:
+        """The lowest and highest fraction of a cell's training molecules in its inputs."""
+        return (self.input_fraction,) * 2 if self.input_range is None else self.input_range
+
 
 @dataclass
 class TrainResult:
