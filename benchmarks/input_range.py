@@ -23,11 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import load_task, task_parser
+from peers import load_task, task_parser, training_halves
 
 from scn2s.models.autoencoder.data import CsrBatches
 from scn2s.models.autoencoder.train import TrainConfig, heldout_loss, train
-from scn2s.select import Splits
 from scn2s.select.autoencoder import SHAPE_SCALES, config_label
 
 # the candidate scn2s auto chose for each task in the peers run (benchmarks/RESULTS.md, "Peers")
@@ -43,9 +42,7 @@ def compare(task_name: str, data_dir: Path, seeds: list[int]) -> list[dict]:
     task = load_task(task_name, data_dir)
     rows = []
     for seed in seeds:
-        train_half, heldout = Splits.draw(np.random.default_rng(seed), 1, 0.5).get(0, task.counts)
-        genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
-        train_half, heldout = train_half[:, genes], heldout[:, genes]
+        train_half, heldout = training_halves(task, seed)
         data, held = CsrBatches(train_half, "cpu"), CsrBatches(heldout, "cpu")
         for input_range in RANGES:
             config = TrainConfig(**CANDIDATES[task_name], input_range=input_range)

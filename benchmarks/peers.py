@@ -699,6 +699,16 @@ def choice(method: str, info: dict) -> str:
     )
 
 
+def training_halves(task: Task, seed: int) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    """One split of the task's input at ``p = 0.5`` (``np.random.default_rng(seed)``): the training and held-out
+    halves, on the genes with training molecules (as the autoencoder search trains on them)."""
+    from scn2s.select import Splits
+
+    train_half, heldout = Splits.draw(np.random.default_rng(seed), 1, 0.5).get(0, task.counts)
+    genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
+    return train_half[:, genes], heldout[:, genes]
+
+
 def task_parser(description: str) -> argparse.ArgumentParser:
     """Command-line parser with the options every benchmark over these tasks has: ``--tasks``, ``--data-dir``."""
     parser = argparse.ArgumentParser(description=description)

@@ -21,20 +21,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import load_task, task_parser
+from peers import load_task, task_parser, training_halves
 
 from scn2s.models.autoencoder.data import CsrBatches
 from scn2s.models.autoencoder.train import TrainConfig, heldout_loss, train
-from scn2s.select import DEFAULT_CONFIGS, Splits
+from scn2s.select import DEFAULT_CONFIGS
 from scn2s.select.autoencoder import config_label
 
 
 def compare(task_name: str, data_dir: Path) -> list[str]:
     task = load_task(task_name, data_dir)
-    splits = Splits.draw(np.random.default_rng(0), 1, 0.5)
-    train_half, heldout = splits.get(0, task.counts)
-    genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
-    train_half, heldout = train_half[:, genes], heldout[:, genes]
+    train_half, heldout = training_halves(task, 0)
     rows = []
     for raw in DEFAULT_CONFIGS:
         for posterior in (False, True):
