@@ -1,1 +1,0 @@
-"""Denoising models, array level: no AnnData here."""
