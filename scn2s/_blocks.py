@@ -1,24 +1,20 @@
-"""Count matrices read in blocks of consecutive cells (array level).
+"""Count matrices read in blocks of consecutive cells (array level), shared by every family.
 
-Every pass of the low-rank pipeline (library sizes, splits, the products of the randomized SVD, the
-held-out losses) goes over the cells block by block, so an input is never converted or densified whole,
-and an input on disk (an h5py dataset or anndata's backed sparse dataset) is streamed.
+The molecule splits are drawn block by block (:class:`scn2s.select.Splits`), the low-rank family makes every pass
+over the cells block by block (:mod:`scn2s.lowrank.blocks`), and the output layer is written block by block, so
+an input is never converted or densified whole, and an input on disk (an h5py dataset or anndata's backed sparse
+dataset) is streamed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
 
 from ._sparse import canonical_csr, int32_indices
 from ._validate import check_counts
-from .models.lowrank import sqrt_normalize
-
-if TYPE_CHECKING:
-    from .select.splits import Splits
 
 __all__ = ["BLOCK_ROWS", "RowBlocks", "block_slices"]
 
@@ -107,30 +103,3 @@ class RowBlocks:
         for _, rows, block in self:
             library[rows] = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
         return library
-
-    def split(self, splits: Splits, i: int) -> tuple[list, list, np.ndarray]:
-        """Split ``i`` of every block: ``(training blocks, held-out blocks, training library sizes)``."""
-        train, heldout = [], []
-        library = np.empty(self.shape[0])
-        for b, rows, block in self:
-            train_block, heldout_block = splits.get_block(i, b, block)
-            library[rows] = np.asarray(train_block.sum(axis=1, dtype=np.float64)).ravel()
-            train.append(train_block)
-            heldout.append(_narrow(heldout_block))
-            del block
-        return train, heldout, library
-
-    def normalised(self, library: np.ndarray, target_sum: float, parts: list | None = None) -> list:
-        """:func:`~scn2s.models.lowrank.sqrt_normalize` of each block of ``parts`` (default: the counts)."""
-        if parts is None:
-            return [sqrt_normalize(block, library[rows], target_sum) for _, rows, block in self]
-        for j, rows in enumerate(self.slices):  # in place: each part is freed as soon as it is normalised
-            parts[j] = sqrt_normalize(parts[j], library[rows], target_sum)
-        return parts
-
-
-def _narrow(counts: sparse.csr_matrix) -> sparse.csr_matrix:
-    """``counts`` with its values in ``uint16`` when they fit (held while a split is scored: half the memory)."""
-    if counts.data.size and counts.data.max() <= np.iinfo(np.uint16).max:
-        counts.data = counts.data.astype(np.uint16)
-    return counts

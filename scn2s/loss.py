@@ -28,6 +28,7 @@ __all__ = [
     "convert_sqrt_mean",
     "heldout_sqrt_mse",
     "poisson_nll",
+    "sqrt_mean_table",
     "sqrt_poisson_mean",
     "sqrt_poisson_mean_inverse",
 ]
@@ -37,7 +38,7 @@ _LAM_MAX = 1e4
 
 
 @cache
-def _table() -> tuple[np.ndarray, np.ndarray]:
+def sqrt_mean_table() -> tuple[np.ndarray, np.ndarray]:
     """log(lambda) and log(m(lambda)) on a grid, computed once by direct summation."""
     lam = np.geomspace(_LAM_MIN, _LAM_MAX, 1200)
     k_max = int(_LAM_MAX + 12 * np.sqrt(_LAM_MAX) + 50)
@@ -62,7 +63,7 @@ def sqrt_poisson_mean(lam: np.ndarray | float) -> np.ndarray:
     :math:`\sqrt\lambda - 1/(8\sqrt\lambda)` above ``1e4``.
     """
     lam = np.asarray(lam, dtype=np.float64)
-    log_lam, log_m = _table()
+    log_lam, log_m = sqrt_mean_table()
     out = np.empty_like(lam)
     low = lam < _LAM_MIN
     high = lam > _LAM_MAX
@@ -76,7 +77,7 @@ def sqrt_poisson_mean(lam: np.ndarray | float) -> np.ndarray:
 @cache
 def _inverse_table() -> tuple[float, float, np.ndarray]:
     """``log(lambda)`` on a uniform grid of ``log(m)``: start, step and values (2**16 points)."""
-    log_lam, log_m = _table()
+    log_lam, log_m = sqrt_mean_table()
     grid = np.linspace(log_m[0], log_m[-1], 1 << 16)
     return float(grid[0]), float(grid[1] - grid[0]), np.interp(grid, log_m, log_lam)
 
@@ -91,7 +92,7 @@ def sqrt_poisson_mean_inverse(y: np.ndarray | float) -> np.ndarray:
     y = np.asarray(y, dtype=np.float64)
     shape = y.shape
     y = y.reshape(-1)
-    _, log_m = _table()
+    _, log_m = sqrt_mean_table()
     y_min, y_max = np.exp(log_m[0]), np.exp(log_m[-1])
     start, step, values = _inverse_table()
     # position on the grid, clipped to its ends (values outside are replaced below)

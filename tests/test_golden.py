@@ -60,23 +60,32 @@ def _counts(kind: str = "csr", n_cells: int = 160, n_genes: int = 40, rng: int =
     return adata
 
 
-def _lowrank(**kwargs):
-    return _counts(kwargs.pop("kind", "csr")), {"method": "lowrank", "max_rank": 8, "n_splits": 2, **kwargs}
+def _lowrank(kind: str = "csr", lowrank_kwds: dict | None = None, **kwargs):
+    lowrank_kwds = {"max_rank": 8, **(lowrank_kwds or {})}
+    return _counts(kind), {"method": "lowrank", "lowrank_kwds": lowrank_kwds, "n_splits": 2, **kwargs}
 
 
-def _autoencoder(method: str, **kwargs):
+def _autoencoder(method: str, autoencoder_splits: int = 1, **kwargs):
     configs = [TINY] if method == "auto" else [TINY, {**TINY, "bottleneck": 2, "posterior": False, "input_range": None}]
     adata = _counts(n_cells=120)
-    return adata, {"method": method, "autoencoder_configs": configs, "max_rank": 6, "n_splits": 2, **kwargs}
+    autoencoder_kwds = {"configs": configs, "n_splits": autoencoder_splits}
+    lowrank_kwds = {"max_rank": 6}  # recorded in params even when the low-rank family does not run
+    return adata, {
+        "method": method,
+        "autoencoder_kwds": autoencoder_kwds,
+        "lowrank_kwds": lowrank_kwds,
+        "n_splits": 2,
+        **kwargs,
+    }
 
 
 def _backed(tmp_path: Path, method: str):
     path = tmp_path / "counts.h5ad"
     _counts().write_h5ad(path)
     adata = ad.read_h5ad(path, backed="r")
-    kwargs = {"method": method, "max_rank": 6, "n_splits": 2, "mask_var": "highly_variable"}
+    kwargs = {"method": method, "lowrank_kwds": {"max_rank": 6}, "n_splits": 2, "mask_var": "highly_variable"}
     if method != "lowrank":
-        kwargs["autoencoder_configs"] = [TINY]
+        kwargs["autoencoder_kwds"] = {"configs": [TINY]}
     return adata, kwargs
 
 
@@ -84,14 +93,14 @@ def _dask(output: str):
     da = pytest.importorskip("dask.array")
     adata = _counts()
     adata.X = da.from_array(adata.X, chunks=(50, 40), asarray=False)
-    return adata, {"method": "lowrank", "max_rank": 8, "n_splits": 2, "output": output}
+    return adata, {"method": "lowrank", "lowrank_kwds": {"max_rank": 8}, "n_splits": 2, "output": output}
 
 
 CASES = {
     "lowrank-csr": lambda tmp: _lowrank(),
     "lowrank-dense-mask": lambda tmp: _lowrank(kind="dense", mask_var="highly_variable", p=0.4),
-    "lowrank-csc-sample-ratio": lambda tmp: _lowrank(kind="csc", sample_ratio=0.5, depth_correction=False),
-    "lowrank-fixed-rank": lambda tmp: _lowrank(rank=3, n_splits=1),
+    "lowrank-csc-sample-ratio": lambda tmp: _lowrank("csc", {"depth_correction": False}, sample_ratio=0.5),
+    "lowrank-fixed-rank": lambda tmp: _lowrank(lowrank_kwds={"rank": 3}, n_splits=1),
     "lowrank-factors": lambda tmp: _lowrank(output="factors", mask_var="highly_variable"),
     "autoencoder": lambda tmp: _autoencoder("autoencoder", autoencoder_splits=2),
     "auto": lambda tmp: _autoencoder("auto", mask_var="highly_variable"),

@@ -2,7 +2,7 @@
 
 scn2s launches no process. Run your script, or the ``scn2s`` command line, under ``torchrun
 --nproc_per_node=N`` and call :func:`init_from_env` before any work (the command line does). While a process group
-of more than one process is initialised, :func:`scn2s.models.autoencoder.train.train` trains with
+of more than one process is initialised, :func:`scn2s.autoencoder.train.train` trains with
 :class:`~torch.nn.parallel.DistributedDataParallel`:
 
 * every rank holds all the counts and draws the same permutation of the cells each epoch (the same seed on every
@@ -33,7 +33,6 @@ from scipy import sparse
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
-    "barrier",
     "broadcast_module",
     "check_same",
     "destroy",
@@ -125,12 +124,6 @@ def rank() -> int:
 def is_main_process() -> bool:
     """Whether this process is rank 0, the one that writes files and prints (True without a process group)."""
     return rank() == 0
-
-
-def barrier() -> None:
-    """Wait for every rank (nothing without a process group)."""
-    if is_distributed():
-        dist.barrier()
 
 
 def rank_seed(seed: int) -> int:

@@ -1,18 +1,34 @@
-"""Hyperparameter search of the autoencoder family (array level; torch inside)."""
+"""Hyperparameter search of the autoencoder family (array level; torch inside), behind the family interface.
+
+The interface is that of :mod:`scn2s.select.family`: :class:`AutoencoderOptions`, :func:`select` and
+:class:`AutoencoderSelection`. torch is imported only when a network is trained or run.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
 
 import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from .splits import Splits
+from .._validate import check_integer
+from ..select.family import options_from
+from ..select.splits import Splits
 
-__all__ = ["DEFAULT_CONFIGS", "SHAPE_SCALES", "AutoencoderSelection", "fit_autoencoder", "make_configs"]
+__all__ = [
+    "DEFAULT_CONFIGS",
+    "SHAPE_SCALES",
+    "AutoencoderOptions",
+    "AutoencoderSelection",
+    "config_label",
+    "fit_autoencoder",
+    "make_configs",
+    "select",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +41,39 @@ DEFAULT_CONFIGS: tuple[dict, ...] = (
 SHAPE_SCALES: tuple[float, ...] = tuple(2.0 ** (k / 2) for k in range(-4, 7))
 """Factors on the learned prior shapes tried at inference (0.25 to 8, by sqrt 2)."""
 
+LOSS = "heldout_sqrt_mse"
+"""The name of the held-out loss in the record (:func:`scn2s.loss.heldout_sqrt_mse`)."""
+
+
+@dataclass(frozen=True)
+class AutoencoderOptions:
+    """Options of the autoencoder family: ``autoencoder_kwds`` of :func:`scn2s.pp.denoise`.
+
+    Attributes
+    ----------
+    configs
+        Candidates, dicts of :class:`~scn2s.autoencoder.train.TrainConfig` fields (``hidden``, ``bottleneck``,
+        ``dropout``, ``posterior``, ``input_range``, ``max_epochs``, ``batch_size``, ``likelihood``, ...);
+        ``None``: :data:`DEFAULT_CONFIGS`.
+    n_splits
+        Number of splits the candidates are trained on (each costs one training per candidate).
+    """
+
+    configs: Sequence[Mapping] | None = None
+    n_splits: int = 1
+
+    def __post_init__(self) -> None:
+        check_integer("n_splits", self.n_splits, minimum=1)
+
+    @classmethod
+    def from_kwds(cls, kwds: Mapping | None) -> AutoencoderOptions:
+        """The options of an ``autoencoder_kwds`` mapping (``None``: the defaults); unknown keys raise."""
+        return options_from(cls, kwds, "autoencoder_kwds")
+
 
 def make_configs(configs: Sequence[Mapping] | None, **overrides):
-    """:class:`~scn2s.models.autoencoder.train.TrainConfig` objects from dicts (default grid if ``None``)."""
-    from ..models.autoencoder.train import TrainConfig
+    """:class:`~scn2s.autoencoder.train.TrainConfig` objects from dicts (default grid if ``None``)."""
+    from .train import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     out = []
@@ -50,7 +95,7 @@ def config_label(config) -> str:
     ``-noposterior`` is appended without the posterior, and the training input fractions where they differ from
     the default: ``-f0.5`` for a fixed fraction, ``-f0.2:0.8`` for a range.
     """
-    from ..models.autoencoder.train import TrainConfig
+    from .train import TrainConfig
 
     label = f"h{config.hidden}-b{config.bottleneck}-d{config.dropout:g}"
     if config.input_range != TrainConfig.input_range:
@@ -59,28 +104,41 @@ def config_label(config) -> str:
     return label if config.posterior else f"{label}-noposterior"
 
 
-@dataclass
+class SplitScore(NamedTuple):
+    """One candidate trained on one split's training half, scored on its held-out half."""
+
+    full: np.ndarray  # held-out loss with full-input inference, per shape scale (len(SHAPE_SCALES))
+    replicas: np.ndarray  # held-out loss with thinned-replica inference, per shape scale
+    best_epoch: int
+    heldout_curve: np.ndarray  # per epoch
+    train_curve: list[float]  # per epoch
+
+
+@dataclass(frozen=True)
 class AutoencoderSelection:
-    """Outcome of the autoencoder search, and the full-depth fit it chose."""
+    """Outcome of the autoencoder search and the fit it chose: a :class:`~scn2s.select.family.Selection`."""
 
     configs: list
     losses_full: np.ndarray  # (n_splits_used, n_configs), mean per entry, full-input inference, best shape scale
     losses_replicas: np.ndarray  # (n_splits_used, n_configs), thinned-replica inference, best shape scale
     best_epochs: np.ndarray  # (n_splits_used, n_configs)
-    shape_scales: np.ndarray = field(default_factory=lambda: np.ones(1))  # the factors tried on the prior shapes
-    losses_by_scale: np.ndarray | None = None  # (2 inference modes, n_splits_used, n_configs, n_scales)
-    shape_scale: float = 1.0  # the chosen candidate's factor in its inference mode
-    heldout_curves: list = field(default_factory=list)  # [split][config] -> per-epoch held-out loss
-    train_curves: list = field(default_factory=list)
-    best: int = 0
-    mode: str = "full"
-    epochs: int = 1
-    model: object = None
-    genes: np.ndarray | None = None
-    device: str = "cpu"
-    seed: int = 0
-    batch_size: int = 0
-    world_size: int = 1  # processes that trained together (torch.distributed)
+    shape_scales: np.ndarray  # the factors tried on the prior shapes
+    losses_by_scale: np.ndarray  # (2 inference modes, n_splits_used, n_configs, n_scales)
+    shape_scale: float  # the chosen candidate's factor in its inference mode (1 without a posterior)
+    heldout_curves: list  # [split][config] -> per-epoch held-out loss
+    train_curves: list
+    best: int  # index of the chosen candidate
+    mode: str  # its inference mode, "full" or "replicas"
+    epochs: int  # its epochs on the full counts
+    model: object  # the network trained on the full counts
+    counts: sparse.csr_matrix  # the counts it denoises (cells' own molecules are its input)
+    genes: np.ndarray  # the genes it models: those with a molecule
+    device: str
+    seed: int
+    batch_size: int
+    world_size: int  # processes that trained together (torch.distributed)
+
+    family = "autoencoder"
 
     @property
     def losses(self) -> np.ndarray:
@@ -97,15 +155,20 @@ class AutoencoderSelection:
         """Standard deviation of each candidate's held-out loss over the splits used (0 for one split)."""
         return self.losses.std(axis=0, ddof=1) if len(self.losses) > 1 else np.zeros(self.losses.shape[1])
 
-    def reconstruct(self, counts: sparse.csr_matrix, rows: slice) -> np.ndarray:
+    @property
+    def heldout_losses(self) -> np.ndarray:
+        """Held-out loss of the chosen candidate, per split it was trained on."""
+        return self.losses[:, self.best]
+
+    def reconstruct(self, rows: slice) -> np.ndarray:
         """Denoised expected counts of a block of cells (all modelled genes)."""
         import torch
 
-        from ..models.autoencoder.data import CsrBatches
-        from ..models.autoencoder.train import predict_rates
+        from .data import CsrBatches
+        from .train import predict_rates
 
-        n_genes = counts.shape[1]
-        block = counts[rows]
+        n_genes = self.counts.shape[1]
+        block = self.counts[rows]
         out = np.zeros((block.shape[0], n_genes))
         data = CsrBatches(block[:, self.genes], self.device)
         generator = torch.Generator(device=self.device).manual_seed(self.seed + (rows.start or 0))
@@ -123,6 +186,58 @@ class AutoencoderSelection:
         out[:, self.genes] = rates.cpu().numpy()
         return out
 
+    def best_params(self) -> dict:
+        """The chosen candidate's architecture, posterior, training inputs, shape factor, epochs and inference."""
+        config = self.configs[self.best]
+        return {
+            "hidden": config.hidden,
+            "bottleneck": config.bottleneck,
+            "dropout": config.dropout,
+            "posterior": config.posterior,
+            "input_range": list(config.input_bounds),
+            "shape_scale": self.shape_scale,
+            "epochs": self.epochs,
+            "inference": self.mode,
+        }
+
+    def record(self) -> dict:
+        """The family's entry of ``uns[key_added]["selection"]`` (without the shared ``p`` and ``seed``)."""
+        labels = [config_label(c) for c in self.configs]
+        curves = {
+            name: {
+                label: {f"split_{i}": np.asarray(per_split[j], dtype=np.float64) for i, per_split in enumerate(source)}
+                for j, label in enumerate(labels)
+            }
+            for name, source in (("heldout_curves", self.heldout_curves), ("train_curves", self.train_curves))
+        }
+        return {
+            "loss": LOSS,
+            "grid": {"config": np.array(labels)},
+            "hidden": np.array([c.hidden for c in self.configs]),
+            "bottleneck": np.array([c.bottleneck for c in self.configs]),
+            "dropout": np.array([c.dropout for c in self.configs]),
+            "posterior": np.array([c.posterior for c in self.configs]),
+            "input_range": np.array([c.input_bounds for c in self.configs], dtype=np.float64),
+            "loss_mean": self.loss_mean,
+            "loss_std": self.loss_std,
+            "loss_per_split": self.losses,
+            "loss_full_input": self.losses_full,
+            "loss_replicas": self.losses_replicas,
+            "shape_scales": self.shape_scales,
+            "loss_full_input_by_scale": self.losses_by_scale[0],
+            "loss_replicas_by_scale": self.losses_by_scale[1],
+            "shape_scale": self.shape_scale,
+            "best_epochs": self.best_epochs,
+            **curves,
+            "chosen": labels[self.best],
+            "epochs": self.epochs,
+            "inference": self.mode,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "n_splits": int(self.losses.shape[0]),
+        }
+
 
 def fit_autoencoder(
     counts: sparse.csr_matrix,
@@ -137,7 +252,7 @@ def fit_autoencoder(
     """Choose autoencoder hyperparameters by held-out molecules and train the choice on the full counts.
 
     For each of the first ``n_splits`` splits and each candidate, a network is trained across the molecules
-    of the training half (:func:`scn2s.models.autoencoder.train.train`) with early stopping on the held-out
+    of the training half (:func:`scn2s.autoencoder.train.train`) with early stopping on the held-out
     half, which it never sees as input or target. The candidate, its number of epochs and its inference mode
     (all molecules as input, or the average over thinned replicas at ``input_fraction``) are chosen by
     the held-out loss of :mod:`scn2s.loss`, the same loss and molecules that score the low-rank family. The
@@ -153,7 +268,7 @@ def fit_autoencoder(
     splits
         The shared splits.
     configs
-        Candidate settings (dicts of :class:`~scn2s.models.autoencoder.train.TrainConfig` fields); default
+        Candidate settings (dicts of :class:`~scn2s.autoencoder.train.TrainConfig` fields); default
         :data:`DEFAULT_CONFIGS`. Set ``posterior`` in a candidate to keep the search from switching it.
     n_splits
         How many of the splits to train on (each costs one training per candidate; their halves are held in
@@ -167,15 +282,15 @@ def fit_autoencoder(
 
     Notes
     -----
-    Under ``torch.distributed`` (``torchrun``; :mod:`scn2s.models.autoencoder.distributed`), every rank calls this
+    Under ``torch.distributed`` (``torchrun``; :mod:`scn2s.autoencoder.distributed`), every rank calls this
     with the same counts, splits and ``rng`` state: each training is shared between the ranks, the held-out
     molecules are the same on every rank (checked), and so are the losses, the choice and the final network.
     """
     import torch
 
-    from ..models.autoencoder import distributed
-    from ..models.autoencoder.data import CsrBatches
-    from ..models.autoencoder.train import heldout_loss, resolve_device, train
+    from . import distributed
+    from .data import CsrBatches
+    from .train import heldout_loss, resolve_device, train
 
     device = resolve_device(device)
     candidates = make_configs(configs)
@@ -193,7 +308,7 @@ def fit_autoencoder(
         unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
         halves.append((train_half[:, genes], heldout_half[:, genes], len(genes) / g, unseen / (n * g)))
 
-    def score(config) -> list[tuple[np.ndarray, np.ndarray, int, np.ndarray, list[float]]]:
+    def score(config) -> list[SplitScore]:
         """Train ``config`` on each split's training half.
 
         Per split: the held-out loss with full and with replica inference (one a shape scale), the best epoch, and
@@ -222,7 +337,7 @@ def fit_autoencoder(
                 by_mode.append(np.broadcast_to(losses * scale + unseen, len(SHAPE_SCALES)))
             logger.debug("split %d %s: epoch %d, loss %.6g", i, config_label(config), result.best_epoch, by_mode[0][0])
             curve = np.asarray(result.heldout_loss) * scale + unseen
-            out.append((*by_mode, result.best_epoch, curve, result.train_loss))
+            out.append(SplitScore(*by_mode, result.best_epoch, curve, result.train_loss))
             bar.update()
         return out
 
@@ -232,9 +347,9 @@ def fit_autoencoder(
         disable=not progress or not distributed.is_main_process(),
     )
 
-    def stacked(k: int) -> np.ndarray:
-        """Field ``k`` of every score as a ``(splits, candidates, ...)`` array."""
-        return np.array([[split[k] for split in per] for per in scores]).swapaxes(0, 1)
+    def stacked(name: str) -> np.ndarray:
+        """Field ``name`` of every score as a ``(splits, candidates, ...)`` array."""
+        return np.array([[getattr(split, name) for split in per] for per in scores]).swapaxes(0, 1)
 
     def by_scale() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Losses by inference mode and shape scale, each mode's and candidate's best scale, the losses there.
@@ -242,7 +357,7 @@ def fit_autoencoder(
         ``(2, splits, candidates, scales)``; ``(2, candidates)``, the scale of lowest mean loss over the splits;
         ``(2, splits, candidates)``.
         """
-        losses = np.stack([stacked(0), stacked(1)])
+        losses = np.stack([stacked("full"), stacked("replicas")])
         index = np.argmin(losses.mean(axis=1), axis=-1)
         return losses, index, np.take_along_axis(losses, index[:, None, :, None], axis=-1)[..., 0]
 
@@ -256,44 +371,67 @@ def fit_autoencoder(
             scores.append(score(switched))
     bar.close()
     losses_by_scale, scale_index, (full, replicas) = by_scale()
-    best_epochs = stacked(2)
-    heldout_curves = [[per[i][3] for per in scores] for i in range(used)]
-    train_curves = [[np.asarray(per[i][4]) for per in scores] for i in range(used)]
-    selection = AutoencoderSelection(
+    best_epochs = stacked("best_epoch")
+    best = int(np.argmin(np.minimum(full, replicas).mean(axis=0)))
+    mode = "replicas" if replicas[:, best].mean() < full[:, best].mean() else "full"
+    config = candidates[best]
+    shape_scale = float(SHAPE_SCALES[scale_index[int(mode == "replicas"), best]]) if config.posterior else 1.0
+    epochs = max(1, int(np.round(best_epochs[:, best].mean())))
+    logger.info(
+        "autoencoder %s chosen: %d epochs, %s inference, shape scale %g",
+        config_label(config),
+        epochs,
+        mode,
+        shape_scale,
+    )
+    genes = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
+    final = train(
+        counts[:, genes],
+        config,
+        epochs=epochs,
+        device=device,
+        seed=seeds[-1],
+        progress=progress and distributed.is_main_process(),
+    )
+    return AutoencoderSelection(
         configs=candidates,
         losses_full=full,
         losses_replicas=replicas,
         best_epochs=best_epochs.astype(int),
         shape_scales=np.array(SHAPE_SCALES),
         losses_by_scale=losses_by_scale,
-        heldout_curves=heldout_curves,
-        train_curves=train_curves,
+        shape_scale=shape_scale,
+        heldout_curves=[[per[i].heldout_curve for per in scores] for i in range(used)],
+        train_curves=[[np.asarray(per[i].train_curve) for per in scores] for i in range(used)],
+        best=best,
+        mode=mode,
+        epochs=epochs,
+        model=final.model,
+        counts=counts,
+        genes=genes,
         device=str(device),
         seed=seeds[-1],
+        batch_size=final.batch_size,
         world_size=distributed.world_size(),
     )
-    selection.best = int(np.argmin(selection.loss_mean))
-    selection.mode = "replicas" if replicas[:, selection.best].mean() < full[:, selection.best].mean() else "full"
-    config = candidates[selection.best]
-    if config.posterior:
-        selection.shape_scale = float(SHAPE_SCALES[scale_index[int(selection.mode == "replicas"), selection.best]])
-    selection.epochs = max(1, int(np.round(best_epochs[:, selection.best].mean())))
-    logger.info(
-        "autoencoder %s chosen: %d epochs, %s inference, shape scale %g",
-        config_label(config),
-        selection.epochs,
-        selection.mode,
-        selection.shape_scale,
-    )
-    selection.genes = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
-    final = train(
-        counts[:, selection.genes],
-        config,
-        epochs=selection.epochs,
+
+
+def select(
+    counts: sparse.csr_matrix,
+    *,
+    splits: Splits,
+    options: AutoencoderOptions,
+    device: str | None = None,
+    rng: np.random.Generator,
+    progress: bool = False,
+) -> AutoencoderSelection:
+    """The family interface (:mod:`scn2s.select.family`): :func:`fit_autoencoder` with ``options``."""
+    return fit_autoencoder(
+        counts,
+        splits=splits,
+        configs=options.configs,
+        n_splits=options.n_splits,
         device=device,
-        seed=seeds[-1],
-        progress=progress and distributed.is_main_process(),
+        rng=rng,
+        progress=progress,
     )
-    selection.model = final.model
-    selection.batch_size = final.batch_size
-    return selection

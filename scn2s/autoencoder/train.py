@@ -8,7 +8,7 @@ Molecules held out once, before training (``heldout``), are never input or targe
 hyperparameters, with the cross-molecule loss of :mod:`scn2s.loss`.
 
 While a ``torch.distributed`` process group of more than one process is initialised (``torchrun``), training and
-the held-out loss are shared between the ranks; see :mod:`scn2s.models.autoencoder.distributed`. Every rank must
+the held-out loss are shared between the ranks; see :mod:`scn2s.autoencoder.distributed`. Every rank must
 then call :func:`train` and :func:`heldout_loss` with the same arguments.
 """
 
@@ -25,7 +25,7 @@ import torch
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from ...loss import _table
+from ..loss import sqrt_mean_table
 from . import distributed
 from .data import CsrBatches, input_transform, thin
 from .module import CountAutoencoder
@@ -97,7 +97,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def sqrt_poisson_mean_torch(rate: torch.Tensor) -> torch.Tensor:
     """Torch version of :func:`scn2s.loss.sqrt_poisson_mean` (same table, evenly spaced in log rate)."""
-    table_log_lam, table_log_m = _table()
+    table_log_lam, table_log_m = sqrt_mean_table()
     log_m = torch.as_tensor(table_log_m, dtype=torch.float32, device=rate.device)
     start, step = float(table_log_lam[0]), float(table_log_lam[1] - table_log_lam[0])
     lam_min, lam_max = float(np.exp(table_log_lam[0])), float(np.exp(table_log_lam[-1]))

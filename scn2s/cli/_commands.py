@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._memory import check_layer_fits
 from .._validate import describe_source, gene_mask, get_counts
-from ..pp._output import check_layer_fits
 from ._files import InputError, atomic_write, check_paths, input_errors, read_h5ad, write_h5ad
 from ._report import selection_summary
 
@@ -101,7 +101,7 @@ def _torchrun(device: str | None) -> Iterator[tuple[bool, str | None]]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield True, device
         return
-    from ..models.autoencoder import distributed
+    from ..autoencoder import distributed
 
     joined = not distributed.is_distributed()
     resolved = distributed.init_from_env(device)

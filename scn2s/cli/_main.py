@@ -98,8 +98,7 @@ def _package_logging(verbose: int, quiet: bool) -> Iterator[None]:
 
 def _parser() -> argparse.ArgumentParser:
     from .. import __version__, pp
-    from ..pp._denoise import _METHODS
-    from ..pp._output import OUTPUTS
+    from .._names import METHODS, OUTPUTS
 
     parser = _Parser(prog="scn2s", description=_DESCRIPTION, parents=[_verbosity(suppress=False)])
     parser.add_argument("--version", action="version", version=f"scn2s {__version__}")
@@ -117,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         "the denoised layer and the selection record (scn2s.pp.denoise).",
     )
     _input_output(den)
-    den.add_argument("--method", choices=_METHODS, default=default("method"), help="denoising family (%(default)s)")
+    den.add_argument("--method", choices=METHODS, default=default("method"), help="denoising family (%(default)s)")
     den.add_argument("--layer", help="layer holding the raw counts (default: X)")
     den.add_argument(
         "--key-added", type=_key, default=default("key_added"), help="name of the layer and uns entry (%(default)s)"

@@ -3,15 +3,17 @@
 The counts are rechunked to :data:`scn2s._blocks.BLOCK_ROWS` cells (all genes) per chunk, so chunk ``b`` is block
 ``b`` of :class:`~scn2s._blocks.RowBlocks` and its split (:meth:`scn2s.select.Splits.get_block`, seeded by the
 split and ``b``) holds the very molecules it holds in memory. Each step is a per-chunk function of the array
-level (:func:`~scn2s.models.lowrank.sqrt_normalize`, :func:`~scn2s.models.lowrank.block_loss_per_rank`,
-:func:`~scn2s.models.lowrank.unscaled_counts`, ...) mapped over the chunks; reductions (column sums, the products
+level (:func:`~scn2s.lowrank.model.sqrt_normalize`, :func:`~scn2s.lowrank.model.block_loss_per_rank`,
+:func:`~scn2s.lowrank.model.unscaled_counts`, ...) mapped over the chunks; reductions (column sums, the products
 ``Y.T @ Q``, Gram matrices, held-out losses) are summed from per-chunk partials on the cluster. Only arrays of
 cells x rank, genes x rank or smaller come back to the client. The algorithm itself is not here:
-:func:`~scn2s.models.lowrank.randomized_svd` drives :class:`DaskOperator` exactly as it drives the blocks in
-memory, and :func:`~scn2s.select.search_lowrank` drives :class:`DaskRowBlocks` as it drives
-:class:`~scn2s._blocks.RowBlocks`.
+:func:`~scn2s.lowrank.model.randomized_svd` drives :class:`DaskOperator` exactly as it drives the blocks in
+memory, and :func:`~scn2s.lowrank.search.search_lowrank` drives :class:`DaskRowBlocks` as it drives
+:class:`~scn2s.lowrank.blocks.BlockCounts`: :meth:`DaskRowBlocks.operator` and
+:meth:`DaskRowBlocks.heldout_loss_per_rank` hand the maths the dask operator and the chunked held-out loss.
 
-This module imports dask; nothing imports it unless the counts are a dask array.
+A leaf: this module imports dask and the maths of :mod:`scn2s.lowrank.model`; nothing of the maths imports it,
+and nothing imports it unless the counts are a dask array.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import dask.array as da
 import numpy as np
 from scipy import linalg, sparse
 
-from . import _blocks
-from ._blocks import block_slices
-from ._sparse import canonical_csr
-from ._validate import check_counts
-from .models.lowrank import LowRankFactors, block_loss_per_rank, cell_scale, sqrt_normalize, unscaled_counts
+from .. import _blocks
+from .._blocks import block_slices
+from .._sparse import canonical_csr
+from .._validate import check_counts
+from .model import LowRankFactors, block_loss_per_rank, cell_scale, sqrt_normalize, unscaled_counts
 
 if TYPE_CHECKING:
-    from .select.splits import Splits
+    from ..select.splits import Splits
 
 __all__ = ["DaskOperator", "DaskRowBlocks", "DaskTall", "cell_scale_chunks", "denoised_layer"]
 
@@ -157,7 +159,7 @@ class DaskRowBlocks:
         return halves[0], halves[1], library.compute()
 
     def normalised(self, library: np.ndarray, target_sum: float, parts=None):
-        """:func:`~scn2s.models.lowrank.sqrt_normalize` of each chunk of ``parts`` (default: the counts), persisted."""
+        """:func:`~scn2s.lowrank.model.sqrt_normalize` of each chunk of ``parts`` (default: the counts), persisted."""
         parts = self.array if parts is None else parts
         library = da.from_array(library, chunks=(self.chunks,))
         return da.blockwise(
@@ -171,6 +173,18 @@ class DaskRowBlocks:
             dtype=np.float32,
             meta=_csr_meta(np.float32),
         ).persist()
+
+    @staticmethod
+    def operator(parts) -> DaskOperator:
+        """The centred operator of normalised chunks, for :func:`~scn2s.lowrank.model.randomized_svd`."""
+        return DaskOperator(parts)
+
+    @staticmethod
+    def heldout_loss_per_rank(
+        factors: LowRankFactors, cell_scale: np.ndarray, heldout, *, depth_ratio: float
+    ) -> np.ndarray:
+        """:func:`heldout_loss_per_rank_chunks` of the held-out chunks."""
+        return heldout_loss_per_rank_chunks(factors, cell_scale, heldout, depth_ratio=depth_ratio, chunk_size=2048)
 
 
 def _column_sums(block) -> np.ndarray:
@@ -188,11 +202,11 @@ def _left_chunk(block, Q: np.ndarray) -> np.ndarray:
 
 
 class DaskOperator:
-    """:class:`~scn2s.models.lowrank.CentredOperator` of a dask array ``Y`` of CSR row chunks (whole genes).
+    """:class:`~scn2s.lowrank.model.CentredOperator` of a dask array ``Y`` of CSR row chunks (whole genes).
 
     :meth:`right` is a tall dask array chunked like ``Y``'s rows, persisted on the workers; :meth:`left` sums
     per-chunk ``Y_b.T @ Q_b`` on the cluster and returns genes x ``w``. The per-chunk products are those of
-    :class:`~scn2s.models.lowrank.BlockOperator` (in ``Y``'s precision, accumulated in float64).
+    :class:`~scn2s.lowrank.model.BlockOperator` (in ``Y``'s precision, accumulated in float64).
     """
 
     def __init__(self, Y) -> None:
@@ -200,6 +214,7 @@ class DaskOperator:
             Y = Y.rechunk({1: -1})
         self.Y = Y
         self.shape = Y.shape
+        self.tall = DaskTall  # the operations on the tall matrices of right()
         n = Y.shape[0]
         sums = da.blockwise(
             _column_sums, "bj", Y, "bj", adjust_chunks={"b": 1}, dtype=np.float64, meta=np.empty((0, 0))
@@ -249,27 +264,27 @@ def _solve_chunk(A: np.ndarray, R: np.ndarray) -> np.ndarray:
 
 
 class DaskTall:
-    """The operations :func:`~scn2s.models.lowrank.orthonormalize` needs, on a tall dask array chunked by rows."""
+    """The operations :func:`~scn2s.lowrank.model.orthonormalize` needs, on a tall dask array chunked by rows."""
 
     @staticmethod
     def gram(A) -> np.ndarray:
+        """``A.T @ A``, summed from the chunks on the cluster."""
         return da.dot(A.T, A).compute()
 
     @staticmethod
     def solve(A, R: np.ndarray):
+        """``A @ inv(R)`` for an upper triangular ``R``, chunk by chunk, persisted."""
         return A.map_blocks(_solve_chunk, R=R, dtype=np.float64, meta=np.empty((0, 0))).persist()
 
     @staticmethod
-    def all_finite(A) -> bool:
-        # No pass over A (each pass is a round trip to the cluster): A = Q R^{-1} is CholeskyQR2's second pass, whose
-        # Gram matrix was finite for the Cholesky factor R to exist; a non-finite or singular R fails the caller's
-        # check that diag(R) is close to 1, which sends it to Householder QR as a non-finite A would.
-        del A
-        return True
+    def qr(A):
+        """The ``Q`` of dask's tall-and-skinny QR, persisted."""
+        return da.linalg.qr(A)[0].persist()
 
     @staticmethod
-    def qr(A):
-        return da.linalg.qr(A)[0].persist()
+    def gather(A) -> np.ndarray:
+        """``A`` computed into a numpy array."""
+        return A.compute()
 
 
 def _loss_chunk(heldout, a: np.ndarray, U: np.ndarray, *, factors: LowRankFactors, depth_ratio: float, chunk_size: int):
@@ -279,9 +294,9 @@ def _loss_chunk(heldout, a: np.ndarray, U: np.ndarray, *, factors: LowRankFactor
 def heldout_loss_per_rank_chunks(
     factors: LowRankFactors, cell_scale: np.ndarray, heldout, *, depth_ratio: float, chunk_size: int
 ) -> np.ndarray:
-    """:func:`~scn2s.models.lowrank.heldout_loss_per_rank` of a dask array of held-out CSR row chunks.
+    """:func:`~scn2s.lowrank.model.heldout_loss_per_rank` of a dask array of held-out CSR row chunks.
 
-    Each chunk is scored by :func:`~scn2s.models.lowrank.block_loss_per_rank` on its worker from its own rows of
+    Each chunk is scored by :func:`~scn2s.lowrank.model.block_loss_per_rank` on its worker from its own rows of
     ``U`` and ``cell_scale``; the per-chunk vectors are summed on the cluster.
     """
     if len(heldout.chunks[1]) != 1:
@@ -324,7 +339,7 @@ def cell_scale_chunks(
     rows: tuple[int, ...],
     chunk_size: int = 1024,
 ) -> np.ndarray:
-    """:func:`~scn2s.models.lowrank.cell_scale` computed on the workers, a chunk of ``rows`` cells per task."""
+    """:func:`~scn2s.lowrank.model.cell_scale` computed on the workers, a chunk of ``rows`` cells per task."""
     parts = da.blockwise(
         _scale_chunk,
         "i",
@@ -368,7 +383,7 @@ def denoised_layer(
 ):
     """The ``float32`` denoised layer as a lazy dask array chunked like ``raw``'s rows (cells x all genes).
 
-    Each chunk is :func:`~scn2s.models.lowrank.unscaled_counts` times ``scale`` of its cells for the modelled
+    Each chunk is :func:`~scn2s.lowrank.model.unscaled_counts` times ``scale`` of its cells for the modelled
     ``genes`` and the raw counts (the same chunk of ``raw``, CSR) elsewhere; nothing is computed here.
     """
     rows = raw.chunks[0]

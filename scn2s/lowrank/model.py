@@ -18,17 +18,17 @@ import numpy as np
 from scipy import linalg, sparse
 from threadpoolctl import threadpool_limits
 
-from .._sparse import canonical_csr, is_dask_array
+from .._sparse import canonical_csr
 from ..loss import convert_sqrt_mean, sqrt_poisson_mean_inverse
 
 __all__ = [
     "BlockOperator",
     "CentredOperator",
     "LowRankFactors",
+    "NumpyTall",
     "block_loss_per_rank",
     "cell_scale",
     "centred_operator",
-    "gather",
     "heldout_loss_per_rank",
     "library_scale",
     "orthonormalize",
@@ -86,18 +86,48 @@ def _block_rows(blocks: list) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in pairwise(bounds)]
 
 
+class NumpyTall:
+    """The operations :func:`orthonormalize` and :func:`randomized_svd` need, on a tall numpy array.
+
+    :class:`scn2s.lowrank.dask.DaskTall` has the same, on a dask array chunked by rows.
+    """
+
+    @staticmethod
+    def gram(A: np.ndarray) -> np.ndarray:
+        """``A.T @ A``."""
+        return A.T @ A
+
+    @staticmethod
+    def solve(A: np.ndarray, R: np.ndarray) -> np.ndarray:
+        """``A @ inv(R)`` for an upper triangular ``R``, in ``A``'s memory."""
+        # A.T is a Fortran-ordered view of a C-ordered A: the solve writes into A's memory
+        return linalg.solve_triangular(R, A.T, trans="T", lower=False, overwrite_b=True, check_finite=False).T
+
+    @staticmethod
+    def qr(A: np.ndarray) -> np.ndarray:
+        """The ``Q`` of Householder QR."""
+        return np.linalg.qr(A)[0]
+
+    @staticmethod
+    def gather(A: np.ndarray) -> np.ndarray:
+        """``A`` as a numpy array (it is one)."""
+        return A
+
+
 class CentredOperator(Protocol):
     """The column-centred ``Y - 1 mean^T`` of a cells x genes ``Y``, seen only through products.
 
     :func:`randomized_svd` needs nothing else, so one implementation serves every place ``Y`` may live:
-    :class:`BlockOperator` (row blocks in memory) and :class:`scn2s._dask.DaskOperator` (the chunks of a dask
-    array, on the workers of a cluster). A *tall* matrix (cells x ``w``) is whatever :meth:`right` returns: a
-    numpy array, or a dask array chunked like ``Y``'s rows; :func:`orthonormalize` and :func:`gather` work on
-    both. Everything genes x ``w`` or smaller is a numpy array.
+    :class:`BlockOperator` (row blocks in memory) and :class:`scn2s.lowrank.dask.DaskOperator` (the chunks of a
+    dask array, on the workers of a cluster). A *tall* matrix (cells x ``w``) is whatever :meth:`right` returns: a
+    numpy array, or a dask array chunked like ``Y``'s rows; ``tall`` holds the operations on it that
+    :func:`orthonormalize` needs (:class:`NumpyTall` for numpy arrays). Everything genes x ``w`` or smaller is a
+    numpy array.
     """
 
     shape: tuple[int, int]
     mean: np.ndarray  # (genes,) float64: the column means of Y
+    tall: type  # the operations on the tall matrices of right(): NumpyTall, or the dask counterpart
 
     def right(self, M: np.ndarray):
         """``(Y - 1 mean^T) @ M`` for a genes x ``w`` ``M``: a tall matrix."""
@@ -111,6 +141,8 @@ class BlockOperator:
 
     The products run in the blocks' precision (float32 halves their memory traffic) and accumulate in float64.
     """
+
+    tall = NumpyTall
 
     def __init__(self, blocks: Sequence) -> None:
         self.blocks = list(blocks)
@@ -137,11 +169,7 @@ class BlockOperator:
 
 
 def centred_operator(Y) -> CentredOperator:
-    """``Y`` (a matrix, a sequence of row blocks, a dask array or already an operator) as a :class:`CentredOperator`."""
-    if is_dask_array(Y):
-        from .._dask import DaskOperator
-
-        return DaskOperator(Y)
+    """``Y`` (a matrix, a sequence of row blocks or already an operator) as a :class:`CentredOperator`."""
     if hasattr(Y, "right") and hasattr(Y, "left"):
         return Y
     return BlockOperator(_as_blocks(Y))
@@ -159,8 +187,9 @@ def randomized_svd(
 
     Centring is implicit: products with ``Y - 1 mean^T`` are computed as products with ``Y`` minus a rank-one
     correction, so a sparse ``Y`` stays sparse. ``Y`` may be given as a sequence of row blocks, which are
-    multiplied one at a time, as a dask array of CSR row chunks, whose products run chunk by chunk on the
-    workers (:class:`scn2s._dask.DaskOperator`), or as any :class:`CentredOperator`. The products with ``Y`` run
+    multiplied one at a time, or as any :class:`CentredOperator`, such as
+    :class:`scn2s.lowrank.dask.DaskOperator`, whose products run chunk by chunk on the workers of a
+    cluster. The products with ``Y`` run
     in ``Y``'s precision (float32 halves their memory traffic) and accumulate in float64; everything dense is
     float64. Cost ``O(nnz * (rank + n_oversamples) * n_iter)``. The dense steps are tall and thin (QR of
     ``cells x width``), where BLAS threads gain little and, on a busy machine, lose a lot to spinning; they run
@@ -180,52 +209,19 @@ def _randomized_svd(
         raise ValueError(msg)
     # a sketch of at least 40 columns: small ranks of a flat noise spectrum converge poorly otherwise
     width = min(max(rank + n_oversamples, 40), n, g)
-    Q = orthonormalize(op.right(rng.standard_normal((g, width))), overwrite=True)
+    tall = op.tall
+    Q = orthonormalize(op.right(rng.standard_normal((g, width))), overwrite=True, ops=tall)
     for _ in range(n_iter):
         Z = orthonormalize(op.left(Q), overwrite=True)
         del Q  # a cells x width array: free it before the next one is made
-        Q = orthonormalize(op.right(Z), overwrite=True)
+        Q = orthonormalize(op.right(Z), overwrite=True, ops=tall)
     B = op.left(Q).T  # (width, g) = Q^T (Y - 1 mean^T)
     Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
-    U = gather(Q @ Ub[:, :rank])
+    U = tall.gather(Q @ Ub[:, :rank])
     return LowRankFactors(mean=op.mean, U=U, s=s[:rank], Vt=Vt[:rank])
 
 
-def gather(A) -> np.ndarray:
-    """A tall matrix (numpy, or a dask array computed on its workers) as a numpy array."""
-    return A.compute() if is_dask_array(A) else A
-
-
-class _NumpyTall:
-    """The operations :func:`orthonormalize` needs, on a tall numpy array."""
-
-    @staticmethod
-    def gram(A: np.ndarray) -> np.ndarray:
-        return A.T @ A
-
-    @staticmethod
-    def solve(A: np.ndarray, R: np.ndarray) -> np.ndarray:  # A @ inv(R), R upper triangular, in A's memory
-        # A.T is a Fortran-ordered view of a C-ordered A: the solve writes into A's memory
-        return linalg.solve_triangular(R, A.T, trans="T", lower=False, overwrite_b=True, check_finite=False).T
-
-    @staticmethod
-    def all_finite(A: np.ndarray) -> bool:
-        return bool(np.isfinite(A).all())
-
-    @staticmethod
-    def qr(A: np.ndarray) -> np.ndarray:
-        return np.linalg.qr(A)[0]
-
-
-def _tall_ops(A):
-    if is_dask_array(A):
-        from .._dask import DaskTall
-
-        return DaskTall
-    return _NumpyTall
-
-
-def orthonormalize(A, *, overwrite: bool = False):
+def orthonormalize(A, *, overwrite: bool = False, ops: type = NumpyTall):
     """An orthonormal basis of the columns of a tall ``A`` (``n x w``, full column rank), same shape.
 
     CholeskyQR2 (Fukaya et al. 2014): ``Q = A R^{-1}`` with ``R^T R = A^T A``, twice. It costs two Gram
@@ -234,17 +230,20 @@ def orthonormalize(A, *, overwrite: bool = False):
     below about ``1e7``. Householder QR of the current basis (the same column space) is used when it does not
     (a Cholesky failure, or a second pass that still changes the basis). ``A`` may be a numpy array or a dask
     array chunked by rows (whole columns per chunk): then the ``w x w`` Gram matrices are summed from the chunks on
-    the cluster, the solves run chunk by chunk, and the result stays on the workers (:class:`scn2s._dask.DaskTall`).
-    With ``overwrite``, a numpy ``A`` (C-ordered float64) is overwritten by the solves, so no other ``n x w``
-    array is allocated.
+    the cluster, the solves run chunk by chunk, and the result stays on the workers: pass
+    ``ops=``:class:`scn2s.lowrank.dask.DaskTall`. With ``overwrite``, a numpy ``A`` (C-ordered float64) is
+    overwritten by the solves, so no other ``n x w`` array is allocated.
     """
-    ops = _tall_ops(A)
-    Q = A if overwrite or ops is not _NumpyTall else A.copy()
+    Q = A if overwrite or ops is not NumpyTall else A.copy()
     try:
         for _ in range(2):
             R = linalg.cholesky(ops.gram(Q), lower=False, check_finite=False)
             Q = ops.solve(Q, R)
-        if ops.all_finite(Q) and np.allclose(np.diag(R), 1.0, atol=1e-3):
+        # a numpy Q is checked to be finite; a dask Q is not (each pass is a round trip to the cluster): it is
+        # CholeskyQR2's second pass, whose Gram matrix was finite for R to exist, and a non-finite or singular R
+        # fails the check that diag(R) is close to 1, which sends it to Householder QR as a non-finite Q would
+        finite = not isinstance(Q, np.ndarray) or bool(np.isfinite(Q).all())
+        if finite and np.allclose(np.diag(R), 1.0, atol=1e-3):
             return Q
     except linalg.LinAlgError:
         pass
@@ -275,8 +274,8 @@ def heldout_loss_per_rank(
     cell_scale
         Per-cell factor from normalised square-root space back to the training half's counts.
     heldout
-        Held-out counts (CSR), a sequence of CSR blocks of consecutive cells, or a dask array of CSR row chunks
-        (each chunk scored on its worker, the per-chunk vectors summed on the cluster).
+        Held-out counts (CSR), or a sequence of CSR blocks of consecutive cells
+        (:func:`scn2s.lowrank.dask.heldout_loss_per_rank_chunks` scores a dask array of them on its workers).
     depth_ratio
         Expected depth of the held-out half over that of the training half, ``(1 - p) / p``.
     chunk_size
@@ -286,12 +285,6 @@ def heldout_loss_per_rank(
     -------
     Array of length ``K + 1``: the summed squared error of each rank.
     """
-    if is_dask_array(heldout):
-        from .._dask import heldout_loss_per_rank_chunks
-
-        return heldout_loss_per_rank_chunks(
-            factors, cell_scale, heldout, depth_ratio=depth_ratio, chunk_size=chunk_size
-        )
     blocks = _as_blocks(heldout)
     loss = np.zeros(factors.max_rank + 1)
     for rows, block in zip(_block_rows(blocks), blocks, strict=True):

@@ -1,10 +1,12 @@
-"""Rank search of the low-rank family (array level)."""
+"""Rank search of the low-rank family (array level), behind the family interface of :mod:`scn2s.select.family`."""
 
 from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
@@ -13,16 +15,17 @@ from tqdm.auto import tqdm
 from .._blocks import RowBlocks
 from .._sparse import canonical_csr, is_dask_array
 from .._timing import Timings
-from ..models.lowrank import (
-    LowRankFactors,
-    heldout_loss_per_rank,
-    randomized_svd,
-    reconstruct_counts,
-    transfer_rank,
-)
-from .splits import Splits
+from .._validate import check_integer
+from ..select.family import options_from
+from ..select.splits import Splits
+from .blocks import BlockCounts
+from .model import LowRankFactors, randomized_svd, reconstruct_counts, transfer_rank
+
+if TYPE_CHECKING:
+    from .dask import DaskRowBlocks
 
 __all__ = [
+    "LowRankOptions",
     "LowRankSelection",
     "as_row_blocks",
     "clamp_rank",
@@ -30,14 +33,47 @@ __all__ = [
     "normalised_blocks",
     "rank_limit",
     "search_lowrank",
+    "select",
 ]
+
+LOSS = "heldout_sqrt_mse"
+"""The name of the held-out loss in the record (:func:`scn2s.loss.heldout_sqrt_mse`)."""
+
+
+@dataclass(frozen=True)
+class LowRankOptions:
+    """Options of the low-rank family: ``lowrank_kwds`` of :func:`scn2s.pp.denoise`.
+
+    Attributes
+    ----------
+    max_rank
+        Largest rank searched.
+    rank
+        Fit this rank without a search (``method="lowrank"`` only).
+    depth_correction
+        Carry the rank chosen at depth ``p N`` to the full depth (:func:`scn2s.lowrank.model.transfer_rank`).
+    """
+
+    max_rank: int = 50
+    rank: int | None = None
+    depth_correction: bool = True
+
+    def __post_init__(self) -> None:
+        check_integer("max_rank", self.max_rank, minimum=1)
+        check_integer("rank", self.rank, minimum=0, allow_none=True)
+
+    @classmethod
+    def from_kwds(cls, kwds: Mapping | None) -> LowRankOptions:
+        """The options of a ``lowrank_kwds`` mapping (``None``: the defaults); unknown keys raise."""
+        return options_from(cls, kwds, "lowrank_kwds")
+
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LowRankSelection:
-    """Outcome of the rank search, and the full-depth fit it chose."""
+    """Outcome of the rank search, and the full-depth fit it chose (a :class:`~scn2s.select.family.Selection`)."""
 
     ranks: np.ndarray
     losses: np.ndarray  # (n_splits, n_ranks), mean per entry
@@ -48,22 +84,46 @@ class LowRankSelection:
     factors: LowRankFactors
     library_size: np.ndarray
     target_sum: float
-    extra: dict = field(default_factory=dict)
+
+    family = "lowrank"
 
     @property
     def loss_mean(self) -> np.ndarray:
         """Mean held-out loss of each rank over splits."""
         return self.losses.mean(axis=0)
 
-    def reconstruct(self, counts: sparse.csr_matrix, rows: slice) -> np.ndarray:
-        """Denoised expected counts of a block of cells (all modelled genes)."""
-        del counts  # the factors hold everything needed
-        return reconstruct_counts(self.factors, self.rank, self.library_size, self.target_sum, rows=rows)
-
     @property
     def loss_std(self) -> np.ndarray:
         """Standard deviation of each rank's held-out loss over splits."""
         return self.losses.std(axis=0, ddof=1) if len(self.losses) > 1 else np.zeros(self.losses.shape[1])
+
+    @property
+    def heldout_losses(self) -> np.ndarray:
+        """Held-out loss of the rank chosen at the split depth, per split."""
+        return self.losses[:, self.split_rank]
+
+    def reconstruct(self, rows: slice) -> np.ndarray:
+        """Denoised expected counts of a block of cells (all modelled genes)."""
+        return reconstruct_counts(self.factors, self.rank, self.library_size, self.target_sum, rows=rows)
+
+    def best_params(self) -> dict:
+        """The choice: ``{"rank": k}``."""
+        return {"rank": self.rank}
+
+    def record(self) -> dict:
+        """The family's entry of ``uns[key_added]["selection"]`` (without the shared ``p``, ``n_splits``, ``seed``)."""
+        record = {"loss": LOSS, "split_rank": self.split_rank, "rank": self.rank, "singular_values": self.factors.s}
+        if len(self.ranks):
+            record |= {
+                "grid": {"rank": self.ranks},
+                "loss_mean": self.loss_mean,
+                "loss_std": self.loss_std,
+                "loss_per_split": self.losses,
+                "split_singular_values": self.split_singular_values,
+            }
+            if np.isfinite(self.noise_ratio):
+                record["noise_ratio"] = self.noise_ratio
+        return record
 
 
 def rank_limit(shape: tuple[int, int]) -> int:
@@ -106,24 +166,27 @@ def clamp_rank(name: str, value: int, shape: tuple[int, int], *, stacklevel: int
     return value
 
 
-def as_row_blocks(counts):
-    """``counts`` as blocks of consecutive cells; a :class:`~scn2s._blocks.RowBlocks` or ``DaskRowBlocks`` as is.
+def as_row_blocks(counts) -> BlockCounts | DaskRowBlocks:
+    """``counts`` as the family's data path: blocks of consecutive cells, in memory, on disk or on dask's workers.
 
-    A matrix in memory becomes :class:`~scn2s._blocks.RowBlocks` and a dask array of CSR chunks
-    :class:`scn2s._dask.DaskRowBlocks` (both taken as checked counts). Both have the methods the search uses
-    (``split``, ``library_sizes``, ``normalised``), so one implementation serves the counts wherever they live.
+    A matrix in memory or :class:`~scn2s._blocks.RowBlocks` becomes :class:`~scn2s.lowrank.blocks.BlockCounts`, and
+    a dask array of CSR chunks :class:`scn2s.lowrank.dask.DaskRowBlocks` (both matrices taken as checked counts);
+    either is returned as is. Both have the methods the search uses (``split``, ``library_sizes``, ``normalised``,
+    ``operator``, ``heldout_loss_per_rank``), so one implementation serves the counts wherever they live.
     """
     if is_dask_array(counts):
-        from .._dask import DaskRowBlocks
+        from .dask import DaskRowBlocks
 
         return DaskRowBlocks(counts, checked=True)
     if isinstance(counts, np.ndarray) or sparse.issparse(counts):
-        return RowBlocks(canonical_csr(counts), checked=True)
+        return BlockCounts(RowBlocks(canonical_csr(counts), checked=True))
+    if isinstance(counts, RowBlocks):
+        return BlockCounts(counts)
     return counts
 
 
 def search_lowrank(
-    counts: sparse.csr_matrix | RowBlocks,
+    counts: sparse.csr_matrix | RowBlocks | BlockCounts | DaskRowBlocks,
     *,
     max_rank: int,
     splits: Splits,
@@ -157,17 +220,18 @@ def search_lowrank(
             expressed = library > 0
             target_sum = float(np.median(library[expressed])) / train_frac if expressed.any() else 1.0
             train = blocks.normalised(library, target_sum, train)
-            factors = randomized_svd(train, max_rank, rng=svd_rngs[i])
+            factors = randomized_svd(blocks.operator(train), max_rank, rng=svd_rngs[i])
             del train
             cell_scale = np.sqrt(library / target_sum)
-            losses[i] = heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=splits.depth_ratio) / (n * g)
+            losses[i] = blocks.heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=splits.depth_ratio)
+            losses[i] /= n * g
             del heldout
         spectra[i] = factors.s
         logger.debug("split %d: best rank %d", i, int(np.argmin(losses[i])))
     return losses, spectra
 
 
-def normalised_blocks(blocks: RowBlocks) -> tuple[list[sparse.csr_matrix], np.ndarray, float]:
+def normalised_blocks(blocks: BlockCounts | DaskRowBlocks) -> tuple[list[sparse.csr_matrix], np.ndarray, float]:
     """The normalised square-root counts as blocks, each cell's library size and the normalisation target.
 
     Two passes over the counts (library sizes, then the normalised blocks), so that only the normalised copy
@@ -181,7 +245,7 @@ def normalised_blocks(blocks: RowBlocks) -> tuple[list[sparse.csr_matrix], np.nd
 
 
 def fit_lowrank(
-    counts: sparse.csr_matrix | RowBlocks,
+    counts: sparse.csr_matrix | RowBlocks | BlockCounts | DaskRowBlocks,
     *,
     max_rank: int = 50,
     rank: int | None = None,
@@ -194,14 +258,14 @@ def fit_lowrank(
     """Choose a rank by held-out molecules and fit it on the full counts.
 
     The rank minimising the mean held-out loss over splits is chosen at the training half's depth and, with
-    ``depth_correction``, carried to full depth by :func:`scn2s.models.lowrank.transfer_rank`. With
+    ``depth_correction``, carried to full depth by :func:`scn2s.lowrank.model.transfer_rank`. With
     ``rank`` given, the search is skipped and that rank is fit.
 
     Parameters
     ----------
     counts
         Cells x genes counts: a CSR matrix, or :class:`~scn2s._blocks.RowBlocks` to read them block by block
-        (an input on disk is streamed).
+        (an input on disk is streamed), or a dask array of CSR chunks (run on dask's workers).
     max_rank
         Largest rank searched; clamped to :func:`rank_limit` with a :class:`UserWarning`.
     rank
@@ -236,7 +300,7 @@ def fit_lowrank(
         )
     with timings.step("fit"):
         normalised, library, target_sum = normalised_blocks(blocks)
-        factors = randomized_svd(normalised, K, rng=fit_rng)
+        factors = randomized_svd(blocks.operator(normalised), K, rng=fit_rng)
         del normalised
     if rank is not None:
         return LowRankSelection(
@@ -273,3 +337,16 @@ def fit_lowrank(
         library_size=library,
         target_sum=target_sum,
     )
+
+
+def select(
+    counts: sparse.csr_matrix | RowBlocks | DaskRowBlocks,
+    *,
+    splits: Splits,
+    options: LowRankOptions,
+    rng: np.random.Generator,
+    progress: bool = False,
+    timings: Timings | None = None,
+) -> LowRankSelection:
+    """The family interface (:mod:`scn2s.select.family`): :func:`fit_lowrank` with ``options``."""
+    return fit_lowrank(counts, splits=splits, rng=rng, progress=progress, timings=timings, **asdict(options))

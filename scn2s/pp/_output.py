@@ -11,63 +11,43 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import sparse
 from tqdm.auto import tqdm
 
-from .. import _memory
 from .._blocks import RowBlocks, block_slices
+from .._names import factor_keys
 from .._validate import DELETE
-from ..models.lowrank import cell_scale
+from ..lowrank.model import cell_scale
 
 if TYPE_CHECKING:
-    from ..select import LowRankSelection
+    from ..lowrank import LowRankSelection
+    from ..select import Selection
 
-__all__ = [
-    "OUTPUTS",
-    "check_layer_fits",
-    "dense_layer",
-    "factor_entries",
-    "factor_keys",
-    "lazy_layer",
-    "stale_entries",
-]
+__all__ = ["dense_layer", "factor_entries", "lazy_layer", "output_entries", "stale_entries"]
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = ("layer", "factors")
 _CHUNK = 1024
 
-PYTHON_ALTERNATIVES = (
-    'Store the low-rank model instead with method="lowrank", output="factors", then compute denoised values for '
-    "slices with scn2s.tl.reconstruct, or write the whole layer to an .h5ad or .zarr file chunk by chunk with "
-    "scn2s.tl.write_denoised. Or denoise fewer cells or genes, e.g. adata[:, adata.var['highly_variable']].copy(): "
-    "mask_var= alone does not shrink the layer, which keeps the raw counts of the genes it leaves out."
-)
 
+def output_entries(
+    fit: Selection, output: str, counts, genes: np.ndarray | None, *, key_added: str, lazy, progress: bool
+) -> tuple[dict[str, dict], dict]:
+    """What ``denoise`` writes for ``output`` (entries for :func:`scn2s._validate.write_results`), and its record.
 
-def check_layer_fits(shape: tuple[int, int], *, key_added: str, alternatives: str = PYTHON_ALTERNATIVES) -> None:
-    """Raise :class:`MemoryError` if a ``float32`` layer of ``shape`` is larger than the memory available.
-
-    Does nothing when the available memory is unknown (:func:`scn2s._memory.available_memory`).
+    ``lazy`` is the data path of counts in a dask array (:class:`scn2s.lowrank.dask.DaskRowBlocks`), or ``None``.
+    The record is ``{"output": output}``, with ``factors`` for ``output="factors"``.
     """
-    n_obs, n_vars = shape
-    size = n_obs * n_vars * np.dtype(np.float32).itemsize
-    available = _memory.available_memory()
-    if available is None:
-        return
-    logger.debug("dense layer %.3g GiB, %.3g GiB available", size / _memory.GIB, available / _memory.GIB)
-    if size > available:
-        msg = (
-            f"The denoised layer adata.layers[{key_added!r}] would take {size / _memory.GIB:.3g} GiB ({n_obs} cells "
-            f"x {n_vars} genes x 4 bytes), more than the {available / _memory.GIB:.3g} GiB of memory available; "
-            f"nothing was computed. {alternatives}"
+    if output == "layer":
+        layer = (
+            lazy_layer(fit, lazy.raw, genes) if lazy is not None else dense_layer(fit, counts, genes, progress=progress)
         )
-        raise MemoryError(msg)
+        return {"layers": {key_added: layer}}, {"output": output}
+    row_chunks = lazy.chunks if lazy is not None else None
+    entries, factors = factor_entries(fit, counts.shape[1], genes, key_added=key_added, row_chunks=row_chunks)
+    return entries, {"output": output, "factors": factors}
 
 
-def dense_layer(
-    fit, modelled: sparse.csr_matrix | None, counts, genes: np.ndarray | None, *, progress: bool
-) -> np.ndarray:
+def dense_layer(fit: Selection, counts, genes: np.ndarray | None, *, progress: bool) -> np.ndarray:
     """The ``float32`` output layer: the fit's reconstruction of the modelled genes, the raw counts elsewhere.
 
     The raw counts are read block by block, so ``counts`` may be on disk (a backed AnnData's ``X``).
@@ -78,25 +58,13 @@ def dense_layer(
         rest = np.setdiff1d(np.arange(n_genes), genes)
         raw = RowBlocks(counts, genes=rest, checked=True, block_rows=_CHUNK)
     for b, rows in enumerate(tqdm(block_slices(n_cells, _CHUNK), desc="writing", disable=not progress)):
-        block = fit.reconstruct(modelled, rows)
+        block = fit.reconstruct(rows)
         if genes is None:
             output[rows] = block
         else:
             output[rows, genes] = block
             output[rows, rest] = raw.block(b).toarray()
     return output
-
-
-def factor_keys(key_added: str) -> dict[str, tuple[str, str]]:
-    """Where each stored factor lives: ``{factor: (attribute, key)}``."""
-    return {
-        "scores": ("obsm", f"X_{key_added}"),
-        "loadings": ("varm", f"{key_added}_loadings"),
-        "mean": ("var", f"{key_added}_mean"),
-        "modelled": ("var", f"{key_added}_modelled"),
-        "library_size": ("obs", f"{key_added}_library_size"),
-        "scale": ("obs", f"{key_added}_scale"),
-    }
 
 
 def _scaled_factors(fit: LowRankSelection, row_chunks: tuple[int, ...] | None):
@@ -108,7 +76,7 @@ def _scaled_factors(fit: LowRankSelection, row_chunks: tuple[int, ...] | None):
     if row_chunks is None:
         scale = cell_scale(*args, chunk_size=_CHUNK)
     else:
-        from .._dask import cell_scale_chunks
+        from ..lowrank.dask import cell_scale_chunks
 
         scale = cell_scale_chunks(*args, rows=row_chunks, chunk_size=_CHUNK)
     return scores, loadings, scale
@@ -120,7 +88,7 @@ def lazy_layer(fit: LowRankSelection, raw, genes: np.ndarray | None):
     The per-cell scale is computed on dask's workers now; the layer's chunks when the array is computed (by
     :meth:`dask.array.Array.compute`, or chunk by chunk by anndata's writers).
     """
-    from .._dask import denoised_layer
+    from ..lowrank.dask import denoised_layer
 
     scores, loadings, scale = _scaled_factors(fit, raw.chunks[0])
     return denoised_layer(

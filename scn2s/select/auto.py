@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from .autoencoder import AutoencoderSelection
-from .lowrank import LowRankSelection
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .family import Selection
 
 __all__ = ["compare_families"]
 
 
-def compare_families(lowrank: LowRankSelection, autoencoder: AutoencoderSelection) -> dict:
-    """Pick the family with the lower held-out loss, on the splits both were scored on.
+def compare_families(selections: Sequence[Selection]) -> dict:
+    """Pick the family with the lower held-out loss, on the splits all were scored on.
 
-    The low-rank loss is that of its chosen rank at the split depth, the autoencoder's that of its chosen
-    candidate; both are means over the same splits of the same loss on the same held-out molecules.
+    Each family's loss is that of its choice at the split depth (:attr:`~scn2s.select.family.Selection.heldout_losses`:
+    the low-rank family's chosen rank, the autoencoder's chosen candidate): means over the same splits of the same
+    loss on the same held-out molecules.
 
     Returns
     -------
-    ``{"n_splits": m, "loss": {"lowrank": ..., "autoencoder": ...}, "chosen": family}``.
+    ``{"n_splits": m, "loss": {family: ..., ...}, "chosen": family}``.
     """
-    used = autoencoder.losses.shape[0]
-    losses = {
-        "lowrank": float(lowrank.losses[:used, lowrank.split_rank].mean()),
-        "autoencoder": float(autoencoder.losses[:, autoencoder.best].mean()),
-    }
+    used = min(len(selection.heldout_losses) for selection in selections)
+    losses = {selection.family: float(selection.heldout_losses[:used].mean()) for selection in selections}
     return {"n_splits": used, "loss": losses, "chosen": min(losses, key=losses.get)}

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
+from .._names import factor_keys
 from .._sparse import is_dask_array
 from .._validate import check_integer
-from ..models.lowrank import unscaled_counts
-from ..pp._output import factor_keys
+from ..lowrank.model import unscaled_counts
 
 if TYPE_CHECKING:
     import pandas as pd
