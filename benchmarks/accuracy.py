@@ -14,7 +14,7 @@ Each estimate is scored by the mean squared error of square-root CP10k values an
 log-likelihood per entry (see :class:`Scorer`). The rows are: no denoising, fixed ranks 10 and 50,
 ``scn2s`` lowrank with and without the depth correction, and the oracle rank, the rank (``0..max_rank``)
 whose output scores best against the target. Every rank is scored from one rank-``max_rank`` factorisation
-of the counts (:func:`scn2s.select.fit_lowrank` and :func:`scn2s.models.lowrank.reconstruct_counts`), a
+of the counts (:func:`scn2s.lowrank.fit_lowrank` and :func:`scn2s.lowrank.model.reconstruct_counts`), a
 randomized SVD as ``pp.denoise`` makes but from its own random stream; the report measures how far that
 reconstruction is from ``pp.denoise``'s output at the same rank.
 
@@ -56,12 +56,12 @@ import scn2s
 from scn2s import pp
 from scn2s.datasets import simulate
 from scn2s.loss import poisson_nll
-from scn2s.models.lowrank import reconstruct_counts
-from scn2s.select import fit_lowrank
+from scn2s.lowrank import fit_lowrank
+from scn2s.lowrank.model import reconstruct_counts
 from scn2s.split import binomial_split
 
 if TYPE_CHECKING:
-    from scn2s.select import LowRankSelection
+    from scn2s.lowrank import LowRankSelection
 
 PBMC_FILE = "pbmc1k_10x_v3_906cells.h5ad"
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -69,7 +69,7 @@ THIN_FRACTION = 0.2
 RATE_FLOOR = 1e-4
 CHECK_RANK = 10
 DATASETS = ("pbmc1k", "simulation")
-# row label -> keyword arguments of pp.denoise (None: no denoising); the oracle rows are added at run time
+# row label -> lowrank_kwds of pp.denoise (None: no denoising); the oracle rows are added at run time
 CONFIGS: dict[str, dict | None] = {
     "no denoising": None,
     "fixed rank 10": {"rank": 10},
@@ -243,7 +243,7 @@ class RankCurve:
 
 
 def full_fit(problem: Problem, rank: int, seed: int) -> LowRankSelection:
-    """Randomized SVD of the full counts up to ``rank``, by :func:`scn2s.select.fit_lowrank` (no search)."""
+    """Randomized SVD of the full counts up to ``rank``, by :func:`scn2s.lowrank.fit_lowrank` (no search)."""
     return fit_lowrank(problem.counts, rank=rank, rng=np.random.default_rng(seed))
 
 
@@ -270,7 +270,7 @@ def equivalence_check(problem: Problem, scorer: Scorer, fit: LowRankSelection, k
     compared by its relative Frobenius distance to ``pp.denoise``'s output and by its MSE.
     """
     adata = AnnData(X=problem.counts.copy())
-    pp.denoise(adata, method="lowrank", rank=k, rng=seed, progress=False)
+    pp.denoise(adata, method="lowrank", lowrank_kwds={"rank": k}, rng=seed, progress=False)
     api = np.asarray(adata.layers["denoised"], dtype=np.float64)
     norm = np.linalg.norm(api)
     check = {"rank": k, "mse_api": scorer.mse(api)}
@@ -321,7 +321,7 @@ def run_worker(args: argparse.Namespace) -> dict:
         adata.layers.pop("denoised", None)
         adata.uns.pop("denoised", None)
         start, start_cpu = time.perf_counter(), time.process_time()
-        pp.denoise(adata, method="lowrank", rng=args.seed, progress=False, **kwargs)
+        pp.denoise(adata, method="lowrank", rng=args.seed, progress=False, lowrank_kwds=kwargs)
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     peak = peak_rss_mib()
@@ -343,7 +343,7 @@ def run_worker(args: argparse.Namespace) -> dict:
 
 
 def spawn_worker(args: argparse.Namespace, counts_file: Path, kwargs: dict) -> tuple[dict, np.ndarray]:
-    """Run ``pp.denoise(**kwargs)`` in a fresh interpreter; return its report and output."""
+    """Run ``pp.denoise(lowrank_kwds=kwargs)`` in a fresh interpreter; return its report and output."""
     output_file = counts_file.with_name("output.npy")
     command = [
         sys.executable,
@@ -364,7 +364,7 @@ def spawn_worker(args: argparse.Namespace, counts_file: Path, kwargs: dict) -> t
         env |= dict.fromkeys(THREAD_VARIABLES, str(args.blas_threads))
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
-        sys.exit(f"worker for pp.denoise(**{kwargs}) failed:\n{done.stderr}")
+        sys.exit(f"worker for pp.denoise(lowrank_kwds={kwargs}) failed:\n{done.stderr}")
     report = json.loads(done.stdout.strip().splitlines()[-1])
     output = np.load(output_file)
     output_file.unlink()

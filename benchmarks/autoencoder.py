@@ -14,9 +14,9 @@ import time
 import numpy as np
 import torch
 
+from scn2s.autoencoder.data import CsrBatches
+from scn2s.autoencoder.train import TrainConfig, heldout_loss, resolve_device, train
 from scn2s.datasets import simulate
-from scn2s.models.autoencoder.data import CsrBatches
-from scn2s.models.autoencoder.train import TrainConfig, heldout_loss, resolve_device, train
 from scn2s.split import binomial_split
 
 

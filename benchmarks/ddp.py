@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
+from scn2s.autoencoder import distributed, fit_autoencoder
 from scn2s.datasets import simulate
-from scn2s.models.autoencoder import distributed
-from scn2s.select import Splits, fit_autoencoder
+from scn2s.select import Splits
 
 CONFIGS = [
     {"hidden": 64, "bottleneck": 8, "dropout": 0.0, "max_epochs": 10, "patience": 3, "batch_size": 128},

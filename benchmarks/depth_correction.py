@@ -16,8 +16,8 @@ import argparse
 import numpy as np
 
 from scn2s.datasets import simulate
-from scn2s.models.lowrank import reconstruct_counts
-from scn2s.select import fit_lowrank
+from scn2s.lowrank import fit_lowrank
+from scn2s.lowrank.model import reconstruct_counts
 from scn2s.select.splits import Splits
 
 CASES = (  # n_cells, n_genes, rank, depth, n_types

@@ -121,12 +121,13 @@ def random_case(rng: np.random.Generator) -> Case:
     adata = ad.AnnData(sparse.csr_matrix(np.log1p(X.astype(np.float64))) if in_layer else stored)
     if in_layer:
         adata.layers["counts"] = stored
-    kwargs: dict = {"method": "lowrank", "max_rank": int(rng.integers(1, 61)), "rng": int(rng.integers(2**31))}
+    lowrank: dict = {"max_rank": int(rng.integers(1, 61))}
+    kwargs: dict = {"method": "lowrank", "lowrank_kwds": lowrank, "rng": int(rng.integers(2**31))}
     kwargs["progress"] = False
     if in_layer:
         kwargs["layer"] = "counts"
     if rng.random() < 0.15:
-        kwargs["rank"] = int(rng.integers(0, 20))
+        lowrank["rank"] = int(rng.integers(0, 20))
     if rng.random() < 0.3:
         kwargs["p"] = float(rng.uniform(0.1, 0.9))
     if rng.random() < 0.3:
@@ -134,7 +135,7 @@ def random_case(rng: np.random.Generator) -> Case:
     if rng.random() < 0.15:
         kwargs["sample_ratio"] = float(rng.uniform(0.05, 0.95))
     if rng.random() < 0.2:
-        kwargs["depth_correction"] = False
+        lowrank["depth_correction"] = False
     genes = np.arange(shape[1])
     if rng.random() < 0.2:
         mask = rng.random(shape[1]) < 0.5
@@ -244,7 +245,9 @@ def bad_inputs(tmp: Path) -> list[tuple[str, callable]]:
 
     def denoise(A, **kwargs):
         adata = A if isinstance(A, ad.AnnData) else ad.AnnData(A)
-        return lambda: scn2s.pp.denoise(adata, **{"method": "lowrank", "max_rank": 5, "progress": False, **kwargs})
+        return lambda: scn2s.pp.denoise(
+            adata, **{"method": "lowrank", "lowrank_kwds": {"max_rank": 5}, "progress": False, **kwargs}
+        )
 
     def with_value(index, value, dtype=np.float64):
         out = X.astype(dtype)
@@ -284,8 +287,8 @@ def bad_inputs(tmp: Path) -> list[tuple[str, callable]]:
         ("all-zero counts", denoise(sparse.csr_matrix(X.shape, dtype=np.int32))),
         ("all-zero counts in the mask_var genes", denoise(zero_genes, mask_var=first_three)),
         ("one gene", denoise(X[:, X.sum(axis=0).argmax()][:, None])),
-        ("3 cells, max_rank=50", denoise(X[:3] + 1, max_rank=50)),
-        ("rank=40 on 60 x 25", denoise(X, rank=40)),
+        ("3 cells, max_rank=50", denoise(X[:3] + 1, lowrank_kwds={"max_rank": 50})),
+        ("rank=40 on 60 x 25", denoise(X, lowrank_kwds={"rank": 40})),
         ("view, written in place", denoise(view)),
         ("p=0", denoise(X, p=0.0)),
         ("p=1", denoise(X, p=1.0)),
@@ -293,9 +296,9 @@ def bad_inputs(tmp: Path) -> list[tuple[str, callable]]:
         ('p="0.5"', denoise(X, p="0.5")),
         ("n_splits=0", denoise(X, n_splits=0)),
         ("n_splits=2.0", denoise(X, n_splits=2.0)),
-        ("max_rank=0", denoise(X, max_rank=0)),
-        ("rank=-1", denoise(X, rank=-1)),
-        ("rank=2.5", denoise(X, rank=2.5)),
+        ("max_rank=0", denoise(X, lowrank_kwds={"max_rank": 0})),
+        ("rank=-1", denoise(X, lowrank_kwds={"rank": -1})),
+        ("rank=2.5", denoise(X, lowrank_kwds={"rank": 2.5})),
         ("sample_ratio=0", denoise(X, sample_ratio=0.0)),
         ("sample_ratio=1.5", denoise(X, sample_ratio=1.5)),
         ("sample_ratio=1 (denoise)", denoise(X, sample_ratio=1.0)),

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import load_task, task_parser, training_halves
 
-from scn2s.models.autoencoder.data import CsrBatches
-from scn2s.models.autoencoder.train import TrainConfig, heldout_loss, train
-from scn2s.select.autoencoder import SHAPE_SCALES, config_label
+from scn2s.autoencoder.data import CsrBatches
+from scn2s.autoencoder.search import SHAPE_SCALES, config_label
+from scn2s.autoencoder.train import TrainConfig, heldout_loss, train
 
 # the candidate scn2s auto chose for each task in the peers run (benchmarks/RESULTS.md, "Peers")
 CANDIDATES = {

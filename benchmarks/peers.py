@@ -182,8 +182,8 @@ def scn2s_runner(method: str, rng: int = 0):
 
 def _best_rank(task: Task) -> tuple[np.ndarray, dict]:
     """The rank with the lowest MSE of sqrt CP10k against the target; also the best rank for every other error."""
-    from scn2s.models.lowrank import reconstruct_counts
-    from scn2s.select import fit_lowrank
+    from scn2s.lowrank import fit_lowrank
+    from scn2s.lowrank.model import reconstruct_counts
 
     fit = fit_lowrank(task.counts, rank=MAX_RANK, rng=np.random.default_rng(0))
     ranks = range(fit.factors.max_rank + 1)

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import load_task, task_parser, training_halves
 
-from scn2s.models.autoencoder.data import CsrBatches
-from scn2s.models.autoencoder.train import TrainConfig, heldout_loss, train
-from scn2s.select import DEFAULT_CONFIGS
-from scn2s.select.autoencoder import config_label
+from scn2s.autoencoder import DEFAULT_CONFIGS
+from scn2s.autoencoder.data import CsrBatches
+from scn2s.autoencoder.search import config_label
+from scn2s.autoencoder.train import TrainConfig, heldout_loss, train
 
 
 def compare(task_name: str, data_dir: Path) -> list[str]:

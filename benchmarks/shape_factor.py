@@ -1,7 +1,7 @@
 """The factor on the autoencoder's prior shapes: the held-out loss that chooses it, and what it does to the output.
 
 For each task of ``benchmarks/peers.py``, the autoencoder search of ``scn2s.pp.denoise`` runs on the task's input
-(``scn2s.select.fit_autoencoder`` on one split at ``p = 0.5``, default candidates), and the chosen network's output
+(``scn2s.autoencoder.fit_autoencoder`` on one split at ``p = 0.5``, default candidates), and the chosen network's output
 on the full input is then written with every factor of a grid in place of the chosen one. Printed, per factor: the
 held-out loss of the search's split (what chooses the factor; ``SHAPE_SCALES`` only), and the scores of
 ``peers.py`` for the output (MSE CP10k, Poisson NLL and the held-out sqrt loss against the task's target, the
@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import Reference, load_task, score, task_parser
 
-from scn2s.select import Splits, fit_autoencoder
-from scn2s.select.autoencoder import SHAPE_SCALES, config_label
+from scn2s.autoencoder import fit_autoencoder
+from scn2s.autoencoder.search import SHAPE_SCALES, config_label
+from scn2s.select import Splits
 
 FACTORS = (0.0625, 0.125, *SHAPE_SCALES)
 

@@ -61,7 +61,8 @@ def get_counts(adata: AnnData, layer: str | None):
 
     An AnnData opened with ``backed=`` holds ``X`` on disk (layers are read into memory): its ``X`` is returned
     unchecked, for the caller to read and check block by block (:class:`scn2s._blocks.RowBlocks`); so are counts
-    in a dask array, for the caller to check chunk by chunk on dask's workers (:class:`scn2s._dask.DaskRowBlocks`).
+    in a dask array, for the caller to check chunk by chunk on dask's workers
+    (:class:`scn2s.lowrank.dask.DaskRowBlocks`).
     """
     if layer is not None and not isinstance(layer, str):
         msg = f"layer must be the name of a layer (a string) or None for adata.X, got {layer!r}."
@@ -83,7 +84,7 @@ def get_counts(adata: AnnData, layer: str | None):
         msg = f"Layer {layer!r} not found in adata.layers (available: {available}); pass layer=None for adata.X."
         raise KeyError(msg)
     if is_dask_array(X):
-        return X  # checked chunk by chunk on dask's workers (scn2s._dask.DaskRowBlocks)
+        return X  # checked chunk by chunk on dask's workers (scn2s.lowrank.dask.DaskRowBlocks)
     check_counts(X, describe_source(layer))
     return X
 

@@ -27,10 +27,10 @@ def test_auto_picks_the_family_with_the_lower_true_error(structure, shape, winne
     truth = adata.layers["rates"].astype(np.float64)
     errors = {}
     for method in ("lowrank", "autoencoder"):
-        fitted = scn2s.pp.denoise(adata, method=method, autoencoder_configs=CONFIG, progress=False, copy=True)
+        fitted = scn2s.pp.denoise(adata, method=method, autoencoder_kwds={"configs": CONFIG}, progress=False, copy=True)
         errors[method] = _true_error(fitted.layers["denoised"].astype(np.float64), truth)
     assert min(errors, key=errors.get) == winner, errors
-    scn2s.pp.denoise(adata, method="auto", autoencoder_configs=CONFIG, progress=False)
+    scn2s.pp.denoise(adata, method="auto", autoencoder_kwds={"configs": CONFIG}, progress=False)
     record = adata.uns["denoised"]
     assert record["comparison"]["chosen"] == winner
     assert record["method"] == winner

@@ -9,15 +9,16 @@ from scipy import sparse
 
 import scn2s
 from scn2s._record import selection_curves
+from scn2s.autoencoder import fit_autoencoder
+from scn2s.autoencoder import train as train_module
+from scn2s.autoencoder.data import CsrBatches, input_transform
+from scn2s.autoencoder.module import CountAutoencoder
+from scn2s.autoencoder.search import SHAPE_SCALES, config_label
+from scn2s.autoencoder.train import TrainConfig, heldout_loss, predict_rates, sqrt_poisson_mean_torch, train
 from scn2s.cli._report import selection_summary
 from scn2s.datasets import simulate
 from scn2s.loss import sqrt_poisson_mean
-from scn2s.models.autoencoder import train as train_module
-from scn2s.models.autoencoder.data import CsrBatches, input_transform
-from scn2s.models.autoencoder.module import CountAutoencoder
-from scn2s.models.autoencoder.train import TrainConfig, heldout_loss, predict_rates, sqrt_poisson_mean_torch, train
-from scn2s.select import Splits, fit_autoencoder
-from scn2s.select.autoencoder import SHAPE_SCALES, config_label
+from scn2s.select import Splits
 from scn2s.split import binomial_split
 
 TINY = {"hidden": 32, "bottleneck": 4, "dropout": 0.0, "max_epochs": 12, "patience": 4, "batch_size": 64}
@@ -259,7 +260,7 @@ def test_out_of_memory_backs_off_the_batch_size(halves, monkeypatch, caplog):
 def test_denoise_autoencoder_writes_layer_and_curves(halves):
     adata = halves[0].copy()
     configs = [{**TINY, "max_epochs": 80, "patience": 10}, {**TINY, "bottleneck": 8, "max_epochs": 80, "patience": 10}]
-    scn2s.pp.denoise(adata, method="autoencoder", autoencoder_configs=configs, progress=False)
+    scn2s.pp.denoise(adata, method="autoencoder", autoencoder_kwds={"configs": configs}, progress=False)
     out = adata.layers["denoised"]
     assert out.shape == adata.shape
     assert out.dtype == np.float32
@@ -305,7 +306,7 @@ def test_the_record_of_chosen_candidates_writes_to_h5ad(halves, tmp_path):
 
     adata = halves[0].copy()
     configs = [{**TINY, "max_epochs": 2, "input_range": None}, {**TINY, "max_epochs": 2, "input_range": (0.2, 0.8)}]
-    scn2s.pp.denoise(adata, method="autoencoder", autoencoder_configs=configs, progress=False)
+    scn2s.pp.denoise(adata, method="autoencoder", autoencoder_kwds={"configs": configs}, progress=False)
     adata.write_h5ad(tmp_path / "out.h5ad")
     record = ad.read_h5ad(tmp_path / "out.h5ad").uns["denoised"]
     assert record["params"]["autoencoder_configs"]["0"]["input_range"] is None
@@ -361,7 +362,7 @@ def test_the_shape_factor_is_chosen_on_the_heldout_molecules(halves):
     block = adata.X[:50][:, fit.genes]
     rates = predict_rates(model, CsrBatches(block, "cpu"), np.arange(50), mode="full", shape_scale=fit.shape_scale)
     fit.mode = "full"
-    np.testing.assert_allclose(fit.reconstruct(adata.X, slice(0, 50))[:, fit.genes], rates.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(fit.reconstruct(slice(0, 50))[:, fit.genes], rates.numpy(), rtol=1e-6)
 
 
 def test_labels_name_input_fractions_other_than_the_default():
@@ -373,9 +374,11 @@ def test_labels_name_input_fractions_other_than_the_default():
 
 def test_rank_needs_lowrank(halves):
     with pytest.raises(ValueError, match='needs method="lowrank"'):
-        scn2s.pp.denoise(halves[0].copy(), rank=3, progress=False)
+        scn2s.pp.denoise(halves[0].copy(), lowrank_kwds={"rank": 3}, progress=False)
 
 
 def test_unknown_autoencoder_setting(halves):
     with pytest.raises(ValueError, match=r"Unknown autoencoder setting\(s\) \['width'\]"):
-        scn2s.pp.denoise(halves[0].copy(), method="autoencoder", autoencoder_configs=[{"width": 3}], progress=False)
+        scn2s.pp.denoise(
+            halves[0].copy(), method="autoencoder", autoencoder_kwds={"configs": [{"width": 3}]}, progress=False
+        )

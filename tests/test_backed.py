@@ -14,7 +14,9 @@ from scn2s.select import Splits
 
 
 def _denoise(adata, **kwargs):
-    scn2s.pp.denoise(adata, **{"method": "lowrank", "max_rank": 8, "progress": False, "rng": 3, **kwargs})
+    scn2s.pp.denoise(
+        adata, **{"method": "lowrank", "lowrank_kwds": {"max_rank": 8}, "progress": False, "rng": 3, **kwargs}
+    )
     return adata
 
 
@@ -108,7 +110,12 @@ def test_backed_input_for_the_autoencoder_and_split_counts_is_read_into_memory(b
     path = tmp_path / "counts.h5ad"
     blocked_counts.write_h5ad(path)
     configs = [{"hidden": 16, "bottleneck": 4, "dropout": 0.0, "max_epochs": 3, "batch_size": 64}]
-    kwargs = {"method": "auto", "autoencoder_configs": configs, "max_rank": 5, "n_splits": 1}
+    kwargs = {
+        "method": "auto",
+        "autoencoder_kwds": {"configs": configs},
+        "lowrank_kwds": {"max_rank": 5},
+        "n_splits": 1,
+    }
     backed = ad.read_h5ad(path, backed="r")
     try:
         _denoise(backed, **kwargs)

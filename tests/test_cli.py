@@ -86,7 +86,7 @@ def test_denoise_options_match_the_python_call(counts_file, workdir, capsys):
     expected = ad.read_h5ad(counts_file)
     scn2s.pp.denoise(
         expected, method="lowrank", layer="counts", key_added="smooth", mask_var="highly_variable", rng=3,
-        max_rank=10, n_splits=2, progress=False,
+        lowrank_kwds={"max_rank": 10}, n_splits=2, progress=False,
     )  # fmt: skip
     np.testing.assert_array_equal(result.layers["smooth"], expected.layers["smooth"])
     params = result.uns["smooth"]["params"]
@@ -203,7 +203,7 @@ def test_unexpected_error_exits_1_and_verbose_shows_the_traceback(counts_file, w
     def broken(counts, **kwargs):
         raise RuntimeError("something broke")
 
-    monkeypatch.setattr(scn2s.pp._denoise, "fit_lowrank", broken)
+    monkeypatch.setattr(scn2s.lowrank, "select", broken)
     assert main(["denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad"]) == 1
     line = _error_line(capsys)
     assert "RuntimeError: something broke (run with -v for the traceback)" in line
@@ -227,7 +227,7 @@ def test_quiet_and_verbose(counts_file, workdir, capsys):
     assert "INFO scn2s.pp._denoise: denoising adata.X: 200 cells x 80 genes" in err
     assert "DEBUG" not in err
     assert main(["-vv", *argv, "-o", "d.h5ad"]) == 0
-    assert "DEBUG scn2s.select.lowrank: split 0: best rank" in capsys.readouterr().err
+    assert "DEBUG scn2s.lowrank.search: split 0: best rank" in capsys.readouterr().err
     # the command's handler is removed afterwards
     assert not logging.getLogger("scn2s").handlers
 
@@ -276,7 +276,9 @@ def test_output_factors_writes_the_factors_and_says_so(counts_file, workdir, cap
     assert result.uns["denoised"]["output"] == "factors"
     assert "wrote out.h5ad: the low-rank factors (obsm['X_denoised'], varm['denoised_loadings']" in out
     expected = ad.read_h5ad(counts_file)
-    scn2s.pp.denoise(expected, method="lowrank", max_rank=10, mask_var="highly_variable", progress=False)
+    scn2s.pp.denoise(
+        expected, method="lowrank", lowrank_kwds={"max_rank": 10}, mask_var="highly_variable", progress=False
+    )
     np.testing.assert_array_equal(scn2s.tl.reconstruct(result), expected.layers["denoised"])
 
 

@@ -53,7 +53,9 @@ def _lazy(adata: ad.AnnData, chunks=(50, 50)) -> ad.AnnData:
 
 
 def _denoise(adata, **kwargs):
-    scn2s.pp.denoise(adata, **{"method": "lowrank", "max_rank": 8, "progress": False, "rng": 3, **kwargs})
+    scn2s.pp.denoise(
+        adata, **{"method": "lowrank", "lowrank_kwds": {"max_rank": 8}, "progress": False, "rng": 3, **kwargs}
+    )
     return adata
 
 
@@ -130,7 +132,7 @@ def test_read_elem_lazy_counts(client, small_blocks, blocked_counts, tmp_path):
 
 def test_no_chunk_task_sees_more_than_one_block(small_blocks, blocked_counts, monkeypatch):
     """Every per-chunk function of the dask path gets at most one block of cells, and block ``b`` of the split."""
-    from scn2s import _dask
+    from scn2s.lowrank import dask as _dask
 
     seen = []
 
@@ -198,8 +200,8 @@ def test_scn2s_works_without_dask():
         "import sys; sys.modules['dask'] = None; sys.modules['distributed'] = None\n"
         "import scn2s; from scn2s.datasets import simulate\n"
         "adata = simulate(60, 20, rng=0)\n"
-        "scn2s.pp.denoise(adata, method='lowrank', max_rank=3, progress=False)\n"
-        "assert 'scn2s._dask' not in sys.modules\n"
+        "scn2s.pp.denoise(adata, method='lowrank', lowrank_kwds={'max_rank': 3}, progress=False)\n"
+        "assert 'scn2s.lowrank.dask' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
 

@@ -16,11 +16,11 @@ import torch
 import torch.distributed as dist
 
 import scn2s
+from scn2s.autoencoder import distributed, fit_autoencoder
+from scn2s.autoencoder.data import CsrBatches
+from scn2s.autoencoder.train import TrainConfig, train
 from scn2s.datasets import simulate
-from scn2s.models.autoencoder import distributed
-from scn2s.models.autoencoder.data import CsrBatches
-from scn2s.models.autoencoder.train import TrainConfig, train
-from scn2s.select import Splits, fit_autoencoder
+from scn2s.select import Splits
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
@@ -41,13 +41,14 @@ import numpy as np
 import torch
 
 import scn2s.cli._commands as commands
-import scn2s.select.autoencoder as search
+import scn2s.autoencoder.search as search
 from scn2s.cli import main
 from scn2s.datasets import simulate
-from scn2s.models.autoencoder import data as data_module
-from scn2s.models.autoencoder import distributed
-from scn2s.models.autoencoder.train import TrainConfig, train
-from scn2s.select import Splits, fit_autoencoder
+from scn2s.autoencoder import data as data_module
+from scn2s.autoencoder import distributed
+from scn2s.autoencoder.train import TrainConfig, train
+from scn2s.autoencoder import fit_autoencoder
+from scn2s.select import Splits
 
 torch.set_num_threads(1)
 workdir = Path(sys.argv[1])

@@ -28,7 +28,7 @@ def _digest(X) -> str:
 
 def test_writes_layer_and_record(small):
     adata = small.copy()
-    result = scn2s.pp.denoise(adata, method="lowrank", max_rank=15, progress=False)
+    result = scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 15}, progress=False)
     assert result is None
     out = adata.layers["denoised"]
     assert out.shape == adata.shape
@@ -51,7 +51,7 @@ def test_writes_layer_and_record(small):
 
 def test_denoising_beats_raw_counts_against_the_truth(small):
     adata = small.copy()
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=15, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 15}, progress=False)
     truth = adata.layers["rates"]
     raw_error = np.mean((np.sqrt(adata.X.toarray()) - np.sqrt(truth)) ** 2)
     denoised_error = np.mean((np.sqrt(adata.layers["denoised"]) - np.sqrt(truth)) ** 2)
@@ -60,7 +60,7 @@ def test_denoising_beats_raw_counts_against_the_truth(small):
 
 def test_record_survives_h5ad_round_trip(small, tmp_path):
     adata = small.copy()
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=10, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 10}, progress=False)
     path = tmp_path / "out.h5ad"
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)
@@ -74,7 +74,7 @@ def test_record_survives_h5ad_round_trip(small, tmp_path):
 def test_copy_returns_new_object_and_leaves_input_untouched(small):
     adata = small.copy()
     digest = _digest(adata.X)
-    out = scn2s.pp.denoise(adata, method="lowrank", max_rank=10, copy=True, progress=False)
+    out = scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 10}, copy=True, progress=False)
     assert isinstance(out, ad.AnnData)
     assert "denoised" in out.layers
     assert "denoised" not in adata.layers
@@ -85,14 +85,14 @@ def test_copy_returns_new_object_and_leaves_input_untouched(small):
 def test_counts_not_mutated_in_place(small):
     adata = small.copy()
     digest = _digest(adata.X)
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=10, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 10}, progress=False)
     assert _digest(adata.X) == digest
 
 
 def test_same_seed_is_bit_identical_and_seeds_differ(small):
     a, b, c = small.copy(), small.copy(), small.copy()
     for adata, seed in ((a, 3), (b, 3), (c, 4)):
-        scn2s.pp.denoise(adata, method="lowrank", max_rank=10, rng=seed, progress=False)
+        scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 10}, rng=seed, progress=False)
     np.testing.assert_array_equal(a.layers["denoised"], b.layers["denoised"])
     assert not np.array_equal(
         a.uns["denoised"]["selection"]["lowrank"]["loss_per_split"],
@@ -102,7 +102,9 @@ def test_same_seed_is_bit_identical_and_seeds_differ(small):
 
 def test_generator_seed_is_recorded(small):
     adata = small.copy()
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=5, rng=np.random.default_rng(9), progress=False)
+    scn2s.pp.denoise(
+        adata, method="lowrank", lowrank_kwds={"max_rank": 5}, rng=np.random.default_rng(9), progress=False
+    )
     assert "entropy=9" in adata.uns["denoised"]["params"]["seed"]
 
 
@@ -111,10 +113,10 @@ def test_generator_seed_is_recorded(small):
 def test_array_types_give_the_same_output(small, kind, dtype):
     convert = {"dense": lambda m: m.toarray(), "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}[kind]
     reference = small.copy()
-    scn2s.pp.denoise(reference, method="lowrank", max_rank=10, progress=False)
+    scn2s.pp.denoise(reference, method="lowrank", lowrank_kwds={"max_rank": 10}, progress=False)
     adata = small.copy()
     adata.X = convert(small.X.astype(dtype))
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=10, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 10}, progress=False)
     np.testing.assert_array_equal(adata.layers["denoised"], reference.layers["denoised"])
 
 
@@ -122,14 +124,16 @@ def test_layer_and_key_added(small):
     adata = small.copy()
     adata.layers["counts"] = adata.X.copy()
     adata.X = sparse.csr_matrix(np.log1p(adata.X.toarray()))
-    scn2s.pp.denoise(adata, method="lowrank", layer="counts", key_added="smooth", max_rank=10, progress=False)
+    scn2s.pp.denoise(
+        adata, method="lowrank", layer="counts", key_added="smooth", lowrank_kwds={"max_rank": 10}, progress=False
+    )
     assert "smooth" in adata.layers
     assert adata.uns["smooth"]["params"]["layer"] == "counts"
 
 
 def test_fixed_rank(small):
     adata = small.copy()
-    scn2s.pp.denoise(adata, method="lowrank", rank=4, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"rank": 4}, progress=False)
     assert adata.uns["denoised"]["best_params"]["rank"] == 4
     assert "loss_mean" not in adata.uns["denoised"]["selection"]["lowrank"]
 
@@ -139,7 +143,7 @@ def test_mask_var_models_selected_genes_and_keeps_the_rest(small):
     mask = np.zeros(adata.n_vars, dtype=bool)
     mask[:60] = True
     adata.var["highly_variable"] = mask
-    scn2s.pp.denoise(adata, method="lowrank", mask_var="highly_variable", max_rank=10, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", mask_var="highly_variable", lowrank_kwds={"max_rank": 10}, progress=False)
     out = adata.layers["denoised"]
     raw = adata.X.toarray()
     np.testing.assert_array_equal(out[:, 60:], raw[:, 60:])
@@ -147,7 +151,7 @@ def test_mask_var_models_selected_genes_and_keeps_the_rest(small):
     assert adata.uns["denoised"]["params"]["mask_var"] == "highly_variable"
     # same as denoising the subset alone
     subset = small[:, :60].copy()
-    scn2s.pp.denoise(subset, method="lowrank", max_rank=10, progress=False)
+    scn2s.pp.denoise(subset, method="lowrank", lowrank_kwds={"max_rank": 10}, progress=False)
     np.testing.assert_allclose(out[:, :60], subset.layers["denoised"], rtol=1e-5)
 
 
@@ -157,7 +161,7 @@ def test_all_zero_genes_and_cells_stay_zero():
     X[:, [3, 17]] = 0
     X[[5, 9]] = 0
     adata.X = sparse.csr_matrix(X)
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=8, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 8}, progress=False)
     out = adata.layers["denoised"]
     assert np.all(np.isfinite(out))
     np.testing.assert_array_equal(out[:, [3, 17]], 0)
@@ -166,7 +170,7 @@ def test_all_zero_genes_and_cells_stay_zero():
 
 def test_view_input(small):
     view = small[:150]
-    out = scn2s.pp.denoise(view, method="lowrank", max_rank=8, copy=True, progress=False)
+    out = scn2s.pp.denoise(view, method="lowrank", lowrank_kwds={"max_rank": 8}, copy=True, progress=False)
     assert out.layers["denoised"].shape == (150, small.n_vars)
 
 
@@ -218,10 +222,10 @@ def _with_duplicates(X: sparse.csr_matrix) -> sparse.csr_matrix:
 def test_duplicate_entries_count_as_their_sum(small):
     """Regression: a CSR matrix with duplicate entries was square-rooted entry by entry."""
     reference = small.copy()
-    scn2s.pp.denoise(reference, method="lowrank", max_rank=10, progress=False)
+    scn2s.pp.denoise(reference, method="lowrank", lowrank_kwds={"max_rank": 10}, progress=False)
     adata = small.copy()
     adata.X = _with_duplicates(small.X)
     digest = _digest(adata.X)
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=10, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 10}, progress=False)
     np.testing.assert_array_equal(adata.layers["denoised"], reference.layers["denoised"])
     assert _digest(adata.X) == digest

@@ -5,7 +5,7 @@ import pytest
 from scipy import sparse
 
 from scn2s.loss import convert_sqrt_mean, heldout_sqrt_mse, sqrt_poisson_mean_inverse
-from scn2s.models.lowrank import (
+from scn2s.lowrank.model import (
     cell_scale,
     heldout_loss_per_rank,
     library_scale,

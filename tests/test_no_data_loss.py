@@ -87,7 +87,7 @@ def _make(small, kind: str, dtype, *, in_layer: bool) -> ad.AnnData:
 
 
 def _denoise(adata, **kwargs):
-    return scn2s.pp.denoise(adata, method="lowrank", max_rank=6, progress=False, **kwargs)
+    return scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 6}, progress=False, **kwargs)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -141,16 +141,27 @@ def _raise(exception):
     return fail
 
 
-LATE_DENOISE_STEPS = ["fit_lowrank", "dense_layer", "_lowrank_record", "_version"]
+# (module, name) of the steps of denoise after the checks: the search, the output layer, the record, the versions
+LATE_DENOISE_STEPS = [
+    ("scn2s.lowrank", "select"),
+    ("scn2s.pp._output", "dense_layer"),
+    ("scn2s.lowrank.LowRankSelection", "record"),
+    ("scn2s.pp._denoise", "_version"),
+]
 
 
-@pytest.mark.parametrize("step", LATE_DENOISE_STEPS)
+def _patch(monkeypatch, step: tuple[str, str], exception) -> None:
+    owner, name = step
+    monkeypatch.setattr(f"{owner}.{name}", _raise(exception))
+
+
+@pytest.mark.parametrize("step", LATE_DENOISE_STEPS, ids=lambda step: step[1])
 @pytest.mark.parametrize("exception", [Boom, KeyboardInterrupt])
 def test_denoise_failing_mid_run_leaves_the_anndata_as_it_was(small, monkeypatch, step, exception):
     adata = small.copy()
     _denoise(adata, rng=1)  # an earlier result that must survive the failed run
     before = _fingerprint(adata)
-    monkeypatch.setattr(scn2s.pp._denoise, step, _raise(exception))
+    _patch(monkeypatch, step, exception)
     with pytest.raises(exception):
         _denoise(adata, rng=2)
     assert _fingerprint(adata) == before
@@ -212,13 +223,16 @@ def _factors(adata, **kwargs):
     return _denoise(adata, output="factors", **kwargs)
 
 
-@pytest.mark.parametrize("step", ["fit_lowrank", "factor_entries", "_version"])
+FACTOR_STEPS = [("scn2s.lowrank", "select"), ("scn2s.pp._output", "factor_entries"), ("scn2s.pp._denoise", "_version")]
+
+
+@pytest.mark.parametrize("step", FACTOR_STEPS, ids=lambda step: step[1])
 @pytest.mark.parametrize("exception", [Boom, KeyboardInterrupt])
 def test_factors_failing_mid_run_leave_the_anndata_as_it_was(small, monkeypatch, step, exception):
     adata = small.copy()
     _factors(adata, rng=1)
     before = _fingerprint(adata)
-    monkeypatch.setattr(scn2s.pp._denoise, step, _raise(exception))
+    _patch(monkeypatch, step, exception)
     with pytest.raises(exception):
         _factors(adata, rng=2)
     assert _fingerprint(adata) == before

@@ -25,7 +25,7 @@ def small() -> ad.AnnData:
 def _pair(small, **kwargs) -> tuple[ad.AnnData, ad.AnnData]:
     """The same denoising written as a layer and as factors."""
     layer, factors = small.copy(), small.copy()
-    options = {"method": "lowrank", "max_rank": 12, "progress": False} | kwargs
+    options = {"method": "lowrank", "lowrank_kwds": {"max_rank": 12}, "progress": False} | kwargs
     scn2s.pp.denoise(layer, **options)
     scn2s.pp.denoise(factors, output="factors", **options)
     return layer, factors
@@ -188,10 +188,10 @@ def test_factors_need_the_lowrank_method(small, method):
 
 def test_one_output_replaces_the_other(small):
     adata = small.copy()
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=8, progress=False)
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=8, output="factors", progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 8}, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 8}, output="factors", progress=False)
     assert "denoised" not in adata.layers
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=8, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 8}, progress=False)
     assert "denoised" in adata.layers
     assert "X_denoised" not in adata.obsm
     assert "denoised_loadings" not in adata.varm
@@ -201,7 +201,9 @@ def test_one_output_replaces_the_other(small):
 
 def test_factors_of_a_view(small):
     view = small[:150]
-    out = scn2s.pp.denoise(view, method="lowrank", max_rank=8, output="factors", copy=True, progress=False)
+    out = scn2s.pp.denoise(
+        view, method="lowrank", lowrank_kwds={"max_rank": 8}, output="factors", copy=True, progress=False
+    )
     assert out.obsm["X_denoised"].shape[0] == 150
     assert view.is_view
 
@@ -238,13 +240,13 @@ def test_memory_guard_passes_when_the_layer_fits_and_for_factors(small, monkeypa
     size = small.n_obs * small.n_vars * 4
     monkeypatch.setattr(scn2s._memory, "available_memory", lambda: size)
     adata = small.copy()
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=5, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 5}, progress=False)
     assert adata.layers["denoised"].shape == small.shape
     monkeypatch.setattr(scn2s._memory, "available_memory", lambda: 1)
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=5, output="factors", progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 5}, output="factors", progress=False)
     assert "X_denoised" in adata.obsm
     monkeypatch.setattr(scn2s._memory, "available_memory", lambda: None)  # unknown: no check
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=5, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 5}, progress=False)
 
 
 def test_available_memory_reads_proc_meminfo_or_sysconf(tmp_path, monkeypatch):
@@ -262,7 +264,13 @@ def test_genes_outside_the_mask_come_from_the_recorded_layer(small):
     adata.X = sparse.csr_matrix(np.log1p(small.X.toarray()))  # X is not the counts
     mask = small.var["highly_variable"].to_numpy()
     scn2s.pp.denoise(
-        adata, method="lowrank", layer="counts", mask_var=mask, max_rank=6, output="factors", progress=False
+        adata,
+        method="lowrank",
+        layer="counts",
+        mask_var=mask,
+        lowrank_kwds={"max_rank": 6},
+        output="factors",
+        progress=False,
     )
     out = scn2s.tl.reconstruct(adata, genes=~mask)
     np.testing.assert_array_equal(out, small.X[:, ~mask].toarray().astype(np.float32))
@@ -278,7 +286,7 @@ def test_the_message_of_a_record_without_factors(small):
 def test_factors_written_to_a_view_in_place_leave_the_parent(small):
     parent = small.copy()
     view = parent[:150]
-    scn2s.pp.denoise(view, method="lowrank", max_rank=8, output="factors", progress=False)
+    scn2s.pp.denoise(view, method="lowrank", lowrank_kwds={"max_rank": 8}, output="factors", progress=False)
     assert not view.is_view
     assert view.obsm["X_denoised"].shape[0] == 150
     assert "X_denoised" not in parent.obsm

@@ -27,7 +27,7 @@ def _close_figures():
 @pytest.fixture(scope="module")
 def denoised():
     adata = simulate(300, 120, n_types=3, rank=2, depth=800, rng=5)
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=15, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 15}, progress=False)
     return adata
 
 
@@ -89,7 +89,7 @@ def test_selection_reads_a_record_from_h5ad(denoised, tmp_path):
 
 def test_selection_of_a_fixed_rank_fit_is_an_error():
     adata = simulate(100, 40, rng=0)
-    scn2s.pp.denoise(adata, method="lowrank", rank=4, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"rank": 4}, progress=False)
     with pytest.raises(ValueError, match=r"fixed hyperparameters \(rank=4\), so nothing was selected"):
         scn2s.pl.selection(adata, show=False)
 

@@ -27,7 +27,7 @@ def small() -> ad.AnnData:
 
 
 def _denoise(adata, **kwargs):
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=8, progress=False, **kwargs)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 8}, progress=False, **kwargs)
     return adata
 
 
@@ -138,7 +138,7 @@ def test_seed_and_versions_are_recorded(small, tmp_path):
 _RUN = """
 import hashlib, scn2s
 adata = scn2s.datasets.simulate(120, 50, rng=1)
-scn2s.pp.denoise(adata, method="lowrank", max_rank=6, rng=9, progress=False)
+scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 6}, rng=9, progress=False)
 print(hashlib.sha256(adata.layers["denoised"].tobytes()).hexdigest())
 """
 
@@ -153,6 +153,6 @@ def test_fresh_processes_agree():
         )
         digests.add(result.stdout.strip())
     adata = simulate(120, 50, rng=1)
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=6, rng=9, progress=False)
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds={"max_rank": 6}, rng=9, progress=False)
     digests.add(hashlib.sha256(adata.layers["denoised"].tobytes()).hexdigest())
     assert len(digests) == 1

@@ -7,8 +7,9 @@ import pytest
 from scipy import sparse
 
 from scn2s.datasets import simulate
-from scn2s.models.lowrank import reconstruct_counts
-from scn2s.select import Splits, fit_lowrank, search_lowrank, split_fractions
+from scn2s.lowrank import fit_lowrank, search_lowrank
+from scn2s.lowrank.model import reconstruct_counts
+from scn2s.select import Splits, split_fractions
 
 
 def sqrt_cp10k_error(estimate: np.ndarray, truth: np.ndarray) -> float:

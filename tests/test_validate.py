@@ -10,9 +10,9 @@ import pytest
 from scipy import sparse
 
 import scn2s
+from scn2s._names import METHODS
 from scn2s._validate import MAX_COUNT, check_counts, write_results
 from scn2s.datasets import simulate
-from scn2s.pp._denoise import _METHODS
 from scn2s.split import binomial_split, overlap_probabilities
 
 KINDS = {"dense": np.asarray, "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}
@@ -27,7 +27,9 @@ def counts() -> np.ndarray:
 
 
 def _denoise(adata, **kwargs):
-    return scn2s.pp.denoise(adata, **{"method": "lowrank", "max_rank": 5, "progress": False, **kwargs})
+    return scn2s.pp.denoise(
+        adata, **{"method": "lowrank", "lowrank_kwds": {"max_rank": 5}, "progress": False, **kwargs}
+    )
 
 
 def _raises(exception, message: str, func, *args, **kwargs):
@@ -263,7 +265,7 @@ def test_one_gene_returns_the_counts_with_a_warning(counts, n_cells):
         _denoise(adata)
     np.testing.assert_allclose(adata.layers["denoised"], adata.X, rtol=1e-6)
     assert adata.uns["denoised"]["best_params"]["rank"] == 0
-    _denoise(adata, rank=0)  # asking for rank 0 is not warned about
+    _denoise(adata, lowrank_kwds={"rank": 0})  # asking for rank 0 is not warned about
 
 
 def test_one_gene_selected_by_mask_var(counts):
@@ -281,16 +283,16 @@ def test_ranks_beyond_the_shape_are_clamped_with_a_warning(counts, shape, limit)
     n, g = shape
     message = f"max_rank=50 exceeds what {n} cells x {g} genes allow (at most min(cells - 1, genes) = {limit}); "
     with pytest.warns(UserWarning, match=f"^{re.escape(message + f'using {limit}.')}$"):
-        _denoise(adata, max_rank=50)
+        _denoise(adata, lowrank_kwds={"max_rank": 50})
     assert adata.uns["denoised"]["selection"]["lowrank"]["grid"]["rank"][-1] == limit
     with pytest.warns(UserWarning, match=f"^rank=7 exceeds what {n} cells x {g} genes allow"):
-        _denoise(adata, rank=7)
+        _denoise(adata, lowrank_kwds={"rank": 7})
     assert adata.uns["denoised"]["best_params"]["rank"] == limit
 
 
 def test_clamp_warning_points_at_the_caller(counts):
     with pytest.warns(UserWarning, match="max_rank=50 exceeds") as record:
-        _denoise(ad.AnnData(counts[:5]), max_rank=50)
+        _denoise(ad.AnnData(counts[:5]), lowrank_kwds={"max_rank": 50})
     assert record[0].filename == __file__
 
 
@@ -299,7 +301,7 @@ def test_clamp_counts_the_genes_selected_by_mask_var(counts):
     mask = counts.sum(axis=0) > 0
     mask[np.flatnonzero(mask)[4:]] = False
     with pytest.warns(UserWarning, match=r"^max_rank=10 exceeds what 60 cells x 4 genes allow"):
-        _denoise(adata, mask_var=mask, max_rank=10)
+        _denoise(adata, mask_var=mask, lowrank_kwds={"max_rank": 10})
 
 
 def test_all_zero_counts_are_refused(counts):
@@ -337,7 +339,7 @@ def test_all_zero_cells_and_genes_are_kept_as_zeros(counts, kind):
     X[[0, 7, 59]] = 0
     X[:, [0, 11, 24]] = 0
     adata = ad.AnnData(KINDS[kind](X))
-    _denoise(adata, max_rank=8)
+    _denoise(adata, lowrank_kwds={"max_rank": 8})
     out = adata.layers["denoised"]
     assert np.all(np.isfinite(out))
     np.testing.assert_array_equal(out[[0, 7, 59]], 0)
@@ -378,17 +380,26 @@ def test_nearly_empty_counts_give_finite_output():
         ({"n_splits": 0}, "n_splits must be a positive integer, got 0."),
         ({"n_splits": 2.0}, "n_splits must be a positive integer, got 2.0."),
         ({"n_splits": True}, "n_splits must be a positive integer, got True."),
-        ({"max_rank": 0}, "max_rank must be a positive integer, got 0."),
-        ({"max_rank": -3}, "max_rank must be a positive integer, got -3."),
-        ({"max_rank": None}, "max_rank must be a positive integer, got None."),
-        ({"rank": -1}, "rank must be an integer >= 0 or None, got -1."),
-        ({"rank": 2.5}, "rank must be an integer >= 0 or None, got 2.5."),
+        ({"lowrank_kwds": {"max_rank": 0}}, "max_rank must be a positive integer, got 0."),
+        ({"lowrank_kwds": {"max_rank": -3}}, "max_rank must be a positive integer, got -3."),
+        ({"lowrank_kwds": {"max_rank": None}}, "max_rank must be a positive integer, got None."),
+        ({"lowrank_kwds": {"rank": -1}}, "rank must be an integer >= 0 or None, got -1."),
+        ({"lowrank_kwds": {"rank": 2.5}}, "rank must be an integer >= 0 or None, got 2.5."),
+        (
+            {"lowrank_kwds": {"max_ranks": 3}},
+            "lowrank_kwds has unknown key(s) ['max_ranks']; valid: ['max_rank', 'rank', 'depth_correction'].",
+        ),
+        (
+            {"autoencoder_kwds": {"hidden": 8}},
+            "autoencoder_kwds has unknown key(s) ['hidden']; valid: ['configs', 'n_splits'].",
+        ),
+        ({"autoencoder_kwds": {"n_splits": 0}}, "n_splits must be a positive integer, got 0."),
         ({"sample_ratio": 0}, "sample_ratio must be in (0, 1], got 0."),
         ({"sample_ratio": 1.5}, "sample_ratio must be in (0, 1], got 1.5."),
         ({"sample_ratio": float("nan")}, "sample_ratio must be in (0, 1], got nan."),
         ({"key_added": ""}, "key_added must be a non-empty string, got ''."),
         ({"key_added": None}, "key_added must be a non-empty string, got None."),
-        ({"method": "magic"}, f"method must be one of {_METHODS}, got 'magic'."),
+        ({"method": "magic"}, f"method must be one of {METHODS}, got 'magic'."),
         ({"rng": "seed"}, "rng must be a non-negative integer seed, a numpy.random.Generator or None, got 'seed'."),
         ({"rng": -1}, "rng must be a non-negative integer seed, a numpy.random.Generator or None, got -1."),
     ],
@@ -431,7 +442,7 @@ def test_mask_var_is_checked(counts, mask_var, exception, message):
 
 def test_numpy_scalars_are_valid_arguments(counts):
     adata = ad.AnnData(counts)
-    _denoise(adata, p=np.float32(0.5), n_splits=np.int64(2), max_rank=np.int32(4))
+    _denoise(adata, p=np.float32(0.5), n_splits=np.int64(2), lowrank_kwds={"max_rank": np.int32(4)})
     assert adata.uns["denoised"]["selection"]["lowrank"]["loss_per_split"].shape == (2, 5)
 
 

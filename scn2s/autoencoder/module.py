@@ -35,7 +35,7 @@ class CountAutoencoder(nn.Module):
     cell-specific variation of its own takes part of it from the cell's counts, the more so the deeper the cell.
     The shape does not depend on depth, but the prior does: at inference the network sees more of each cell's
     molecules than in training (all of them, or the mean over several thinnings), so its frequencies are closer to
-    the truth and deserve a larger shape. :func:`scn2s.select.fit_autoencoder` chooses the factor on held-out
+    the truth and deserve a larger shape. :func:`scn2s.autoencoder.fit_autoencoder` chooses the factor on held-out
     molecules (``shape_scale`` of :meth:`posterior`).
 
     Parameters

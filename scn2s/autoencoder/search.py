@@ -84,7 +84,7 @@ def make_configs(configs: Sequence[Mapping] | None, **overrides):
             raise ValueError(msg)
         out.append(TrainConfig(**{**overrides, **config}))
     if not out:
-        msg = "autoencoder_configs is empty."
+        msg = 'autoencoder_kwds["configs"] is empty: give at least one candidate, or None for the default ones.'
         raise ValueError(msg)
     return out
 

@@ -99,6 +99,7 @@ def _package_logging(verbose: int, quiet: bool) -> Iterator[None]:
 def _parser() -> argparse.ArgumentParser:
     from .. import __version__, pp
     from .._names import METHODS, OUTPUTS
+    from ..lowrank import LowRankOptions
 
     parser = _Parser(prog="scn2s", description=_DESCRIPTION, parents=[_verbosity(suppress=False)])
     parser.add_argument("--version", action="version", version=f"scn2s {__version__}")
@@ -127,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     den.add_argument("--p", type=_fraction, default=default("p"), help="training fraction of each split (%(default)s)")
     den.add_argument("--n-splits", type=_positive, default=default("n_splits"), help="splits averaged (%(default)s)")
     den.add_argument(
-        "--max-rank", type=_positive, default=default("max_rank"), help="largest rank searched (%(default)s)"
+        "--max-rank", type=_positive, default=LowRankOptions.max_rank, help="largest rank searched (%(default)s)"
     )
     den.add_argument("--rank", type=_non_negative, help="fit this rank without a search")
     den.add_argument(
