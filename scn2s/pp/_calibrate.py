@@ -260,6 +260,8 @@ def _selection_record(fit: DenoiserSelection, applied: dict, *, ratio: float) ->
     """The selection entry: the grid as one named axis, the candidates' scores and the choice."""
     names = list(dict.fromkeys(name for candidate in fit.candidates for name in candidate))
     varying = [n for n in names if len({repr(c.get(n)) for c in fit.candidates}) > 1]
+    if not varying and len(names) == 1:
+        varying = names  # a single candidate of one parameter
     labels = [candidate_label(c) for c in fit.candidates]
     chosen = fit.candidates[fit.best]
     if len(varying) == 1 and all(varying[0] in c for c in fit.candidates):

@@ -52,6 +52,9 @@ def expand_grid(grid: Mapping[str, Sequence] | Sequence[Mapping]) -> list[dict]:
         parameters named by strings.
     """
     if isinstance(grid, Mapping):
+        if not grid:
+            msg = "grid holds no candidate; give at least one parameter and its values, or [{}] for the defaults."
+            raise ValueError(msg)
         names = list(grid)
         values = []
         for name in names:
