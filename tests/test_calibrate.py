@@ -377,3 +377,20 @@ def test_magic_is_calibrated_and_its_kept_graph_changes_nothing(sim):
     assert entry["loss_per_split"].shape == (3, 4)
     assert adata.uns["denoised"]["best_params"]["t"] >= 1
     assert np.all(np.isfinite(adata.layers["denoised"]))
+
+
+def test_readme_calibrates_a_users_function_in_five_lines(monkeypatch):
+    """The README's five lines run as written (on a simulation instead of the file) and write the layer."""
+    from pathlib import Path
+
+    import scanpy as sc
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("## Calibrate any denoiser")[1].split("```python\n")[1].split("```")[0]
+    assert len(code.strip().splitlines()) == 5
+    monkeypatch.setattr(sc, "read_h5ad", lambda path: simulate(150, 60, rng=1))
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    adata = namespace["adata"]
+    assert adata.uns["denoised"]["best_params"]["alpha"] in (0.1, 1, 10, 100)
+    assert adata.layers["denoised"].shape == adata.shape
