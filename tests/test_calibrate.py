@@ -394,3 +394,17 @@ def test_readme_calibrates_a_users_function_in_five_lines(monkeypatch):
     adata = namespace["adata"]
     assert adata.uns["denoised"]["best_params"]["alpha"] in (0.1, 1, 10, 100)
     assert adata.layers["denoised"].shape == adata.shape
+
+
+def test_scn2s_autoencoder_adapter_is_calibrated(small):
+    pytest.importorskip("torch")
+    adata = small.copy()
+    tiny = {"hidden": 16, "bottleneck": 4, "max_epochs": 3, "patience": 2, "device": "cpu"}
+    scn2s.pp.calibrate(adata, scn2s.denoisers.autoencoder, [tiny], n_splits=1, progress=False)
+    entry = adata.uns["denoised"]["selection"]["autoencoder"]
+    assert list(entry["grid"]) == ["candidate"]
+    assert entry["loss_per_split"].shape == (1, 1)
+    assert np.isfinite(entry["loss_mean"][0])
+    assert np.all(np.isfinite(adata.layers["denoised"]))
+    library = np.asarray(adata.X.sum(axis=1), dtype=np.float64).ravel()
+    np.testing.assert_allclose(adata.layers["denoised"].sum(axis=1), library, rtol=1e-4)
