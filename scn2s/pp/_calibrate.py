@@ -1,0 +1,300 @@
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from numbers import Integral, Real
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._sparse import canonical_csr, is_dask_array
+from .._timing import Timings
+from .._validate import (
+    check_fraction,
+    check_integer,
+    check_key,
+    describe_source,
+    get_counts,
+    make_rng,
+    seed_record,
+    versions,
+    write_results,
+)
+from ..select import Splits
+from ..select.calibrate import (
+    DenoiserSelection,
+    candidate_label,
+    expand_grid,
+    run_denoiser,
+    scale_to_library,
+    search_denoiser,
+)
+from .._memory import check_layer_fits
+from ._output import stale_entries
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+
+def calibrate(
+    adata: AnnData,
+    denoiser: Callable,
+    grid: Mapping[str, Sequence] | Sequence[Mapping],
+    *,
+    layer: str | None = None,
+    key_added: str = "denoised",
+    p: float = 0.5,
+    n_splits: int = 3,
+    depth_correction: bool = True,
+    name: str | None = None,
+    rng: int | np.random.Generator | None = 0,
+    progress: bool = True,
+    copy: bool = False,
+) -> AnnData | None:
+    """Choose any denoiser's parameters by held-out molecules, and write its denoised counts.
+
+    The counts are split by binomial thinning into a training half (fraction ``p``) and a held-out half,
+    ``n_splits`` times, with the same splits as :func:`scn2s.pp.denoise` draws from the same ``rng``. Every
+    candidate of ``grid`` is fit on each training half (``denoiser(training_half, **params)``), its values are
+    brought to each cell's training library size, carried to the held-out depth and scored on the held-out half
+    by the loss every family of :func:`~scn2s.pp.denoise` is scored by (:mod:`scn2s.loss`), so its losses are in
+    the same currency as scn2s's own models'. The candidate with the lowest mean loss was chosen at depth
+    ``p N``; with ``depth_correction``, a denoiser that has a ``transfer`` method (those of
+    :mod:`scn2s.denoisers`) carries its parameters to the full depth ``N`` (kNN smoothing's ``k`` and MAGIC's
+    ``t`` shrink with depth); a plain function's parameters are applied as chosen. The denoiser is then applied
+    to the full counts and its values brought to each cell's library size.
+
+    Everything is computed before anything is written: after an error (a failing or bad denoiser included)
+    ``adata`` is as it was.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with raw UMI counts (cells x genes), dense or sparse, in memory.
+    denoiser
+        ``denoiser(counts, **params)``: given a CSR count matrix (cells x genes, float64 copies of integer
+        counts), returns a dense or sparse cells x genes array of finite non-negative values, expected counts or
+        any per-cell scale (frequencies, normalised counts). For instance a function of :mod:`scn2s.denoisers`.
+    grid
+        The candidates: a dict of lists (every combination is tried), or a list of dicts of parameters.
+    layer
+        Layer holding the raw counts; ``None`` uses ``adata.X``.
+    key_added
+        Name of the layer and ``uns`` entry written.
+    p
+        Fraction of the molecules in each split's training half.
+    n_splits
+        Number of independent splits whose held-out losses are averaged.
+    depth_correction
+        Carry the chosen parameters from depth ``p N`` to ``N`` with the denoiser's ``transfer`` method, if it
+        has one.
+    name
+        Name of the denoiser in the record; default its ``name`` attribute, or its function name.
+    rng
+        Seed or :class:`numpy.random.Generator` of the splits (the denoiser's own randomness is its own).
+    progress
+        Show a progress bar over the denoiser's calls.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None``, or a copy of ``adata`` if ``copy=True``, with
+
+    ``adata.layers[key_added]``
+        ``float32`` denoised expected counts, cells x genes: the denoiser's output with the parameters applied,
+        each cell on its own library size; zero for a cell without molecules.
+    ``adata.uns[key_added]``
+        In the schema of :func:`~scn2s.pp.denoise`'s record: ``method`` (the denoiser's name), ``params`` (the
+        arguments, the grid included), ``best_params`` (the parameters applied to the full counts),
+        ``selection`` with one entry under the denoiser's name: ``grid`` (``{parameter: values}`` when one
+        parameter varies, else ``{"candidate": labels}``), ``labels`` and ``candidates`` (each candidate's
+        parameters), ``loss`` (the loss's name), ``loss_mean``, ``loss_std`` and ``loss_per_split`` (held-out
+        loss per entry, see :mod:`scn2s.loss`), ``nll_mean`` and ``nll_per_split`` (Poisson negative
+        log-likelihood per held-out entry), ``seconds_per_split`` (each call's time), ``split_<parameter>``
+        (chosen at depth ``p N``), ``<parameter>`` (applied to the full counts), ``chosen`` and ``applied`` (as
+        labels), ``depth_ratio`` (full over training depth), ``transferred``, ``p``, ``n_splits`` and ``seed``;
+        ``version``; ``versions``; ``elapsed_seconds``; ``timings`` (``read``, ``split``, ``selection``,
+        ``fit``, ``output``); ``output`` (``"layer"``). :func:`scn2s.pl.selection` plots it and the command
+        line's summary reads it.
+
+    Raises
+    ------
+    TypeError
+        If ``denoiser`` is not callable, or the counts have a boolean or non-numeric dtype.
+    KeyError
+        If ``layer`` does not exist.
+    ValueError
+        If the counts are not raw UMI counts, hold no molecule, or have fewer than 2 cells; if an argument is
+        out of range or ``grid`` holds no candidate; or if the counts are on disk or in a dask array.
+    scn2s.select.calibrate.DenoiserError
+        A :class:`ValueError` raised when the denoiser raises or returns a wrong shape, negative, NaN or
+        infinite values; the message names the candidate's parameters. Nothing is written.
+    MemoryError
+        If the layer is larger than the memory available; raised before any work.
+
+    Examples
+    --------
+    >>> import scn2s
+    >>> adata = scn2s.datasets.simulate(300, 100, rng=0)
+    >>> scn2s.pp.calibrate(adata, scn2s.denoisers.knn_smoothing, {"k": [1, 5, 10, 20]}, progress=False)
+    >>> adata.uns["denoised"]["method"]
+    'knn_smoothing'
+    """
+    start = time.perf_counter()
+    if not callable(denoiser):
+        msg = f"denoiser must be a function denoiser(counts, **params), got {type(denoiser).__name__}."
+        raise TypeError(msg)
+    check_key("key_added", key_added, layer=layer)
+    check_fraction("p", p)
+    check_integer("n_splits", n_splits, minimum=1)
+    name = _name(denoiser, name)
+    candidates = expand_grid(grid)
+    source = describe_source(layer)
+    if adata.isbacked and layer is None:
+        msg = "calibrate needs the counts in memory; adata is backed. Read it with backed=None (the default)."
+        raise ValueError(msg)
+    timings = Timings()
+    with timings.step("read"):
+        counts = get_counts(adata, layer)
+        if is_dask_array(counts):
+            msg = f"{source} is a dask array; calibrate needs the counts in memory (e.g. adata.X = adata.X.compute())."
+            raise ValueError(msg)
+        counts = canonical_csr(counts)  # never modifies the counts
+    if not counts.data.any():
+        msg = f"{source} holds no molecule (every count is zero); there is nothing to denoise."
+        raise ValueError(msg)
+    if counts.shape[0] < 2:
+        msg = f"calibrate needs at least 2 cells; {source} has {counts.shape[0]}."
+        raise ValueError(msg)
+    check_layer_fits(adata.shape, key_added=key_added, alternatives="Calibrate on fewer cells or genes.")
+    seed = seed_record(rng)
+    # the first stream of the generator, as denoise's: the same rng gives the same splits
+    (split_rng,) = make_rng(rng).spawn(1)
+    splits = Splits.draw(split_rng, n_splits, p)
+    counts = counts.astype(np.float64)  # what every call receives (a copy, see run_denoiser)
+    logger.info("calibrating %s on %s: %d candidates x %d splits", name, source, len(candidates), n_splits)
+    fit = search_denoiser(denoiser, counts, candidates, splits=splits, name=name, progress=progress, timings=timings)
+    chosen = fit.best_params
+    ratio = 1 / splits.fractions[0]
+    transfer = getattr(denoiser, "transfer", None) if depth_correction else None
+    applied = dict(transfer(chosen, ratio)) if callable(transfer) else chosen
+    if applied != chosen:
+        logger.info("%s chosen at depth p=%g, %s at full depth", candidate_label(chosen), p, candidate_label(applied))
+    with timings.step("fit"):
+        estimate = run_denoiser(denoiser, counts, applied, what="the full counts")
+    with timings.step("output"):
+        library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        layer_values = scale_to_library(estimate, library).astype(np.float32)
+        del estimate
+    params = {
+        "denoiser": name,
+        "grid": _grid_params(grid),
+        "layer": layer or "X",
+        "p": p,
+        "n_splits": n_splits,
+        "depth_correction": depth_correction,
+        "seed": seed,
+        "output": "layer",
+    }
+    entry = _selection_record(fit, applied, ratio=ratio) | {"p": p, "n_splits": n_splits, "seed": seed}
+    record = {
+        "method": name,
+        "params": params,
+        "best_params": {k: _storable(v) for k, v in applied.items()},
+        "selection": {name: entry},
+        "version": _version(),
+        "versions": versions(),
+        "elapsed_seconds": time.perf_counter() - start,
+        "timings": timings.as_dict(),
+        "output": "layer",
+    }
+    if copy:
+        adata = adata.copy()
+    write_results(adata, **stale_entries(key_added, "layer"), layers={key_added: layer_values}, uns={key_added: record})
+    logger.info("wrote layers[%r] (%s, %s) in %.1f s", key_added, name, candidate_label(applied), record["elapsed_seconds"])
+    return adata if copy else None
+
+
+def _name(denoiser: Callable, name: str | None) -> str:
+    if name is None:
+        name = getattr(denoiser, "name", None) or getattr(denoiser, "__name__", None)
+        if not isinstance(name, str) or not name.isidentifier():
+            name = "denoiser"  # a lambda, a partial, a callable object
+    if not isinstance(name, str) or not name or "/" in name:
+        msg = f"name must be a non-empty string without '/', got {name!r}."
+        raise ValueError(msg)
+    return name
+
+
+def _storable(value):
+    """A parameter value as anndata writes it to ``.h5ad``: numbers and strings as they are, the rest as text."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (bool, str)) or (isinstance(value, Real) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, Real) and not isinstance(v, bool) for v in value):
+        return list(value)
+    return repr(value)
+
+
+def _values(values: list) -> np.ndarray:
+    """Values of one parameter over candidates: numbers as a numeric array, anything else as strings."""
+    if all(isinstance(v, Integral) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    if all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.float64)
+    return np.asarray([v if isinstance(v, str) else repr(v) for v in values])
+
+
+def _grid_params(grid) -> dict:
+    """The grid argument as the record stores it: a dict grid as is, a list grid as a mapping by position."""
+    if isinstance(grid, Mapping):
+        return {name: _values([_storable(v) for v in values]) for name, values in grid.items()}
+    return {str(i): {k: _storable(v) for k, v in candidate.items()} for i, candidate in enumerate(grid)}
+
+
+def _selection_record(fit: DenoiserSelection, applied: dict, *, ratio: float) -> dict:
+    """The selection entry: the grid as one named axis, the candidates' scores and the choice."""
+    names = list(dict.fromkeys(name for candidate in fit.candidates for name in candidate))
+    varying = [n for n in names if len({repr(c.get(n)) for c in fit.candidates}) > 1]
+    if not varying and len(names) == 1:
+        varying = names  # a single candidate of one parameter
+    labels = [candidate_label(c) for c in fit.candidates]
+    chosen = fit.candidates[fit.best]
+    if len(varying) == 1 and all(varying[0] in c for c in fit.candidates):
+        (axis,) = varying
+        values = _values([c[axis] for c in fit.candidates])
+        split_value, applied_value = _storable(chosen[axis]), _storable(applied.get(axis, chosen[axis]))
+    else:
+        axis = "candidate"
+        values = np.asarray([candidate_label({n: c[n] for n in varying if n in c}) for c in fit.candidates])
+        split_value = str(values[fit.best])
+        applied_value = candidate_label({n: applied[n] for n in varying if n in applied})
+    return {
+        "loss": "heldout_sqrt_mse",
+        "grid": {axis: values},
+        "labels": np.asarray(labels),
+        "candidates": {n: _values([_storable(c.get(n)) for c in fit.candidates]) for n in names},
+        "loss_mean": fit.loss_mean,
+        "loss_std": fit.loss_std,
+        "loss_per_split": fit.losses,
+        "nll_mean": fit.nll.mean(axis=0),
+        "nll_per_split": fit.nll,
+        "seconds_per_split": fit.seconds,
+        f"split_{axis}": split_value,
+        axis: applied_value,
+        "chosen": labels[fit.best],
+        "applied": candidate_label(applied),
+        "depth_ratio": ratio,
+        "transferred": applied != chosen,
+    }
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
