@@ -144,7 +144,8 @@ def test_denoiser_sees_only_training_halves_of_denoises_splits(sim):
 def test_loss_is_the_lowrank_familys_loss(sim):
     """A denoiser that returns the low-rank model's prediction gets the loss denoise records for that rank."""
     adata = sim.copy()
-    scn2s.pp.denoise(adata, method="lowrank", max_rank=6, depth_correction=False, progress=False, key_added="lr")
+    options = {"max_rank": 6, "depth_correction": False}
+    scn2s.pp.denoise(adata, method="lowrank", lowrank_kwds=options, progress=False, key_added="lr")
     reference = adata.uns["lr"]["selection"]["lowrank"]["loss_mean"]
     scn2s.pp.calibrate(adata, scn2s.denoisers.lowrank, {"rank": [0, 3, 6]}, progress=False, key_added="cal")
     losses = adata.uns["cal"]["selection"]["lowrank"]["loss_mean"]
