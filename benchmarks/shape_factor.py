@@ -15,14 +15,10 @@ Run from the repository root (needs the ``benchmarks`` extra)::
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from peers import Reference, load_task, score, task_parser
+from common import Reference, load_task, score, task_parser
 
 from scn2s.autoencoder import fit_autoencoder
 from scn2s.autoencoder.search import SHAPE_SCALES, config_label
