@@ -100,6 +100,7 @@ class LowRankSelection:
     factors: LowRankFactors
     library_size: np.ndarray
     target_sum: float
+    n_splits: int  # the splits drawn (none scored with a fixed rank)
 
     family = "lowrank"
 
@@ -127,7 +128,7 @@ class LowRankSelection:
         return {"rank": self.rank}
 
     def record(self) -> dict:
-        """The family's entry of ``uns[key_added]["selection"]`` (without the shared ``p``, ``n_splits``, ``seed``)."""
+        """The family's entry of ``uns[key_added]["selection"]`` (without the shared ``p`` and ``seed``)."""
         record = {"loss": LOSS, "split_rank": self.split_rank, "rank": self.rank, "singular_values": self.factors.s}
         if len(self.ranks):
             record |= {
@@ -139,7 +140,7 @@ class LowRankSelection:
             }
             if np.isfinite(self.noise_ratio):
                 record["noise_ratio"] = self.noise_ratio
-        return record
+        return record | {"n_splits": self.n_splits}
 
 
 def rank_limit(shape: tuple[int, int]) -> int:
@@ -329,6 +330,7 @@ def fit_lowrank(
             factors=factors,
             library_size=library,
             target_sum=target_sum,
+            n_splits=len(splits),
         )
     split_rank = int(np.argmin(losses.mean(axis=0)))
     chosen, ratio = split_rank, float("nan")
@@ -352,6 +354,7 @@ def fit_lowrank(
         factors=factors,
         library_size=library,
         target_sum=target_sum,
+        n_splits=len(splits),
     )
 
 
