@@ -39,7 +39,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from anndata import AnnData
+from common import current_rss_mib, peak_rss_mib
 from scipy import sparse
 
 import scn2s
@@ -283,31 +283,6 @@ def equivalence_check(problem: Problem, scorer: Scorer, fit: LowRankSelection, k
 
 # --------------------------------------------------------------------------------------------------------------
 # worker: one configuration in a fresh process
-
-
-def current_rss_mib() -> float:
-    """Resident set size now (Linux ``/proc/self/statm``), in MiB; NaN elsewhere."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process image so far, in MiB.
-
-    ``VmHWM`` of ``/proc/self/status`` on Linux: unlike ``ru_maxrss``, it does not include the peak of the
-    process that launched this one. Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    scale = 2**20 if sys.platform == "darwin" else 2**10
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def run_worker(args: argparse.Namespace) -> dict:

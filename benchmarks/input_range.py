@@ -14,16 +14,12 @@ Run from the repository root (needs the ``benchmarks`` extra for the real tasks'
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from peers import load_task, task_parser, training_halves
+from common import load_task, task_parser, training_halves
 
 from scn2s.autoencoder.data import CsrBatches
 from scn2s.autoencoder.search import SHAPE_SCALES, config_label

@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, peak_rss_mib
 
 SIZES = {"10k": (10_000, 2_000), "100k": (100_000, 2_000), "300k": (300_000, 2_000), "1M": (1_000_000, 2_000)}
 SIZES["100kx20k"] = (100_000, 20_000)
@@ -269,14 +270,6 @@ def current_rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return -1
-
-
-def peak_rss_mib() -> float:
-    """``VmHWM`` of this process (unlike ``ru_maxrss`` not inherited from the parent at fork)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class RssSampler:
@@ -688,7 +681,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="OMP/OPENBLAS/MKL threads of the workers; 0 inherits")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run (and per generation)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="cache of the simulated .h5ad files")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("scale.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulation")
     parser.add_argument("--depth", type=float, default=1200.0, help="median library size of the simulation")
     parser.add_argument(

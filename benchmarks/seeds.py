@@ -12,14 +12,8 @@ Run from the repository root (needs the ``benchmarks`` extra)::
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from peers import Reference, choice, load_task, scn2s_runner, score, task_parser
+from common import Reference, choice, load_task, scn2s_runner, score, task_parser
 
 COLUMNS = (
     ("mse_cp10k", "MSE CP10k", ".2f"),

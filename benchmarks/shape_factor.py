@@ -15,14 +15,11 @@ Run from the repository root (needs the ``benchmarks`` extra)::
 
 from __future__ import annotations
 
-import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from peers import Reference, load_task, score, task_parser
+from common import Reference, load_task, score, task_parser
 
 from scn2s.autoencoder import fit_autoencoder
 from scn2s.autoencoder.search import SHAPE_SCALES, config_label
@@ -46,8 +43,7 @@ def rows(task_name: str, data_dir: Path) -> list[str]:
     split_loss = dict(zip(SHAPE_SCALES, fit.losses_by_scale[int(fit.mode == "replicas"), 0, fit.best], strict=True))
     chosen, out = fit.shape_scale, []
     for factor in FACTORS:
-        fit.shape_scale = factor
-        scores = score(fit.reconstruct(task.counts, slice(None)), task, reference)
+        scores = score(replace(fit, shape_scale=factor).reconstruct(slice(None)), task, reference)
         loss = f"{split_loss[factor]:.6f}" if factor in split_loss else ""
         heldout = "" if scores["heldout_sqrt_loss"] is None else f"{scores['heldout_sqrt_loss']:.5f}"
         ari = f"{scores['ari']:.3f}" if "ari" in scores else ""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -361,8 +362,8 @@ def test_the_shape_factor_is_chosen_on_the_heldout_molecules(halves):
     model = fit.model
     block = adata.X[:50][:, fit.genes]
     rates = predict_rates(model, CsrBatches(block, "cpu"), np.arange(50), mode="full", shape_scale=fit.shape_scale)
-    fit.mode = "full"
-    np.testing.assert_allclose(fit.reconstruct(slice(0, 50))[:, fit.genes], rates.numpy(), rtol=1e-6)
+    full_input = dataclasses.replace(fit, mode="full")
+    np.testing.assert_allclose(full_input.reconstruct(slice(0, 50))[:, fit.genes], rates.numpy(), rtol=1e-6)
 
 
 def test_labels_name_input_fractions_other_than_the_default():

@@ -290,6 +290,13 @@ def test_output_factors_needs_the_lowrank_method(counts_file, workdir, capsys):
     assert not (workdir / "out.h5ad").exists()
 
 
+def test_rank_needs_the_lowrank_method(counts_file, workdir, capsys):
+    assert main(["denoise", str(counts_file), "-o", "out.h5ad", "--rank", "3", "--method", "autoencoder"]) == 2
+    line = _error_line(capsys)
+    assert "--rank fixes the rank of a low-rank model and needs --method lowrank, got --method autoencoder" in line
+    assert not (workdir / "out.h5ad").exists()
+
+
 def test_memory_guard_exits_2_and_points_to_output_factors(counts_file, workdir, capsys, monkeypatch):
     monkeypatch.setattr(scn2s._memory, "available_memory", lambda: 1000)
     assert main(["denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad"]) == 2

@@ -111,3 +111,20 @@ def test_search_survives_a_training_half_without_molecules():
     losses, spectra = search_lowrank(counts, max_rank=2, splits=splits, rng=np.random.default_rng(0))
     assert np.all(np.isfinite(losses))
     np.testing.assert_array_equal(spectra, 0.0)
+
+
+def test_compare_families_takes_any_selection_on_the_splits_all_used():
+    from types import SimpleNamespace
+
+    from scn2s.select import compare_families
+
+    a = SimpleNamespace(family="lowrank", heldout_losses=np.array([1.0, 2.0, 9.0]))
+    b = SimpleNamespace(family="autoencoder", heldout_losses=np.array([1.4]))
+    c = SimpleNamespace(family="external", heldout_losses=np.array([1.2, 0.1]))
+    comparison = compare_families([a, b, c])
+    assert comparison == {
+        "n_splits": 1,
+        "loss": {"lowrank": 1.0, "autoencoder": 1.4, "external": 1.2},
+        "chosen": "lowrank",
+    }
+    assert compare_families([a, c])["chosen"] == "external"  # 0.65 against 1.5 on the two splits both used

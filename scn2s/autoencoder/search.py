@@ -104,6 +104,15 @@ def config_label(config) -> str:
     return label if config.posterior else f"{label}-noposterior"
 
 
+class TrainingHalf(NamedTuple):
+    """One split's halves on the genes with training molecules, as the candidates train and are scored on them."""
+
+    train: sparse.csr_matrix
+    heldout: sparse.csr_matrix
+    gene_fraction: float  # the share of the genes kept, which rescales the losses to all genes
+    unseen: float  # the loss of the held-out molecules of the other genes, predicted as zero, per entry
+
+
 class SplitScore(NamedTuple):
     """One candidate trained on one split's training half, scored on its held-out half."""
 
@@ -306,7 +315,7 @@ def fit_autoencoder(
         genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
         # held-out molecules of genes absent from the training half are predicted as zero
         unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
-        halves.append((train_half[:, genes], heldout_half[:, genes], len(genes) / g, unseen / (n * g)))
+        halves.append(TrainingHalf(train_half[:, genes], heldout_half[:, genes], len(genes) / g, unseen / (n * g)))
 
     def score(config) -> list[SplitScore]:
         """Train ``config`` on each split's training half.

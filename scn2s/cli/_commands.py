@@ -37,6 +37,9 @@ def denoise(args: argparse.Namespace) -> int:
     if args.output == "factors" and args.method != "lowrank":
         msg = f"--output factors stores a low-rank model and needs --method lowrank, got --method {args.method}"
         raise InputError(msg)
+    if args.rank is not None and args.method != "lowrank":
+        msg = f"--rank fixes the rank of a low-rank model and needs --method lowrank, got --method {args.method}"
+        raise InputError(msg)
     check_paths(args.input, args.out, force=args.force)
     if args.device is not None and args.method != "lowrank":
         _check_device(args.device)

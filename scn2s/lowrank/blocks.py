@@ -10,7 +10,7 @@ held-out loss for where its counts live.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from scipy import sparse
@@ -21,7 +21,15 @@ if TYPE_CHECKING:
     from .._blocks import RowBlocks
     from ..select.splits import Splits
 
-__all__ = ["BlockCounts"]
+__all__ = ["BlockCounts", "SplitHalves"]
+
+
+class SplitHalves(NamedTuple):
+    """One split of the counts, as the data path holds it while the split is scored."""
+
+    train: list  # the training half, block by block (or a dask array of its chunks)
+    heldout: list  # the held-out half, likewise
+    library: np.ndarray  # each cell's count in the training half (float64)
 
 
 class BlockCounts:
@@ -42,8 +50,8 @@ class BlockCounts:
         """Each cell's total count (float64), one pass over the blocks."""
         return self.blocks.library_sizes()
 
-    def split(self, splits: Splits, i: int) -> tuple[list, list, np.ndarray]:
-        """Split ``i`` of every block: ``(training blocks, held-out blocks, training library sizes)``."""
+    def split(self, splits: Splits, i: int) -> SplitHalves:
+        """Split ``i`` of every block: the training blocks, the held-out blocks, the training library sizes."""
         train, heldout = [], []
         library = np.empty(self.shape[0])
         for b, rows, block in self.blocks:
@@ -52,7 +60,7 @@ class BlockCounts:
             train.append(train_block)
             heldout.append(_narrow(heldout_block))
             del block
-        return train, heldout, library
+        return SplitHalves(train, heldout, library)
 
     def normalised(self, library: np.ndarray, target_sum: float, parts: list | None = None) -> list:
         """:func:`~scn2s.lowrank.model.sqrt_normalize` of each block of ``parts`` (default: the counts)."""

@@ -29,6 +29,7 @@ from .. import _blocks
 from .._blocks import block_slices
 from .._sparse import canonical_csr
 from .._validate import check_counts
+from .blocks import SplitHalves
 from .model import LowRankFactors, block_loss_per_rank, cell_scale, sqrt_normalize, unscaled_counts
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ class DaskRowBlocks:
         """Each cell's total count (float64), computed chunk by chunk on the workers."""
         return self.array.map_blocks(_row_sums, drop_axis=1, dtype=np.float64, meta=np.empty(0)).compute()
 
-    def split(self, splits: Splits, i: int) -> tuple:
+    def split(self, splits: Splits, i: int) -> SplitHalves:
         """Split ``i`` of every chunk on its worker: ``(training half, held-out half, training library sizes)``.
 
         The halves are dask arrays of CSR chunks over the split computed once and held on the workers; the
@@ -156,7 +157,7 @@ class DaskRowBlocks:
             )
             for a, b in ((0, g), (g, 2 * g))
         ]
-        return halves[0], halves[1], library.compute()
+        return SplitHalves(halves[0], halves[1], library.compute())
 
     def normalised(self, library: np.ndarray, target_sum: float, parts=None):
         """:func:`~scn2s.lowrank.model.sqrt_normalize` of each chunk of ``parts`` (default: the counts), persisted."""

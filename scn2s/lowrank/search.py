@@ -6,7 +6,7 @@ import logging
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from scipy import sparse
@@ -35,6 +35,22 @@ __all__ = [
     "search_lowrank",
     "select",
 ]
+
+
+class RankLosses(NamedTuple):
+    """What :func:`search_lowrank` measures."""
+
+    losses: np.ndarray  # (n_splits, max_rank + 1): held-out loss per entry of every rank on every split
+    singular_values: np.ndarray  # (n_splits, max_rank): each split's spectrum
+
+
+class NormalisedCounts(NamedTuple):
+    """The normalised square-root counts of :func:`normalised_blocks`, with what normalised them."""
+
+    blocks: list  # block by block (or a dask array of its chunks)
+    library: np.ndarray  # each cell's count (float64)
+    target_sum: float  # the normalisation target: the median library size
+
 
 LOSS = "heldout_sqrt_mse"
 """The name of the held-out loss in the record (:func:`scn2s.loss.heldout_sqrt_mse`)."""
@@ -84,6 +100,7 @@ class LowRankSelection:
     factors: LowRankFactors
     library_size: np.ndarray
     target_sum: float
+    n_splits: int  # the splits drawn (none scored with a fixed rank)
 
     family = "lowrank"
 
@@ -111,7 +128,7 @@ class LowRankSelection:
         return {"rank": self.rank}
 
     def record(self) -> dict:
-        """The family's entry of ``uns[key_added]["selection"]`` (without the shared ``p``, ``n_splits``, ``seed``)."""
+        """The family's entry of ``uns[key_added]["selection"]`` (without the shared ``p`` and ``seed``)."""
         record = {"loss": LOSS, "split_rank": self.split_rank, "rank": self.rank, "singular_values": self.factors.s}
         if len(self.ranks):
             record |= {
@@ -123,7 +140,7 @@ class LowRankSelection:
             }
             if np.isfinite(self.noise_ratio):
                 record["noise_ratio"] = self.noise_ratio
-        return record
+        return record | {"n_splits": self.n_splits}
 
 
 def rank_limit(shape: tuple[int, int]) -> int:
@@ -193,7 +210,7 @@ def search_lowrank(
     rng: np.random.Generator,
     progress: bool = False,
     timings: Timings | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> RankLosses:
     """Held-out loss of every rank ``0..max_rank`` on every split.
 
     Each split's training half is factorised once; its held-out half scores all ranks. The counts are read
@@ -202,8 +219,8 @@ def search_lowrank(
 
     Returns
     -------
-    ``(losses, singular_values)``: per-entry losses ``(n_splits, max_rank + 1)`` and each split's
-    singular values ``(n_splits, max_rank)``.
+    :class:`RankLosses`: per-entry ``losses`` ``(n_splits, max_rank + 1)`` and each split's
+    ``singular_values`` ``(n_splits, max_rank)``.
     """
     blocks = as_row_blocks(counts)
     timings = Timings() if timings is None else timings
@@ -228,10 +245,10 @@ def search_lowrank(
             del heldout
         spectra[i] = factors.s
         logger.debug("split %d: best rank %d", i, int(np.argmin(losses[i])))
-    return losses, spectra
+    return RankLosses(losses, spectra)
 
 
-def normalised_blocks(blocks: BlockCounts | DaskRowBlocks) -> tuple[list[sparse.csr_matrix], np.ndarray, float]:
+def normalised_blocks(blocks: BlockCounts | DaskRowBlocks) -> NormalisedCounts:
     """The normalised square-root counts as blocks, each cell's library size and the normalisation target.
 
     Two passes over the counts (library sizes, then the normalised blocks), so that only the normalised copy
@@ -241,7 +258,7 @@ def normalised_blocks(blocks: BlockCounts | DaskRowBlocks) -> tuple[list[sparse.
     expressed = library > 0
     target_sum = float(np.median(library[expressed])) if expressed.any() else 1.0
     normalised = blocks.normalised(library, target_sum)
-    return normalised, library, target_sum
+    return NormalisedCounts(normalised, library, target_sum)
 
 
 def fit_lowrank(
@@ -313,6 +330,7 @@ def fit_lowrank(
             factors=factors,
             library_size=library,
             target_sum=target_sum,
+            n_splits=len(splits),
         )
     split_rank = int(np.argmin(losses.mean(axis=0)))
     chosen, ratio = split_rank, float("nan")
@@ -336,6 +354,7 @@ def fit_lowrank(
         factors=factors,
         library_size=library,
         target_sum=target_sum,
+        n_splits=len(splits),
     )
 
 

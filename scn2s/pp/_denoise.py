@@ -171,12 +171,11 @@ def denoise(
         )
     options = {"lowrank_options": lowrank_options, "autoencoder_options": autoencoder_options}
     params = _params(requested, layer, mask_var, p, n_splits, sample_ratio, device, output, seed, **options)
-    shared = {"lowrank": {"p": p, "n_splits": n_splits, "seed": seed}, "autoencoder": {"p": p, "seed": seed}}
     record = {
         "method": fit.family,
         "params": params,
         "best_params": fit.best_params(),
-        "selection": {f.family: f.record() | shared[f.family] for f in fits},
+        "selection": {f.family: f.record() | {"p": p, "seed": seed} for f in fits},
         "version": _version(),
         "versions": versions(),
         "elapsed_seconds": time.perf_counter() - start,

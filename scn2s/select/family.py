@@ -45,7 +45,7 @@ class Selection(Protocol):
         """The choice, for ``uns[key_added]["best_params"]``."""
 
     def record(self) -> dict:
-        """The family's entry of ``uns[key_added]["selection"]`` (the shared ``p`` and ``seed`` are added to it)."""
+        """The family's entry of ``uns[key_added]["selection"]``, ``n_splits`` included (``p``, ``seed`` are added)."""
 
 
 def options_from(cls: type[T], kwds: Mapping | None, name: str) -> T:
