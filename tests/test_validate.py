@@ -526,20 +526,22 @@ def test_denoising_a_view_in_place_makes_it_actual_and_leaves_the_parent(counts)
 
 
 def test_write_results_rolls_back_a_failed_write(counts):
-    adata = ad.AnnData(counts, layers={"old": counts + 1}, uns={"old": {"a": 1}})
+    earlier = {"params": {}, "keys": {"layers": ["old"]}}
+    adata = ad.AnnData(counts, layers={"old": counts + 1}, uns={"old": {"a": 1}, "run": earlier})
     with pytest.raises(ValueError, match="Value passed for key 'bad' is of incorrect shape"):
         write_results(
             adata,
+            record_key="run",
+            record={"params": {"new": 1}},
             layers={"new": np.zeros_like(counts), "old": np.zeros_like(counts), "bad": np.zeros((2, 2))},
-            uns={"new": 1},
         )
     assert set(adata.layers) == {"old"}
     np.testing.assert_array_equal(adata.layers["old"], counts + 1)
-    assert adata.uns == {"old": {"a": 1}}
+    assert adata.uns == {"old": {"a": 1}, "run": earlier}
 
 
 def test_write_results_rolls_back_an_interrupt(counts, monkeypatch):
-    adata = ad.AnnData(counts, uns={"old": 1})
+    adata = ad.AnnData(counts, uns={"old": 1, "run": {"keys": {"uns": ["old"]}}})
     uns_type = type(adata.uns)
 
     class Interrupting(uns_type):
@@ -550,6 +552,6 @@ def test_write_results_rolls_back_an_interrupt(counts, monkeypatch):
 
     adata.uns = Interrupting(adata.uns)
     with pytest.raises(KeyboardInterrupt):
-        write_results(adata, layers={"new": np.zeros_like(counts)}, uns={"old": 2, "new": 3})
+        write_results(adata, record_key="run", record={}, layers={"new": np.zeros_like(counts)}, uns={"old": 2, "new": 3})
     assert not adata.layers
-    assert dict(adata.uns) == {"old": 1}
+    assert dict(adata.uns) == {"old": 1, "run": {"keys": {"uns": ["old"]}}}

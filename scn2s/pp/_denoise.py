@@ -17,6 +17,7 @@ from .._validate import (
     check_integer,
     check_key,
     check_sample_ratio,
+    check_writable,
     describe_source,
     gene_mask,
     get_counts,
@@ -35,7 +36,15 @@ from ..select import (
     fit_lowrank,
 )
 from ..select.autoencoder import config_label
-from ._output import OUTPUTS, check_layer_fits, dense_layer, factor_entries, lazy_layer, stale_entries
+from ._output import (
+    OUTPUTS,
+    check_layer_fits,
+    dense_layer,
+    factor_entries,
+    lazy_layer,
+    output_keys,
+    ownership,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -243,6 +252,8 @@ def denoise(
     check_integer("max_rank", max_rank, minimum=1)
     check_integer("rank", rank, minimum=0, allow_none=True)
     check_sample_ratio(sample_ratio, held_out=True)
+    owner = ownership(key_added, layer)
+    check_writable(adata, output_keys(key_added, output), **owner)  # before any work: write only keys scn2s owns
     lazy = _lazy_counts(adata, layer, method)
     if output == "layer" and not lazy:
         check_layer_fits(adata.shape, key_added=key_added)  # before any work
@@ -393,7 +404,7 @@ def denoise(
     # everything is computed: write all or nothing
     if copy:
         adata = adata.copy()
-    write_results(adata, **stale_entries(key_added, output), **entries, uns={key_added: record})
+    write_results(adata, record=record, **owner, **entries)
     where = f"layers[{key_added!r}]" if output == "layer" else f"the factors obsm['X_{key_added}'] and others"
     logger.info("wrote %s (%s, %s) in %.1f s", where, family, record["best_params"], record["elapsed_seconds"])
     return adata if copy else None

@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from .. import _memory
 from .._blocks import RowBlocks, block_slices
-from .._validate import DELETE
 from ..models.lowrank import cell_scale
 
 if TYPE_CHECKING:
@@ -29,7 +28,8 @@ __all__ = [
     "factor_entries",
     "factor_keys",
     "lazy_layer",
-    "stale_entries",
+    "output_keys",
+    "ownership",
 ]
 
 logger = logging.getLogger(__name__)
@@ -165,11 +165,28 @@ def factor_entries(
     return entries, record
 
 
-def stale_entries(key_added: str, output: str) -> dict[str, dict]:
-    """Removals of an earlier output of the other kind under ``key_added``, which the new record replaces."""
-    if output == "factors":
-        return {"layers": {key_added: DELETE}}
-    entries: dict[str, dict] = {"obs": {}, "var": {}, "obsm": {}, "varm": {}}
+def output_keys(key_added: str, output: str) -> dict[str, list[str]]:
+    """The keys an output of kind ``output`` under ``key_added`` writes, by attribute (the ``uns`` record too)."""
+    keys: dict[str, list[str]] = {"uns": [key_added]}
+    if output == "layer":
+        keys["layers"] = [key_added]
+        return keys
     for attribute, key in factor_keys(key_added).values():
-        entries[attribute][key] = DELETE
-    return entries
+        keys.setdefault(attribute, []).append(key)
+    return keys
+
+
+def ownership(key_added: str, layer: str | None) -> dict:
+    """The arguments of :func:`scn2s._validate.check_writable` and :func:`~scn2s._validate.write_results` for a
+    :func:`~scn2s.pp.denoise` run: its record, the input layer (never written), and the keys written by a record
+    of an earlier version, which lists none (the layer or the factors, after its ``output``)."""
+
+    def legacy(record) -> dict[str, list[str]] | None:
+        if "params" not in record or "version" not in record:
+            return None
+        keys = output_keys(key_added, str(record.get("output", "layer")))
+        del keys["uns"]
+        return keys
+
+    protected = () if layer is None else (("layers", layer),)
+    return {"record_key": key_added, "protected": protected, "legacy": legacy}

@@ -11,6 +11,7 @@ from .._validate import (
     check_fraction,
     check_key,
     check_sample_ratio,
+    check_writable,
     describe_source,
     get_counts,
     make_rng,
@@ -82,6 +83,8 @@ def split_counts(
     check_key("key_added[1]", key_b, layer=layer)
     check_fraction("p", p)
     check_sample_ratio(sample_ratio, held_out=False)
+    owner = _ownership(layer)
+    check_writable(adata, {"layers": [key_a, key_b]}, **owner)  # before any work: write only keys scn2s owns
     seed = seed_record(rng)
     generator = make_rng(rng)
     counts = get_counts(adata, layer)
@@ -102,8 +105,24 @@ def split_counts(
         adata = adata.copy()
     write_results(
         adata,
+        record={"params": params, "versions": versions()},
         layers={key_a: halves[0], key_b: halves[1]},
-        uns={"split_counts": {"params": params, "versions": versions()}},
+        **owner,
     )
     logger.info("split %s into layers %r and %r (p=%.2f)", describe_source(layer), key_a, key_b, p)
     return adata if copy else None
+
+
+RECORD = "split_counts"
+"""The ``uns`` entry of :func:`split_counts`'s record."""
+
+
+def _ownership(layer: str | None) -> dict:
+    """The record of :func:`split_counts`, the input layer (never written), and the layers of an earlier version's
+    record (its ``params["key_added"]``)."""
+
+    def legacy(record) -> dict[str, list[str]] | None:
+        keys = record.get("params", {}).get("key_added") if isinstance(record.get("params"), dict) else None
+        return None if keys is None else {"layers": [str(key) for key in keys]}
+
+    return {"record_key": RECORD, "protected": () if layer is None else (("layers", layer),), "legacy": legacy}
