@@ -27,6 +27,7 @@ __all__ = [
     "DELETE",
     "MAX_COUNT",
     "RECORD_KEYS",
+    "boundary_rng",
     "check_counts",
     "check_fraction",
     "check_integer",
@@ -38,7 +39,6 @@ __all__ = [
     "get_counts",
     "make_rng",
     "recorded_keys",
-    "seed_record",
     "versions",
     "write_results",
 ]
@@ -152,7 +152,7 @@ def check_counts(X, source: str = "X") -> None:
             if fractional.any():
                 example = chunk[fractional][0]
                 msg = (
-                    f"{source} holds non-integer values (e.g. {example:.6g}), so it looks normalised or "
+                    f"{source} holds non-integer values (e.g. {example}), so it looks normalised or "
                     f"log-transformed; scn2s needs raw UMI counts. {_hint(source)}"
                 )
                 raise ValueError(msg)
@@ -252,27 +252,46 @@ def check_key(name: str, key, *, layer: str | None) -> None:
         raise ValueError(msg)
 
 
+_RNG_KINDS = "a non-negative integer seed, a numpy.random.Generator, a numpy.random.RandomState or None"
+_INT64 = 2**63
+
+
 def make_rng(rng) -> np.random.Generator:
-    """``np.random.default_rng(rng)``, with a message naming the argument when ``rng`` is not a seed."""
-    try:
-        return np.random.default_rng(rng)
-    except (TypeError, ValueError) as error:
-        msg = f"rng must be a non-negative integer seed, a numpy.random.Generator or None, got {rng!r}."
-        raise ValueError(msg) from error
+    """The array-level functions' random source: a Generator as it is, or one seeded by ``rng``.
+
+    ``rng`` is an integer seed of any size, ``None`` (fresh entropy), a :class:`numpy.random.Generator` (used as
+    it is) or a :class:`numpy.random.RandomState` (scanpy's legacy seed, which seeds a new Generator with an
+    integer it draws); anything else raises a ``ValueError`` naming the argument.
+    """
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(_seed_of(rng, fresh=rng is None))
 
 
-def seed_record(seed) -> int | str:
-    """A storable description of the ``rng`` argument."""
-    if seed is None:
-        return "none"
-    if isinstance(seed, (int, np.integer)):
-        return int(seed)
-    if isinstance(seed, np.random.Generator):
-        seq = seed.bit_generator.seed_seq
-        entropy = getattr(seq, "entropy", None)
-        spawn_key = getattr(seq, "spawn_key", ())
-        return f"Generator(entropy={entropy}, spawn_key={tuple(spawn_key)})"
-    return repr(seed)
+def boundary_rng(rng) -> tuple[np.random.Generator, int | str]:
+    """The random source of a public function's run and the seed that reproduces it, for its record.
+
+    Every run is seeded by one integer: ``rng`` itself if it is one (of any size), or one drawn from ``rng``
+    (a :class:`numpy.random.Generator` or :class:`numpy.random.RandomState`, which move on, so that two runs of
+    one generator differ and their records tell them apart) or from fresh entropy (``None``). Passing the
+    recorded seed as ``rng`` repeats the run. The seed is recorded as an integer, or as its decimal string if it
+    does not fit in 64 bits (what ``.h5ad`` files hold). Anything else raises a ``ValueError`` naming the argument.
+    """
+    seed = _seed_of(rng, fresh=True)
+    return np.random.default_rng(seed), (seed if seed < _INT64 else str(seed))
+
+
+def _seed_of(rng, *, fresh: bool) -> int | None:
+    if isinstance(rng, Integral) and not isinstance(rng, bool) and rng >= 0:
+        return int(rng)
+    if rng is None:
+        return int(np.random.default_rng().integers(_INT64)) if fresh else None
+    if isinstance(rng, np.random.Generator):
+        return int(rng.integers(_INT64))
+    if isinstance(rng, np.random.RandomState):
+        return int(rng.randint(0, _INT64 - 1, dtype=np.int64))
+    msg = f"rng must be {_RNG_KINDS}, got {rng!r}."
+    raise ValueError(msg)
 
 
 def versions() -> dict[str, str]:
@@ -463,7 +482,8 @@ def _commit(adata: AnnData, changes: Mapping[str, Mapping[str, Any]]) -> None:
 
 def _roll_back(adata: AnnData, undo: list[tuple[str, str, Any]]) -> None:
     """Undo the log, last entry first; an entry that cannot be restored (the write that failed, which may
-    fail again) does not stop the others."""
+    fail again) does not stop the others.
+    """
     for name, key, old in reversed(undo):
         try:
             if name in ("obs", "var"):
@@ -474,7 +494,7 @@ def _roll_back(adata: AnnData, undo: list[tuple[str, str, Any]]) -> None:
                 mapping.pop(key, None)
             elif mapping.get(key, _MISSING) is not old:
                 mapping[key] = old
-        except Exception:  # noqa: BLE001, PERF203 - the original exception propagates
+        except Exception:
             logger.debug("could not restore adata.%s[%r]", name, key, exc_info=True)
 
 

@@ -78,7 +78,9 @@ def test_refuses_before_any_work_to_replace_a_users_key(base, monkeypatch, outpu
     assert set(adata.layers) == set(before.layers)
 
 
-@pytest.mark.parametrize(("attribute", "key"), [("layers", "denoised"), ("obsm", "X_denoised"), ("var", "denoised_mean")])
+@pytest.mark.parametrize(
+    ("attribute", "key"), [("layers", "denoised"), ("obsm", "X_denoised"), ("var", "denoised_mean")]
+)
 def test_factors_refuse_any_users_key_they_would_write(base, monkeypatch, attribute, key):
     adata = base.copy()
     if attribute == "var":
@@ -174,7 +176,9 @@ def _state(adata: ad.AnnData) -> dict:
     return {
         "obs": (pickle.dumps(adata.obs), tuple(adata.obs.columns)),
         "var": (pickle.dumps(adata.var), tuple(adata.var.columns)),
-        **{name: {key: id(value) for key, value in getattr(adata, name).items()} for name in ("obsm", "varm", "layers")},
+        **{
+            name: {key: id(value) for key, value in getattr(adata, name).items()} for name in ("obsm", "varm", "layers")
+        },
         "uns": {key: id(value) for key, value in adata.uns.items()},
     }
 

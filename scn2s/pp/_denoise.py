@@ -13,6 +13,7 @@ from .._blocks import RowBlocks
 from .._sparse import canonical_csr, is_dask_array
 from .._timing import Timings
 from .._validate import (
+    boundary_rng,
     check_fraction,
     check_integer,
     check_key,
@@ -21,8 +22,6 @@ from .._validate import (
     describe_source,
     gene_mask,
     get_counts,
-    make_rng,
-    seed_record,
     versions,
     write_results,
 )
@@ -35,7 +34,7 @@ from ..select import (
     fit_autoencoder,
     fit_lowrank,
 )
-from ..select.autoencoder import config_label
+from ..select.autoencoder import config_label, make_configs
 from ._output import (
     OUTPUTS,
     check_layer_fits,
@@ -254,13 +253,15 @@ def denoise(
     check_sample_ratio(sample_ratio, held_out=True)
     owner = ownership(key_added, layer)
     check_writable(adata, output_keys(key_added, output), **owner)  # before any work: write only keys scn2s owns
+    if method != "lowrank" and autoencoder_configs is not None:
+        make_configs(autoencoder_configs)  # each setting checked before any work
     lazy = _lazy_counts(adata, layer, method)
     if output == "layer" and not lazy:
         check_layer_fits(adata.shape, key_added=key_added)  # before any work
-    seed = seed_record(rng)
+    rng, seed = boundary_rng(rng)  # one integer seed reproduces the run: the record holds it
     requested = method
     timings = Timings()
-    split_rng, lowrank_rng, autoencoder_rng = make_rng(rng).spawn(3)
+    split_rng, lowrank_rng, autoencoder_rng = rng.spawn(3)
     splits = Splits.draw(split_rng, n_splits, p, sample_ratio)
     counts = get_counts(adata, layer)
     genes = gene_mask(adata, mask_var)

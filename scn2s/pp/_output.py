@@ -179,7 +179,8 @@ def output_keys(key_added: str, output: str) -> dict[str, list[str]]:
 def ownership(key_added: str, layer: str | None) -> dict:
     """The arguments of :func:`scn2s._validate.check_writable` and :func:`~scn2s._validate.write_results` for a
     :func:`~scn2s.pp.denoise` run: its record, the input layer (never written), and the keys written by a record
-    of an earlier version, which lists none (the layer or the factors, after its ``output``)."""
+    of an earlier version, which lists none (the layer or the factors, after its ``output``).
+    """
 
     def legacy(record) -> dict[str, list[str]] | None:
         if "params" not in record or "version" not in record:

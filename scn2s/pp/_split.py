@@ -8,14 +8,13 @@ import numpy as np
 from .._blocks import RowBlocks
 from .._sparse import is_dask_array
 from .._validate import (
+    boundary_rng,
     check_fraction,
     check_key,
     check_sample_ratio,
     check_writable,
     describe_source,
     get_counts,
-    make_rng,
-    seed_record,
     versions,
     write_results,
 )
@@ -85,8 +84,7 @@ def split_counts(
     check_sample_ratio(sample_ratio, held_out=False)
     owner = _ownership(layer)
     check_writable(adata, {"layers": [key_a, key_b]}, **owner)  # before any work: write only keys scn2s owns
-    seed = seed_record(rng)
-    generator = make_rng(rng)
+    generator, seed = boundary_rng(rng)
     counts = get_counts(adata, layer)
     if is_dask_array(counts):
         msg = (
@@ -119,7 +117,8 @@ RECORD = "split_counts"
 
 def _ownership(layer: str | None) -> dict:
     """The record of :func:`split_counts`, the input layer (never written), and the layers of an earlier version's
-    record (its ``params["key_added"]``)."""
+    record (its ``params["key_added"]``).
+    """
 
     def legacy(record) -> dict[str, list[str]] | None:
         keys = record.get("params", {}).get("key_added") if isinstance(record.get("params"), dict) else None
