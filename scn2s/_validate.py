@@ -481,8 +481,9 @@ def _commit(adata: AnnData, changes: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 def _roll_back(adata: AnnData, undo: list[tuple[str, str, Any]]) -> None:
-    """Undo the log, last entry first; an entry that cannot be restored (the write that failed, which may
-    fail again) does not stop the others.
+    """Undo the log, last entry first.
+
+    An entry that cannot be restored (the write that failed, which may fail again) does not stop the others.
     """
     for name, key, old in reversed(undo):
         try:

@@ -116,7 +116,9 @@ def test_halves_of_float_counts_above_float_precision_are_exact(dtype, low, kind
     if sample_ratio is None:
         np.testing.assert_array_equal(dense[0] + dense[1], exact)
     else:  # the halves share molecules: each is at most X, and they cover it
-        assert np.all(dense[0] <= exact) and np.all(dense[1] <= exact) and np.all(dense[0] + dense[1] >= exact)
+        assert np.all(dense[0] <= exact)
+        assert np.all(dense[1] <= exact)
+        assert np.all(dense[0] + dense[1] >= exact)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

@@ -177,9 +177,10 @@ def output_keys(key_added: str, output: str) -> dict[str, list[str]]:
 
 
 def ownership(key_added: str, layer: str | None) -> dict:
-    """The arguments of :func:`scn2s._validate.check_writable` and :func:`~scn2s._validate.write_results` for a
-    :func:`~scn2s.pp.denoise` run: its record, the input layer (never written), and the keys written by a record
-    of an earlier version, which lists none (the layer or the factors, after its ``output``).
+    """The ownership arguments of :func:`~scn2s._validate.check_writable` and :func:`~scn2s._validate.write_results`.
+
+    For a :func:`~scn2s.pp.denoise` run: its record, the input layer (never written), and the keys written by a
+    record of an earlier version, which lists none (the layer or the factors, after its ``output``).
     """
 
     def legacy(record) -> dict[str, list[str]] | None:

@@ -116,8 +116,10 @@ RECORD = "split_counts"
 
 
 def _ownership(layer: str | None) -> dict:
-    """The record of :func:`split_counts`, the input layer (never written), and the layers of an earlier version's
-    record (its ``params["key_added"]``).
+    """The ownership arguments of :func:`~scn2s._validate.write_results` for :func:`split_counts`.
+
+    Its record, the input layer (never written), and the layers of an earlier version's record (its
+    ``params["key_added"]``).
     """
 
     def legacy(record) -> dict[str, list[str]] | None:
