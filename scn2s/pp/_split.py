@@ -82,7 +82,7 @@ def split_counts(
     check_key("key_added[1]", key_b, layer=layer)
     check_fraction("p", p)
     check_sample_ratio(sample_ratio, held_out=False)
-    owner = _ownership(layer)
+    owner = ownership(layer)
     check_writable(adata, {"layers": [key_a, key_b]}, **owner)  # before any work: write only keys scn2s owns
     generator, seed = boundary_rng(rng)
     counts = get_counts(adata, layer)
@@ -115,7 +115,7 @@ RECORD = "split_counts"
 """The ``uns`` entry of :func:`split_counts`'s record."""
 
 
-def _ownership(layer: str | None) -> dict:
+def ownership(layer: str | None) -> dict:
     """The ownership arguments of :func:`~scn2s._validate.write_results` for :func:`split_counts`.
 
     Its record, the input layer (never written), and the layers of an earlier version's record (its
