@@ -160,10 +160,13 @@ def denoise(
         written, chunk by chunk).
         ``"factors"`` (``method="lowrank"`` only): store the low-rank model instead (cells x rank and genes x
         rank), from which :func:`scn2s.tl.reconstruct` computes any slice of the layer and
-        :func:`scn2s.tl.write_denoised` writes it to a file chunk by chunk. Entries of an earlier output of the
-        other kind under ``key_added`` are removed.
+        :func:`scn2s.tl.write_denoised` writes it to a file chunk by chunk. Keys of an earlier scn2s result under
+        ``key_added`` that this run does not write (its record lists them) are removed; any other existing key
+        this run would write is refused before any work.
     rng
-        Seed or :class:`numpy.random.Generator`; the same seed gives the same output.
+        Integer seed (any size), ``None``, :class:`numpy.random.Generator` or :class:`numpy.random.RandomState`;
+        the run is seeded by one integer (drawn from a generator, which moves on), recorded in ``params["seed"]``:
+        the same seed gives the same output.
     progress
         Show progress bars.
     copy
@@ -208,7 +211,7 @@ def denoise(
         ``batch_size``, ``world_size`` (processes that trained together, 1 without ``torch.distributed``); both with
         ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
         splits and the choice); ``version``; ``versions`` (``python``, ``scn2s``, ``numpy``, ``scipy`` and ``anndata``);
-        ``elapsed_seconds``; ``timings`` (seconds per step: ``read``, ``split``, ``selection``, ``fit``,
+        ``elapsed_seconds``; ``keys`` (the keys written, by attribute); ``timings`` (seconds per step: ``read``, ``split``, ``selection``, ``fit``,
         ``autoencoder``, ``output``, those that ran); ``output`` (``"layer"`` or ``"factors"``); with
         ``output="factors"``, ``factors`` (``family``: ``"lowrank"``, ``rank`` and ``target_sum``, the normalisation
         target). :func:`scn2s.pl.selection` plots ``selection``.
@@ -224,7 +227,8 @@ def denoise(
         If ``layer`` or the ``mask_var`` column does not exist (the message lists the layers).
     ValueError
         If the counts are not raw UMI counts (non-integer, negative, NaN, infinite, above ``2**53``) or hold no
-        molecule; if ``adata`` is empty or has a single cell; if an argument is out of range; or if
+        molecule; if a key this run would write exists and no earlier scn2s record under ``key_added`` lists it
+        (raised before any work, naming the key); if ``adata`` is empty or has a single cell; if an argument is out of range; or if
         ``output="factors"`` with a method other than ``"lowrank"``, or the counts are a dask array with a method
         other than ``"lowrank"`` (raised before any work). Each message names where the counts were read
         (``adata.X`` or ``adata.layers[...]``) and what to do.

@@ -60,7 +60,8 @@ def split_counts(
         cross-validation (:func:`scn2s.split.overlap_probabilities` gives the formula). The halves then share
         some molecules and sum to more than the counts. ``None``: plain thinning.
     rng
-        Seed or :class:`numpy.random.Generator`.
+        Integer seed (any size), ``None``, :class:`numpy.random.Generator` or :class:`numpy.random.RandomState`;
+        the integer the run is seeded by is recorded.
     copy
         Return a modified copy instead of writing to ``adata``.
 
@@ -69,10 +70,13 @@ def split_counts(
     ``None``, or a copy of ``adata`` if ``copy=True``, with
 
     ``adata.layers[key_added[0]]``, ``adata.layers[key_added[1]]``
-        The two halves, of the input's kind (dense, CSR or CSC) and dtype.
+        The two halves, of the input's kind (dense, CSR or CSC) and dtype (int64 for float counts beyond their
+        dtype's exact integers, :func:`scn2s.split.binomial_split`).
     ``adata.uns["split_counts"]``
-        ``params`` (``p``, ``layer``, ``key_added``, ``sample_ratio`` and the seed) and ``versions``
-        (``python``, ``scn2s``, ``numpy``, ``scipy``, ``anndata``).
+        ``params`` (``p``, ``layer``, ``key_added``, ``sample_ratio`` and the seed), ``versions``
+        (``python``, ``scn2s``, ``numpy``, ``scipy``, ``anndata``) and ``keys`` (the layers written). The
+        layers of an earlier split that this record replaces are removed (the input layer excepted); a layer
+        ``key_added`` names that no earlier split wrote is refused before any work.
     """
     if not isinstance(key_added, (tuple, list)) or len(key_added) != 2 or key_added[0] == key_added[1]:
         msg = f"key_added must be two different layer names, got {key_added!r}."
