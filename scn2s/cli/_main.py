@@ -218,7 +218,9 @@ def _verbosity(*, suppress: bool) -> argparse.ArgumentParser:
 
 def _input_output(command: argparse.ArgumentParser) -> None:
     command.add_argument("input", type=Path, metavar="IN", help="input .h5ad file with raw UMI counts")
-    command.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="output .h5ad file")
+    command.add_argument(
+        "-o", "--out", type=Path, required=True, metavar="OUT", help="output .h5ad file, or .zarr store"
+    )
     command.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
 
 

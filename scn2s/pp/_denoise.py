@@ -70,7 +70,7 @@ def denoise(
     autoencoder_splits: int = 1,
     device: str | None = None,
     output: Literal["layer", "factors"] = "layer",
-    rng: int | np.random.Generator | None = 0,
+    rng: int | np.random.Generator | np.random.RandomState | None = 0,
     progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
@@ -211,8 +211,8 @@ def denoise(
         ``batch_size``, ``world_size`` (processes that trained together, 1 without ``torch.distributed``); both with
         ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
         splits and the choice); ``version``; ``versions`` (``python``, ``scn2s``, ``numpy``, ``scipy`` and ``anndata``);
-        ``elapsed_seconds``; ``keys`` (the keys written, by attribute); ``timings`` (seconds per step: ``read``, ``split``, ``selection``, ``fit``,
-        ``autoencoder``, ``output``, those that ran); ``output`` (``"layer"`` or ``"factors"``); with
+        ``elapsed_seconds``; ``keys`` (the keys written, by attribute); ``timings`` (seconds per step: ``read``,
+        ``split``, ``selection``, ``fit``, ``autoencoder``, ``output``, those that ran); ``output`` (``"layer"`` or ``"factors"``); with
         ``output="factors"``, ``factors`` (``family``: ``"lowrank"``, ``rank`` and ``target_sum``, the normalisation
         target). :func:`scn2s.pl.selection` plots ``selection``.
 
@@ -228,8 +228,8 @@ def denoise(
     ValueError
         If the counts are not raw UMI counts (non-integer, negative, NaN, infinite, above ``2**53``) or hold no
         molecule; if a key this run would write exists and no earlier scn2s record under ``key_added`` lists it
-        (raised before any work, naming the key); if ``adata`` is empty or has a single cell; if an argument is out of range; or if
-        ``output="factors"`` with a method other than ``"lowrank"``, or the counts are a dask array with a method
+        (raised before any work, naming the key); if ``adata`` is empty or has a single cell; if an argument is out
+        of range; or if ``output="factors"`` with a method other than ``"lowrank"``, or the counts are a dask array with a method
         other than ``"lowrank"`` (raised before any work). Each message names where the counts were read
         (``adata.X`` or ``adata.layers[...]``) and what to do.
     """

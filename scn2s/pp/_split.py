@@ -33,7 +33,7 @@ def split_counts(
     layer: str | None = None,
     key_added: tuple[str, str] = ("counts_a", "counts_b"),
     sample_ratio: float | None = None,
-    rng: int | np.random.Generator | None = 0,
+    rng: int | np.random.Generator | np.random.RandomState | None = 0,
     copy: bool = False,
 ) -> AnnData | None:
     """Split each cell's molecules into two halves by binomial thinning.
