@@ -212,8 +212,8 @@ def denoise(
         ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
         splits and the choice); ``version``; ``versions`` (``python``, ``scn2s``, ``numpy``, ``scipy`` and ``anndata``);
         ``elapsed_seconds``; ``keys`` (the keys written, by attribute); ``timings`` (seconds per step: ``read``,
-        ``split``, ``selection``, ``fit``, ``autoencoder``, ``output``, those that ran); ``output`` (``"layer"`` or ``"factors"``); with
-        ``output="factors"``, ``factors`` (``family``: ``"lowrank"``, ``rank`` and ``target_sum``, the normalisation
+        ``split``, ``selection``, ``fit``, ``autoencoder``, ``output``, those that ran); ``output`` (``"layer"`` or
+        ``"factors"``); with ``output="factors"``, ``factors`` (``family``: ``"lowrank"``, ``rank`` and ``target_sum``, the normalisation
         target). :func:`scn2s.pl.selection` plots ``selection``.
 
     Raises
@@ -229,8 +229,8 @@ def denoise(
         If the counts are not raw UMI counts (non-integer, negative, NaN, infinite, above ``2**53``) or hold no
         molecule; if a key this run would write exists and no earlier scn2s record under ``key_added`` lists it
         (raised before any work, naming the key); if ``adata`` is empty or has a single cell; if an argument is out
-        of range; or if ``output="factors"`` with a method other than ``"lowrank"``, or the counts are a dask array with a method
-        other than ``"lowrank"`` (raised before any work). Each message names where the counts were read
+        of range; or if ``output="factors"`` with a method other than ``"lowrank"``, or the counts are a dask array
+        with a method other than ``"lowrank"`` (raised before any work). Each message names where the counts were read
         (``adata.X`` or ``adata.layers[...]``) and what to do.
     """
     start = time.perf_counter()
