@@ -213,8 +213,8 @@ def denoise(
         splits and the choice); ``version``; ``versions`` (``python``, ``scn2s``, ``numpy``, ``scipy`` and ``anndata``);
         ``elapsed_seconds``; ``keys`` (the keys written, by attribute); ``timings`` (seconds per step: ``read``,
         ``split``, ``selection``, ``fit``, ``autoencoder``, ``output``, those that ran); ``output`` (``"layer"`` or
-        ``"factors"``); with ``output="factors"``, ``factors`` (``family``: ``"lowrank"``, ``rank`` and ``target_sum``, the normalisation
-        target). :func:`scn2s.pl.selection` plots ``selection``.
+        ``"factors"``); with ``output="factors"``, ``factors`` (``family``: ``"lowrank"``, ``rank`` and
+        ``target_sum``, the normalisation target). :func:`scn2s.pl.selection` plots ``selection``.
 
     Raises
     ------
