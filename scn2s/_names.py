@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "OUTPUTS", "factor_keys"]
+__all__ = ["METHODS", "OUTPUTS", "SPLIT_RECORD", "denoise_keys", "denoise_ownership", "factor_keys", "split_ownership"]
 
 METHODS = ("auto", "lowrank", "autoencoder")
 """The values of ``method`` of :func:`scn2s.pp.denoise`."""
@@ -21,3 +21,50 @@ def factor_keys(key_added: str) -> dict[str, tuple[str, str]]:
         "library_size": ("obs", f"{key_added}_library_size"),
         "scale": ("obs", f"{key_added}_scale"),
     }
+
+
+def denoise_keys(key_added: str, output: str) -> dict[str, list[str]]:
+    """The keys an output of kind ``output`` under ``key_added`` writes, by attribute (the ``uns`` record too)."""
+    keys: dict[str, list[str]] = {"uns": [key_added]}
+    if output == "layer":
+        keys["layers"] = [key_added]
+        return keys
+    for attribute, key in factor_keys(key_added).values():
+        keys.setdefault(attribute, []).append(key)
+    return keys
+
+
+def denoise_ownership(key_added: str, layer: str | None) -> dict:
+    """The ownership arguments of :func:`~scn2s._validate.check_writable` and :func:`~scn2s._validate.write_results`.
+
+    For a :func:`~scn2s.pp.denoise` run: its record, the input layer (never written), and the keys written by a
+    record of an earlier version, which lists none (the layer or the factors, after its ``output``).
+    """
+
+    def legacy(record) -> dict[str, list[str]] | None:
+        if "params" not in record or "version" not in record:
+            return None
+        keys = denoise_keys(key_added, str(record.get("output", "layer")))
+        del keys["uns"]
+        return keys
+
+    protected = () if layer is None else (("layers", layer),)
+    return {"record_key": key_added, "protected": protected, "legacy": legacy}
+
+
+SPLIT_RECORD = "split_counts"
+"""The ``uns`` entry of :func:`~scn2s.pp.split_counts`'s record."""
+
+
+def split_ownership(layer: str | None) -> dict:
+    """The ownership arguments of :func:`~scn2s._validate.write_results` for :func:`~scn2s.pp.split_counts`.
+
+    Its record, the input layer (never written), and the layers of an earlier version's record (its
+    ``params["key_added"]``).
+    """
+
+    def legacy(record) -> dict[str, list[str]] | None:
+        keys = record.get("params", {}).get("key_added") if isinstance(record.get("params"), dict) else None
+        return None if keys is None else {"layers": [str(key) for key in keys]}
+
+    return {"record_key": SPLIT_RECORD, "protected": () if layer is None else (("layers", layer),), "legacy": legacy}

@@ -5,7 +5,9 @@ Every message says what was wrong, where (``adata.X`` or ``adata.layers[...]``) 
 
 from __future__ import annotations
 
+import logging
 import platform
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
@@ -16,26 +18,32 @@ from scipy import sparse
 from ._sparse import is_dask_array
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Iterable
 
     from anndata import AnnData
 
 __all__ = [
+    "ATTRIBUTES",
     "DELETE",
     "MAX_COUNT",
+    "RECORD_KEYS",
+    "boundary_rng",
     "check_counts",
     "check_fraction",
     "check_integer",
     "check_key",
     "check_sample_ratio",
+    "check_writable",
     "describe_source",
     "gene_mask",
     "get_counts",
     "make_rng",
-    "seed_record",
+    "recorded_keys",
     "versions",
     "write_results",
 ]
+
+logger = logging.getLogger(__name__)
 
 MAX_COUNT = 2**53
 """Largest count accepted: the largest integer that float64 arithmetic holds exactly."""
@@ -145,7 +153,7 @@ def check_counts(X, source: str = "X") -> None:
             if fractional.any():
                 example = chunk[fractional][0]
                 msg = (
-                    f"{source} holds non-integer values (e.g. {example:.6g}), so it looks normalised or "
+                    f"{source} holds non-integer values (e.g. {example}), so it looks normalised or "
                     f"log-transformed; scn2s needs raw UMI counts. {_hint(source)}"
                 )
                 raise ValueError(msg)
@@ -245,27 +253,46 @@ def check_key(name: str, key, *, layer: str | None) -> None:
         raise ValueError(msg)
 
 
+_RNG_KINDS = "a non-negative integer seed, a numpy.random.Generator, a numpy.random.RandomState or None"
+_INT64 = 2**63
+
+
 def make_rng(rng) -> np.random.Generator:
-    """``np.random.default_rng(rng)``, with a message naming the argument when ``rng`` is not a seed."""
-    try:
-        return np.random.default_rng(rng)
-    except (TypeError, ValueError) as error:
-        msg = f"rng must be a non-negative integer seed, a numpy.random.Generator or None, got {rng!r}."
-        raise ValueError(msg) from error
+    """The array-level functions' random source: a Generator as it is, or one seeded by ``rng``.
+
+    ``rng`` is an integer seed of any size, ``None`` (fresh entropy), a :class:`numpy.random.Generator` (used as
+    it is) or a :class:`numpy.random.RandomState` (scanpy's legacy seed, which seeds a new Generator with an
+    integer it draws); anything else raises a ``ValueError`` naming the argument.
+    """
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(_seed_of(rng, fresh=rng is None))
 
 
-def seed_record(seed) -> int | str:
-    """A storable description of the ``rng`` argument."""
-    if seed is None:
-        return "none"
-    if isinstance(seed, (int, np.integer)):
-        return int(seed)
-    if isinstance(seed, np.random.Generator):
-        seq = seed.bit_generator.seed_seq
-        entropy = getattr(seq, "entropy", None)
-        spawn_key = getattr(seq, "spawn_key", ())
-        return f"Generator(entropy={entropy}, spawn_key={tuple(spawn_key)})"
-    return repr(seed)
+def boundary_rng(rng) -> tuple[np.random.Generator, int | str]:
+    """The random source of a public function's run and the seed that reproduces it, for its record.
+
+    Every run is seeded by one integer: ``rng`` itself if it is one (of any size), or one drawn from ``rng``
+    (a :class:`numpy.random.Generator` or :class:`numpy.random.RandomState`, which move on, so that two runs of
+    one generator differ and their records tell them apart) or from fresh entropy (``None``). Passing the
+    recorded seed as ``rng`` repeats the run. The seed is recorded as an integer, or as its decimal string if it
+    does not fit in 64 bits (what ``.h5ad`` files hold). Anything else raises a ``ValueError`` naming the argument.
+    """
+    seed = _seed_of(rng, fresh=True)
+    return np.random.default_rng(seed), (seed if seed < _INT64 else str(seed))
+
+
+def _seed_of(rng, *, fresh: bool) -> int | None:
+    if isinstance(rng, Integral) and not isinstance(rng, bool) and rng >= 0:
+        return int(rng)
+    if rng is None:
+        return int(np.random.default_rng().integers(_INT64)) if fresh else None
+    if isinstance(rng, np.random.Generator):
+        return int(rng.integers(_INT64))
+    if isinstance(rng, np.random.RandomState):
+        return int(rng.randint(0, _INT64 - 1, dtype=np.int64))
+    msg = f"rng must be {_RNG_KINDS}, got {rng!r}."
+    raise ValueError(msg)
 
 
 def versions() -> dict[str, str]:
@@ -282,61 +309,195 @@ def versions() -> dict[str, str]:
 DELETE = object()
 """A value for :func:`write_results` that removes the entry (an older result that the new one replaces)."""
 
-_ORDER = ("obs", "var", "obsm", "varm", "layers", "uns")
+ATTRIBUTES = ("obs", "var", "obsm", "varm", "layers", "uns")
+"""The AnnData mappings scn2s writes to, in the order of the writes (the ``uns`` record last)."""
+
+RECORD_KEYS = "keys"
+"""The entry of a record that lists the keys its run wrote: ``{attribute: [key, ...]}``."""
+
+Keys = dict[str, set[str]]
+
+
+def _where(attribute: str, key: str) -> str:
+    return f"adata.{attribute}[{key!r}]"
+
+
+def _has(adata: AnnData, attribute: str, key: str) -> bool:
+    mapping = getattr(adata, attribute)
+    return key in (mapping.columns if attribute in ("obs", "var") else mapping)
+
+
+def recorded_keys(record, legacy: Callable[[Mapping], Mapping[str, Any] | None] | None = None) -> Keys | None:
+    """The keys an earlier scn2s record says its run wrote, or ``None`` if ``record`` is no scn2s record.
+
+    A record lists them under :data:`RECORD_KEYS`; for a record of an earlier version without that list,
+    ``legacy(record)`` (if given) says which keys that version wrote, or ``None``.
+    """
+    if not isinstance(record, Mapping):
+        return None
+    listed = record.get(RECORD_KEYS)
+    if listed is None and legacy is not None:
+        listed = legacy(record)
+    if not isinstance(listed, Mapping):
+        return None
+    return {
+        attribute: {str(key) for key in np.atleast_1d(np.asarray(listed[attribute], dtype=object)).tolist()}
+        for attribute in ATTRIBUTES
+        if attribute in listed
+    }
+
+
+def check_writable(
+    adata: AnnData,
+    planned: Mapping[str, Iterable[str]],
+    *,
+    record_key: str,
+    protected: Iterable[tuple[str, str]] = (),
+    legacy: Callable[[Mapping], Mapping[str, Any] | None] | None = None,
+) -> Keys:
+    """Raise, before any work, if a write of ``planned`` would overwrite a key scn2s does not own.
+
+    A key is owned if the earlier record ``adata.uns[record_key]`` (:func:`recorded_keys`) lists it: a re-run
+    over an earlier result replaces it. Any other existing key, ``uns[record_key]`` itself if it is no scn2s
+    record, or any of ``protected`` (the input counts, as ``(attribute, key)`` pairs), is refused with a message
+    naming it.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to be written.
+    planned
+        The keys to be written, by attribute (``obs``, ``var``, ``obsm``, ``varm``, ``layers``, ``uns``).
+    record_key
+        The ``uns`` entry of the run's record.
+    protected
+        Keys never written or removed, such as ``("layers", "counts")`` for the input layer.
+    legacy
+        For a record without :data:`RECORD_KEYS`, the keys written by the version that wrote it.
+
+    Returns
+    -------
+    The keys owned by the earlier record (empty if none), by attribute.
+
+    Raises
+    ------
+    ValueError
+        Naming the first key that may not be written.
+    """
+    protected = set(protected)
+    earlier = recorded_keys(adata.uns.get(record_key), legacy) if record_key in adata.uns else {}
+    if earlier is None:
+        msg = (
+            f"adata.uns[{record_key!r}] exists and is not a record written by scn2s; scn2s writes only keys it owns. "
+            "Pass another key_added, or delete that entry first."
+        )
+        raise ValueError(msg)
+    for attribute in ATTRIBUTES:
+        for key in planned.get(attribute, ()):
+            if (attribute, key) in protected:
+                msg = (
+                    f"{_where(attribute, key)} holds the input counts and would be overwritten by the output; "
+                    "choose another key_added."
+                )
+                raise ValueError(msg)
+            if attribute == "uns" and key == record_key:
+                continue
+            if _has(adata, attribute, key) and key not in earlier.get(attribute, ()):
+                msg = (
+                    f"{_where(attribute, key)} exists and was not written by scn2s under adata.uns[{record_key!r}]; "
+                    "scn2s does not overwrite it. Pass another key_added, or delete that entry first."
+                )
+                raise ValueError(msg)
+    return earlier
 
 
 def write_results(
     adata: AnnData,
     *,
-    layers: Mapping[str, Any] | None = None,
-    uns: Mapping[str, Any] | None = None,
-    obs: Mapping[str, Any] | None = None,
-    var: Mapping[str, Any] | None = None,
-    obsm: Mapping[str, Any] | None = None,
-    varm: Mapping[str, Any] | None = None,
+    record_key: str,
+    record: dict,
+    protected: Iterable[tuple[str, str]] = (),
+    legacy: Callable[[Mapping], Mapping[str, Any] | None] | None = None,
+    **entries: Mapping[str, Any],
 ) -> None:
-    """Write entries to ``obs`` and ``var`` columns, ``obsm``, ``varm``, ``layers`` and ``uns``: all or none.
+    """Write a run's entries and its record ``adata.uns[record_key]``: only keys scn2s owns, all or none.
 
-    The entries are written in that order (the ``uns`` record last); an entry whose value is :data:`DELETE`
-    is removed if present; ``obs`` and ``var`` are replaced by new frames holding the changed columns. If any
-    write fails, or is interrupted (``KeyboardInterrupt`` included), the entries already written are restored
-    to what they were (or removed; the old ``obs`` and ``var`` frames are put back), and the exception
-    propagates. A view is made an actual AnnData by the first write (anndata warns with
+    ``entries`` are mappings by attribute (``obs=``, ``var=``, ``obsm=``, ``varm=``, ``layers=``, ``uns=``) of
+    the keys to write. The keys are checked first (:func:`check_writable`: nothing is written if one is not
+    scn2s's to write). The keys the earlier record lists that this run does not write are removed (an earlier
+    output of another kind under the same name; ``protected`` keys are kept), and ``record`` is stored with
+    :data:`RECORD_KEYS` set to the keys written, the record itself excepted.
+
+    The writes go in the order of :data:`ATTRIBUTES` (the ``uns`` record last); ``obs`` and ``var`` are replaced
+    by new frames holding the changed columns. Every write is entered in an undo log before it is made, so if
+    any write fails or is interrupted (``KeyboardInterrupt`` included, at any line), the entries already written
+    are restored to what they were (or removed; the old ``obs`` and ``var`` frames are put back) and the
+    exception propagates. A view is made an actual AnnData by the first write (anndata warns with
     ``ImplicitModificationWarning`` unless that write replaces ``obs`` or ``var``); its parent is never changed.
     """
-    given = {"obs": obs, "var": var, "obsm": obsm, "varm": varm, "layers": layers, "uns": uns}
-    done: list[tuple[str, str, Any]] = []
+    unknown = set(entries) - set(ATTRIBUTES)
+    if unknown:
+        msg = f"write_results writes to {ATTRIBUTES}, got {sorted(unknown)}."
+        raise TypeError(msg)
+    protected = set(protected)
+    planned = {attribute: list(entries.get(attribute) or {}) for attribute in ATTRIBUTES}
+    earlier = check_writable(adata, planned, record_key=record_key, protected=protected, legacy=legacy)
+    written = {attribute: sorted(keys) for attribute, keys in planned.items() if keys}
+    changes = {attribute: dict(entries.get(attribute) or {}) for attribute in ATTRIBUTES}
+    for attribute, keys in earlier.items():
+        for key in keys - set(planned[attribute]):
+            if (attribute, key) not in protected and not (attribute == "uns" and key == record_key):
+                changes[attribute][key] = DELETE
+    changes["uns"][record_key] = {**record, RECORD_KEYS: written}
+    _commit(adata, changes)
+
+
+def _commit(adata: AnnData, changes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Make ``changes`` (by attribute; :data:`DELETE` removes) all or none: an undo entry precedes every write."""
+    undo: list[tuple[str, str, Any]] = []
     try:
-        for name in _ORDER:
-            entries = given[name] or {}
+        for name in ATTRIBUTES:
+            entries = changes.get(name) or {}
             if name in ("obs", "var"):
                 old = getattr(adata, name)
                 if any(value is not DELETE or key in old.columns for key, value in entries.items()):
                     # a new frame, assigned at once; the old one is never modified and comes back on failure
-                    setattr(adata, name, _with_columns(old, entries))
-                    done.append((name, "", old))
+                    new = _with_columns(old, entries)
+                    undo.append((name, "", old))
+                    setattr(adata, name, new)
                 continue
             for key, value in entries.items():
                 mapping = getattr(adata, name)  # anew: the first write makes a view actual
                 old = mapping.get(key, _MISSING)
+                if value is DELETE and old is _MISSING:
+                    continue
+                undo.append((name, key, old))
                 if value is DELETE:
-                    if old is _MISSING:
-                        continue
                     del mapping[key]
                 else:
                     mapping[key] = value
-                done.append((name, key, old))
     except BaseException:
-        for name, key, old in reversed(done):
+        _roll_back(adata, undo)
+        raise
+
+
+def _roll_back(adata: AnnData, undo: list[tuple[str, str, Any]]) -> None:
+    """Undo the log, last entry first.
+
+    An entry that cannot be restored (the write that failed, which may fail again) does not stop the others.
+    """
+    for name, key, old in reversed(undo):
+        try:
             if name in ("obs", "var"):
                 setattr(adata, name, old)
                 continue
             mapping = getattr(adata, name)
             if old is _MISSING:
                 mapping.pop(key, None)
-            else:
+            elif mapping.get(key, _MISSING) is not old:
                 mapping[key] = old
-        raise
+        except Exception:
+            logger.debug("could not restore adata.%s[%r]", name, key, exc_info=True)
 
 
 def _with_columns(frame, entries: Mapping[str, Any]):

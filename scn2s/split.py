@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
-from ._validate import check_counts, check_fraction
+from ._validate import check_counts, check_fraction, make_rng
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -61,7 +61,7 @@ def binomial_split(
     X: ArrayLike | sparse.spmatrix | sparse.sparray,
     p: float = 0.5,
     *,
-    rng: np.random.Generator,
+    rng: int | np.random.Generator | np.random.RandomState | None,
     sample_ratio: float | None = None,
 ) -> tuple:
     """Split molecule counts into two halves by binomial thinning.
@@ -72,11 +72,14 @@ def binomial_split(
         Non-negative integer counts, dense or CSR/CSC, of any integer dtype (signed or unsigned, 8 to 64 bits)
         or a float dtype holding integers, finite and at most ``2**53``; anything else raises an error that
         says what is wrong. Never modified: the thinning is done in int64 and the halves are cast back to
-        ``X``'s dtype, which holds them since neither half exceeds ``X``.
+        ``X``'s dtype, which holds them since neither half exceeds ``X``; except float counts above the largest
+        integer up to which the float dtype holds every integer (``2**24`` for float32, ``2048`` for float16),
+        whose halves that dtype may not hold: their halves are int64, exact.
     p
         Expected fraction of each count that goes to the first half.
     rng
-        Source of randomness.
+        Source of randomness: a :class:`numpy.random.Generator` (used as it is), an integer seed, ``None`` or a
+        :class:`numpy.random.RandomState` (:func:`scn2s._validate.make_rng`).
     sample_ratio
         If given, the finite-pool overlap correction of molecular cross-validation
         (see :func:`overlap_probabilities`): molecules are shared between the halves so that they
@@ -84,13 +87,15 @@ def binomial_split(
 
     Returns
     -------
-    ``(X_a, X_b)`` of the same kind (dense, CSR or CSC), shape and dtype as ``X``, integer valued.
+    ``(X_a, X_b)`` of the same kind (dense, CSR or CSC), shape and dtype as ``X`` (int64 for float counts beyond
+    their dtype's exact integers, above), integer valued.
     Without ``sample_ratio``, ``X_a + X_b == X`` exactly. Sparse halves hold no explicit zeros, so their
     sparsity patterns are subsets of ``X``'s; a sparse input is never densified.
     """
     check_fraction("p", p)
     if sample_ratio is not None:
         check_fraction("sample_ratio", sample_ratio, closed_right=True)
+    rng = make_rng(rng)
     check_counts(X)
     if sparse.issparse(X):
         if X.format not in {"csr", "csc"}:
@@ -127,7 +132,15 @@ def _split_values(
         both = rest - second
         a = first + both
         b = second + both
-    return a.astype(values.dtype, copy=False), b.astype(values.dtype, copy=False)
+    dtype = values.dtype if _holds_every_integer(values.dtype, n) else np.dtype(np.int64)
+    return a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+
+
+def _holds_every_integer(dtype: np.dtype, n: np.ndarray) -> bool:
+    """Whether ``dtype`` holds every integer from 0 to the largest of ``n``: any half of ``n`` cast to it is exact."""
+    if dtype.kind in "iu" or n.size == 0:
+        return True
+    return int(n.max()) <= 2 ** (np.finfo(dtype).nmant + 1)
 
 
 _LOW_BITS = (np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64)) - np.uint64(1)).astype(np.uint64)

@@ -62,8 +62,15 @@ def test_dict_grid_is_every_combination_and_list_grid_as_given():
 
 @pytest.mark.parametrize(
     ("grid", "match"),
-    [({}, "no candidate"), ([], "no candidate"), ({"k": []}, "non-empty list"), ({"k": 3}, "non-empty list"),
-     ({"k": "abc"}, "non-empty list"), ([3], "dicts of parameters"), ("k", "dict of lists")],
+    [
+        ({}, "no candidate"),
+        ([], "no candidate"),
+        ({"k": []}, "non-empty list"),
+        ({"k": 3}, "non-empty list"),
+        ({"k": "abc"}, "non-empty list"),
+        ([3], "dicts of parameters"),
+        ("k", "dict of lists"),
+    ],
 )
 def test_bad_grid_is_refused(grid, match):
     with pytest.raises(ValueError, match=match):

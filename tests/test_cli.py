@@ -191,7 +191,7 @@ def test_failed_write_leaves_no_partial_output(counts_file, workdir, capsys, mon
         == code
     )
     line = _error_line(capsys)
-    assert ("No space left on device" if code == 1 else "interrupted") in line
+    assert ("no space left on the device" if code == 1 else "interrupted") in line
     if existing:
         assert out.read_bytes() == b"previous"
     else:

@@ -15,6 +15,8 @@ from scn2s._validate import MAX_COUNT, check_counts, write_results
 from scn2s.datasets import simulate
 from scn2s.split import binomial_split, overlap_probabilities
 
+RNG = "rng must be a non-negative integer seed, a numpy.random.Generator, a numpy.random.RandomState or None, got"
+
 KINDS = {"dense": np.asarray, "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}
 HINT_X = 'If the raw counts are in a layer, pass layer="counts" (or its name).'
 HINT_LAYER = "Pass layer= naming the layer that holds the raw counts, or layer=None for adata.X."
@@ -400,8 +402,8 @@ def test_nearly_empty_counts_give_finite_output():
         ({"key_added": ""}, "key_added must be a non-empty string, got ''."),
         ({"key_added": None}, "key_added must be a non-empty string, got None."),
         ({"method": "magic"}, f"method must be one of {METHODS}, got 'magic'."),
-        ({"rng": "seed"}, "rng must be a non-negative integer seed, a numpy.random.Generator or None, got 'seed'."),
-        ({"rng": -1}, "rng must be a non-negative integer seed, a numpy.random.Generator or None, got -1."),
+        ({"rng": "seed"}, RNG + " 'seed'."),
+        ({"rng": -1}, RNG + " -1."),
     ],
 )
 def test_denoise_arguments_are_checked_before_any_work(counts, kwargs, message):
@@ -492,7 +494,7 @@ def test_split_key_added_is_checked(counts, key_added, message):
     [
         ({"p": 1.0}, "p must be strictly between 0 and 1, got 1.0."),
         ({"sample_ratio": 0.0}, "sample_ratio must be in (0, 1], got 0.0."),
-        ({"rng": 1.5}, "rng must be a non-negative integer seed, a numpy.random.Generator or None, got 1.5."),
+        ({"rng": 1.5}, RNG + " 1.5."),
     ],
 )
 def test_split_arguments_are_checked(counts, kwargs, message):
@@ -537,20 +539,22 @@ def test_denoising_a_view_in_place_makes_it_actual_and_leaves_the_parent(counts)
 
 
 def test_write_results_rolls_back_a_failed_write(counts):
-    adata = ad.AnnData(counts, layers={"old": counts + 1}, uns={"old": {"a": 1}})
+    earlier = {"params": {}, "keys": {"layers": ["old"]}}
+    adata = ad.AnnData(counts, layers={"old": counts + 1}, uns={"old": {"a": 1}, "run": earlier})
     with pytest.raises(ValueError, match="Value passed for key 'bad' is of incorrect shape"):
         write_results(
             adata,
+            record_key="run",
+            record={"params": {"new": 1}},
             layers={"new": np.zeros_like(counts), "old": np.zeros_like(counts), "bad": np.zeros((2, 2))},
-            uns={"new": 1},
         )
     assert set(adata.layers) == {"old"}
     np.testing.assert_array_equal(adata.layers["old"], counts + 1)
-    assert adata.uns == {"old": {"a": 1}}
+    assert adata.uns == {"old": {"a": 1}, "run": earlier}
 
 
 def test_write_results_rolls_back_an_interrupt(counts, monkeypatch):
-    adata = ad.AnnData(counts, uns={"old": 1})
+    adata = ad.AnnData(counts, uns={"old": 1, "run": {"keys": {"uns": ["old"]}}})
     uns_type = type(adata.uns)
 
     class Interrupting(uns_type):
@@ -561,6 +565,8 @@ def test_write_results_rolls_back_an_interrupt(counts, monkeypatch):
 
     adata.uns = Interrupting(adata.uns)
     with pytest.raises(KeyboardInterrupt):
-        write_results(adata, layers={"new": np.zeros_like(counts)}, uns={"old": 2, "new": 3})
+        write_results(
+            adata, record_key="run", record={}, layers={"new": np.zeros_like(counts)}, uns={"old": 2, "new": 3}
+        )
     assert not adata.layers
-    assert dict(adata.uns) == {"old": 1}
+    assert dict(adata.uns) == {"old": 1, "run": {"keys": {"uns": ["old"]}}}

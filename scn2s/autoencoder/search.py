@@ -64,6 +64,8 @@ class AutoencoderOptions:
 
     def __post_init__(self) -> None:
         check_integer("n_splits", self.n_splits, minimum=1)
+        if self.configs is not None:
+            make_configs(self.configs)  # each setting checked, by name, before any work
 
     @classmethod
     def from_kwds(cls, kwds: Mapping | None) -> AutoencoderOptions:

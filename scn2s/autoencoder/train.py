@@ -63,9 +63,45 @@ class TrainConfig:
     shape_learning_rate: float = 0.05
 
     def __post_init__(self) -> None:
+        """Check every setting; a message names the setting, what it must be and what it got."""
+
+        def integer(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < minimum:
+                what = {"hidden": "the width of the hidden layer, "}.get(name, "")
+                msg = f"autoencoder setting {name} must be {what}an integer >= {minimum}, got {value!r}."
+                raise ValueError(msg)
+
+        def number(name: str, low: float, high: float, *, low_open: bool, high_open: bool) -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            ok = ok and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+            if not ok:
+                interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+                msg = f"autoencoder setting {name} must be a number in {interval}, got {value!r}."
+                raise ValueError(msg)
+
+        for name, minimum in (("hidden", 1), ("bottleneck", 1), ("max_epochs", 1), ("patience", 1)):
+            integer(name, minimum)
+        integer("batch_size", 1)
+        integer("n_replicas", 1)
+        number("dropout", 0, 1, low_open=False, high_open=True)
+        number("learning_rate", 0, np.inf, low_open=True, high_open=True)
+        number("weight_decay", 0, np.inf, low_open=False, high_open=True)
+        number("shape_learning_rate", 0, np.inf, low_open=False, high_open=True)
+        number("input_fraction", 0, 1, low_open=True, high_open=True)
+        if self.likelihood not in ("poisson", "nb"):
+            msg = f"autoencoder setting likelihood must be 'poisson' or 'nb', got {self.likelihood!r}."
+            raise ValueError(msg)
+        if not isinstance(self.posterior, (bool, np.bool_)):
+            msg = f"autoencoder setting posterior must be True or False, got {self.posterior!r}."
+            raise ValueError(msg)
         if self.input_range is None:
             return
-        values = tuple(float(v) for v in self.input_range)
+        try:
+            values = tuple(float(v) for v in self.input_range)
+        except (TypeError, ValueError):
+            values = ()
         if len(values) != 2 or not 0 < values[0] <= values[1] < 1:
             msg = f"input_range must be (low, high) with 0 < low <= high < 1, got {self.input_range!r}."
             raise ValueError(msg)

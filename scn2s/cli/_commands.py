@@ -12,8 +12,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._memory import check_layer_fits
-from .._validate import describe_source, gene_mask, get_counts
-from ._files import InputError, atomic_write, check_paths, input_errors, read_h5ad, write_h5ad
+from .._names import denoise_keys, denoise_ownership, split_ownership
+from .._validate import check_writable, describe_source, gene_mask, get_counts
+from ._files import (
+    InputError,
+    atomic_write,
+    check_paths,
+    check_space,
+    estimated_size,
+    input_errors,
+    nbytes,
+    read_h5ad,
+    write_anndata,
+)
 from ._report import selection_summary
 
 if TYPE_CHECKING:
@@ -40,6 +51,9 @@ def denoise(args: argparse.Namespace) -> int:
     if args.rank is not None and args.method != "lowrank":
         msg = f"--rank fixes the rank of a low-rank model and needs --method lowrank, got --method {args.method}"
         raise InputError(msg)
+    if args.layer is not None and args.key_added == args.layer:
+        msg = f"--key-added {args.key_added} would overwrite the input counts in --layer {args.layer}; choose another"
+        raise InputError(msg)
     check_paths(args.input, args.out, force=args.force)
     if args.device is not None and args.method != "lowrank":
         _check_device(args.device)
@@ -48,6 +62,11 @@ def denoise(args: argparse.Namespace) -> int:
         get_counts(adata, args.layer)
         if args.genes is not None:
             gene_mask(adata, args.genes)
+        check_writable(
+            adata, denoise_keys(args.key_added, args.output), **denoise_ownership(args.key_added, args.layer)
+        )
+    layer_size = adata.n_obs * adata.n_vars * 4 if args.output == "layer" else 0
+    check_space(args.out, estimated_size(adata, extra=layer_size))
     if args.output == "layer":
         try:
             check_layer_fits(adata.shape, key_added=args.key_added, alternatives=_LAYER_ALTERNATIVES)
@@ -70,7 +89,7 @@ def denoise(args: argparse.Namespace) -> int:
         )
     if not main:
         return 0
-    write_h5ad(adata, args.out)
+    write_anndata(adata, args.out, force=args.force)
     record = adata.uns[args.key_added]
     modelled = "all genes" if args.genes is None else f"genes in var[{args.genes!r}]"
     print(
@@ -146,13 +165,21 @@ def split(args: argparse.Namespace) -> int:
     """``scn2s split IN -o OUT``: write the two halves of a binomial split of the counts as layers."""
     from .. import pp
 
+    first, second = args.key_added
+    if first == second:
+        msg = f"--key-added needs two different layer names, got {first} {second}"
+        raise InputError(msg)
+    if args.layer in (first, second):
+        msg = f"--key-added {args.layer} would overwrite the input counts in --layer {args.layer}; choose another"
+        raise InputError(msg)
     check_paths(args.input, args.out, force=args.force)
     adata = read_h5ad(args.input)
     with input_errors(args.input):
-        get_counts(adata, args.layer)
-    first, second = args.key_added
+        counts = get_counts(adata, args.layer)
+        check_writable(adata, {"layers": [first, second]}, **split_ownership(args.layer))
+    check_space(args.out, estimated_size(adata, extra=2 * nbytes(counts)))
     pp.split_counts(adata, p=args.p, layer=args.layer, key_added=(first, second), rng=args.seed)
-    write_h5ad(adata, args.out)
+    write_anndata(adata, args.out, force=args.force)
     totals = [int(adata.layers[name].sum()) for name in (first, second)]
     print(
         f"scn2s split: {args.input}, {adata.n_obs} cells x {adata.n_vars} genes "
@@ -189,7 +216,7 @@ def demo(args: argparse.Namespace) -> int:
     print(f"  time: {elapsed:.1f} s; output in adata.layers['denoised'], record in adata.uns['denoised']")
     print(f"  selection plot (held-out loss against rank): {figure}")
     if args.out:
-        write_h5ad(adata, args.out)
+        write_anndata(adata, args.out, force=args.force)
         print(f"  wrote {args.out}")
     return 0
 
@@ -203,7 +230,11 @@ def _save_selection_plot(adata, figdir: Path) -> Path:
     figdir.mkdir(parents=True, exist_ok=True)
     path = figdir / "selection.png"
     try:
-        atomic_write(path, lambda temporary: ax.figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight"))
+        atomic_write(
+            path,
+            lambda temporary: ax.figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight"),
+            replace=True,
+        )
     finally:
         plt.close(ax.figure)
     return path

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import _commands
-from ._files import InputError
+from ._files import InputError, Terminated, WriteError, signals_interrupt
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 _DESCRIPTION = (
     "Denoise single-cell UMI counts with a model chosen by held-out molecules. "
-    "Exit codes: 0 success, 2 usage or input error, 1 other error, 130 interrupted."
+    "Exit codes: 0 success, 2 usage or input error, 1 other error, 130 interrupted (SIGINT), 143 terminated "
+    "(SIGTERM), 129 hung up (SIGHUP)."
 )
 
 
@@ -37,19 +38,25 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     The exit code: 0 success, 2 a usage or input error (one line on standard error), 1 any other error,
-    130 interrupted.
+    ``128 + signum`` after a signal: 130 interrupted (``SIGINT``), 143 ``SIGTERM``, 129 ``SIGHUP``.
     """
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:  # --help, --version and usage errors
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     args.progress = not args.quiet
-    with _package_logging(args.verbose, args.quiet):
+    with _package_logging(args.verbose, args.quiet), signals_interrupt():
         try:
             return args.func(args)
         except InputError as err:
             _error(str(err))
             return 2
+        except WriteError as err:
+            _error(str(err))
+            return 1
+        except Terminated as err:
+            _error(f"terminated by {err.args[0]}; no partial output was left")
+            return 128 + err.signum
         except KeyboardInterrupt:
             _error("interrupted; no output was written")
             return 130
@@ -211,7 +218,9 @@ def _verbosity(*, suppress: bool) -> argparse.ArgumentParser:
 
 def _input_output(command: argparse.ArgumentParser) -> None:
     command.add_argument("input", type=Path, metavar="IN", help="input .h5ad file with raw UMI counts")
-    command.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="output .h5ad file")
+    command.add_argument(
+        "-o", "--out", type=Path, required=True, metavar="OUT", help="output .h5ad file, or .zarr store"
+    )
     command.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
 
 

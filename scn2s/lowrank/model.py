@@ -441,6 +441,10 @@ def cell_scale(
     chunks of ``chunk_size`` cells (memory ``chunk_size x genes``). With it, a block of cells and genes is
     ``unscaled_counts(...) * scale[:, None]`` without the other genes.
 
+    A cell without molecules (``library_size`` 0) has expected counts of exactly zero and scale 0: only the cells
+    with molecules are computed, so the cost is (cells with molecules) x genes x rank, at most the non-zeros times
+    the genes, not cells x genes. The values are those of the row sums over all cells, bit for bit.
+
     Parameters
     ----------
     mean, scores, loadings, library_size, target_sum
@@ -452,9 +456,10 @@ def cell_scale(
     -------
     Float64 array, ``(cells,)``.
     """
-    scale = np.empty(len(library_size), dtype=np.float64)
-    for start in range(0, len(library_size), chunk_size):
-        rows = slice(start, start + chunk_size)
+    scale = np.zeros(len(library_size), dtype=np.float64)
+    cells = np.flatnonzero(library_size > 0)
+    for start in range(0, len(cells), chunk_size):
+        rows = cells[start : start + chunk_size]
         s = library_size[rows]
         scale[rows] = library_scale(unscaled_counts(mean, scores[rows], loadings, s, target_sum).sum(axis=1), s)
     return scale

@@ -8,16 +8,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._memory import check_layer_fits
+from .._names import denoise_ownership
 from .._sparse import canonical_csr, is_dask_array
 from .._timing import Timings
 from .._validate import (
+    boundary_rng,
     check_fraction,
     check_integer,
     check_key,
+    check_writable,
     describe_source,
     get_counts,
-    make_rng,
-    seed_record,
     versions,
     write_results,
 )
@@ -30,8 +32,6 @@ from ..select.calibrate import (
     scale_to_library,
     search_denoiser,
 )
-from .._memory import check_layer_fits
-from ._output import stale_entries
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -50,7 +50,7 @@ def calibrate(
     n_splits: int = 3,
     depth_correction: bool = True,
     name: str | None = None,
-    rng: int | np.random.Generator | None = 0,
+    rng: int | np.random.Generator | np.random.RandomState | None = 0,
     progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
@@ -94,7 +94,7 @@ def calibrate(
     name
         Name of the denoiser in the record; default its ``name`` attribute, or its function name.
     rng
-        Seed or :class:`numpy.random.Generator` of the splits (the denoiser's own randomness is its own).
+        Seed of the splits, as :func:`~scn2s.pp.denoise` takes it (the denoiser's own randomness is its own).
     progress
         Show a progress bar over the denoiser's calls.
     copy
@@ -151,6 +151,8 @@ def calibrate(
     check_key("key_added", key_added, layer=layer)
     check_fraction("p", p)
     check_integer("n_splits", n_splits, minimum=1)
+    owner = denoise_ownership(key_added, layer)
+    check_writable(adata, {"layers": [key_added], "uns": [key_added]}, **owner)  # before any work
     name = _name(denoiser, name)
     candidates = expand_grid(grid)
     source = describe_source(layer)
@@ -171,9 +173,9 @@ def calibrate(
         msg = f"calibrate needs at least 2 cells; {source} has {counts.shape[0]}."
         raise ValueError(msg)
     check_layer_fits(adata.shape, key_added=key_added, alternatives="Calibrate on fewer cells or genes.")
-    seed = seed_record(rng)
+    rng, seed = boundary_rng(rng)
     # the first stream of the generator, as denoise's: the same rng gives the same splits
-    (split_rng,) = make_rng(rng).spawn(1)
+    (split_rng,) = rng.spawn(1)
     splits = Splits.draw(split_rng, n_splits, p)
     counts = counts.astype(np.float64)  # what every call receives (a copy, see run_denoiser)
     logger.info("calibrating %s on %s: %d candidates x %d splits", name, source, len(candidates), n_splits)
@@ -214,8 +216,10 @@ def calibrate(
     }
     if copy:
         adata = adata.copy()
-    write_results(adata, **stale_entries(key_added, "layer"), layers={key_added: layer_values}, uns={key_added: record})
-    logger.info("wrote layers[%r] (%s, %s) in %.1f s", key_added, name, candidate_label(applied), record["elapsed_seconds"])
+    write_results(adata, record=record, **owner, layers={key_added: layer_values})
+    logger.info(
+        "wrote layers[%r] (%s, %s) in %.1f s", key_added, name, candidate_label(applied), record["elapsed_seconds"]
+    )
     return adata if copy else None
 
 

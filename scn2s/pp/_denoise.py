@@ -9,24 +9,24 @@ import numpy as np
 
 from .. import autoencoder, lowrank
 from .._memory import check_layer_fits
-from .._names import METHODS, OUTPUTS
+from .._names import METHODS, OUTPUTS, denoise_keys, denoise_ownership
 from .._timing import Timings
 from .._validate import (
+    boundary_rng,
     check_fraction,
     check_integer,
     check_key,
     check_sample_ratio,
+    check_writable,
     describe_source,
     gene_mask,
     get_counts,
-    make_rng,
-    seed_record,
     versions,
     write_results,
 )
 from ..select import Splits, compare_families
 from ._counts import check_modelled, is_lazy, read_counts
-from ._output import output_entries, stale_entries
+from ._output import output_entries
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -48,7 +48,7 @@ def denoise(
     autoencoder_kwds: Mapping | None = None,
     device: str | None = None,
     output: Literal["layer", "factors"] = "layer",
-    rng: int | np.random.Generator | None = 0,
+    rng: int | np.random.Generator | np.random.RandomState | None = 0,
     progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
@@ -102,7 +102,9 @@ def denoise(
         low-rank model instead, from which :func:`scn2s.tl.reconstruct` computes any slice of the layer and
         :func:`scn2s.tl.write_denoised` writes it chunk by chunk.
     rng
-        Seed or :class:`numpy.random.Generator`; the same seed gives the same output.
+        Integer seed (any size), ``None``, :class:`numpy.random.Generator` or :class:`numpy.random.RandomState`;
+        the run is seeded by one integer (drawn from a generator, which moves on), recorded in ``params["seed"]``:
+        the same seed gives the same output.
     progress
         Show progress bars.
     copy
@@ -122,7 +124,8 @@ def denoise(
     ``adata.uns[key_added]``
         The record: ``method`` (the family written), ``params``, ``best_params``, ``selection`` (per family
         searched; :func:`scn2s.pl.selection` plots it), ``comparison`` (``method="auto"``), ``version``,
-        ``versions``, ``elapsed_seconds``, ``timings``, ``output`` and, with ``output="factors"``, ``factors``.
+        ``versions``, ``elapsed_seconds``, ``timings``, ``keys`` (the keys written, by attribute), ``output`` and,
+        with ``output="factors"``, ``factors``.
 
     Raises
     ------
@@ -133,7 +136,9 @@ def denoise(
     KeyError
         If ``layer`` or the ``mask_var`` column does not exist.
     ValueError
-        If the counts are not raw UMI counts or hold no molecule; if ``adata`` has fewer than 2 cells; if an
+        If the counts are not raw UMI counts or hold no molecule; if a key this run would write exists and no
+        earlier scn2s record under ``key_added`` lists it (raised before any work, naming the key); if ``adata`` has
+        fewer than 2 cells; if an
         argument is out of range or a ``*_kwds`` key unknown; or if ``output="factors"`` or dask counts come with
         a method other than ``"lowrank"``. Each message says what to do.
     """
@@ -142,11 +147,14 @@ def denoise(
     autoencoder_options = autoencoder.AutoencoderOptions.from_kwds(autoencoder_kwds)
     _check_arguments(method, output, lowrank_options.rank, key_added=key_added, layer=layer, p=p, n_splits=n_splits)
     check_sample_ratio(sample_ratio, held_out=True)
+    owner = denoise_ownership(key_added, layer)
+    check_writable(adata, denoise_keys(key_added, output), **owner)  # before any work: write only keys scn2s owns
     lazy = is_lazy(adata, layer, method)
     if output == "layer" and not lazy:
         check_layer_fits(adata.shape, key_added=key_added)  # before any work
-    seed, requested, timings = seed_record(rng), method, Timings()
-    split_rng, lowrank_rng, autoencoder_rng = make_rng(rng).spawn(3)
+    rng, seed = boundary_rng(rng)  # one integer seed reproduces the run: the record holds it
+    requested, timings = method, Timings()
+    split_rng, lowrank_rng, autoencoder_rng = rng.spawn(3)
     splits = Splits.draw(split_rng, n_splits, p, sample_ratio)
     counts = get_counts(adata, layer)
     genes = gene_mask(adata, mask_var)
@@ -186,7 +194,7 @@ def denoise(
     record |= output_record
     if copy:
         adata = adata.copy()
-    write_results(adata, **stale_entries(key_added, output), **entries, uns={key_added: record})
+    write_results(adata, record=record, **owner, **entries)
     where = f"layers[{key_added!r}]" if output == "layer" else f"the factors obsm['X_{key_added}'] and others"
     logger.info("wrote %s (%s, %s) in %.1f s", where, fit.family, record["best_params"], record["elapsed_seconds"])
     return adata if copy else None

@@ -15,14 +15,13 @@ from tqdm.auto import tqdm
 
 from .._blocks import RowBlocks, block_slices
 from .._names import factor_keys
-from .._validate import DELETE
 from ..lowrank.model import cell_scale
 
 if TYPE_CHECKING:
     from ..lowrank import LowRankSelection
     from ..select import Selection
 
-__all__ = ["dense_layer", "factor_entries", "lazy_layer", "output_entries", "stale_entries"]
+__all__ = ["dense_layer", "factor_entries", "lazy_layer", "output_entries"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +130,3 @@ def factor_entries(
         entries[attribute][key] = values[name]
     record = {"family": "lowrank", "rank": int(rank), "target_sum": float(fit.target_sum)}
     return entries, record
-
-
-def stale_entries(key_added: str, output: str) -> dict[str, dict]:
-    """Removals of an earlier output of the other kind under ``key_added``, which the new record replaces."""
-    if output == "factors":
-        return {"layers": {key_added: DELETE}}
-    entries: dict[str, dict] = {"obs": {}, "var": {}, "obsm": {}, "varm": {}}
-    for attribute, key in factor_keys(key_added).values():
-        entries[attribute][key] = DELETE
-    return entries

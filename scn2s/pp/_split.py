@@ -6,15 +6,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._blocks import RowBlocks
+from .._names import split_ownership
 from .._sparse import is_dask_array
 from .._validate import (
+    boundary_rng,
     check_fraction,
     check_key,
     check_sample_ratio,
+    check_writable,
     describe_source,
     get_counts,
-    make_rng,
-    seed_record,
     versions,
     write_results,
 )
@@ -33,7 +34,7 @@ def split_counts(
     layer: str | None = None,
     key_added: tuple[str, str] = ("counts_a", "counts_b"),
     sample_ratio: float | None = None,
-    rng: int | np.random.Generator | None = 0,
+    rng: int | np.random.Generator | np.random.RandomState | None = 0,
     copy: bool = False,
 ) -> AnnData | None:
     """Split each cell's molecules into two halves by binomial thinning.
@@ -60,7 +61,8 @@ def split_counts(
         cross-validation (:func:`scn2s.split.overlap_probabilities` gives the formula). The halves then share
         some molecules and sum to more than the counts. ``None``: plain thinning.
     rng
-        Seed or :class:`numpy.random.Generator`.
+        Integer seed (any size), ``None``, :class:`numpy.random.Generator` or :class:`numpy.random.RandomState`;
+        the integer the run is seeded by is recorded.
     copy
         Return a modified copy instead of writing to ``adata``.
 
@@ -69,10 +71,13 @@ def split_counts(
     ``None``, or a copy of ``adata`` if ``copy=True``, with
 
     ``adata.layers[key_added[0]]``, ``adata.layers[key_added[1]]``
-        The two halves, of the input's kind (dense, CSR or CSC) and dtype.
+        The two halves, of the input's kind (dense, CSR or CSC) and dtype (int64 for float counts beyond their
+        dtype's exact integers, :func:`scn2s.split.binomial_split`).
     ``adata.uns["split_counts"]``
-        ``params`` (``p``, ``layer``, ``key_added``, ``sample_ratio`` and the seed) and ``versions``
-        (``python``, ``scn2s``, ``numpy``, ``scipy``, ``anndata``).
+        ``params`` (``p``, ``layer``, ``key_added``, ``sample_ratio`` and the seed), ``versions``
+        (``python``, ``scn2s``, ``numpy``, ``scipy``, ``anndata``) and ``keys`` (the layers written). The
+        layers of an earlier split that this record replaces are removed (the input layer excepted); a layer
+        ``key_added`` names that no earlier split wrote is refused before any work.
     """
     if not isinstance(key_added, (tuple, list)) or len(key_added) != 2 or key_added[0] == key_added[1]:
         msg = f"key_added must be two different layer names, got {key_added!r}."
@@ -82,8 +87,9 @@ def split_counts(
     check_key("key_added[1]", key_b, layer=layer)
     check_fraction("p", p)
     check_sample_ratio(sample_ratio, held_out=False)
-    seed = seed_record(rng)
-    generator = make_rng(rng)
+    owner = split_ownership(layer)
+    check_writable(adata, {"layers": [key_a, key_b]}, **owner)  # before any work: write only keys scn2s owns
+    generator, seed = boundary_rng(rng)
     counts = get_counts(adata, layer)
     if is_dask_array(counts):
         msg = (
@@ -102,8 +108,9 @@ def split_counts(
         adata = adata.copy()
     write_results(
         adata,
+        record={"params": params, "versions": versions()},
         layers={key_a: halves[0], key_b: halves[1]},
-        uns={"split_counts": {"params": params, "versions": versions()}},
+        **owner,
     )
     logger.info("split %s into layers %r and %r (p=%.2f)", describe_source(layer), key_a, key_b, p)
     return adata if copy else None
