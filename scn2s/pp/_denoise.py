@@ -35,7 +35,18 @@ from ..select import (
     fit_lowrank,
 )
 from ..select.autoencoder import config_label
-from ._output import OUTPUTS, check_layer_fits, dense_layer, factor_entries, lazy_layer, stale_entries
+from ._output import (
+    OUTPUTS,
+    check_layer_fits,
+    check_uncertainty,
+    dense_layer,
+    embedding_entries,
+    factor_entries,
+    lazy_layer,
+    merge_entries,
+    sd_entries,
+    stale_entries,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -62,6 +73,7 @@ def denoise(
     autoencoder_splits: int = 1,
     device: str | None = None,
     output: Literal["layer", "factors"] = "layer",
+    uncertainty: bool = False,
     rng: int | np.random.Generator | None = 0,
     progress: bool = True,
     copy: bool = False,
@@ -238,6 +250,7 @@ def denoise(
         )
         raise ValueError(msg)
     check_key("key_added", key_added, layer=layer)
+    check_uncertainty(uncertainty, method, output)
     check_fraction("p", p)
     check_integer("n_splits", n_splits, minimum=1)
     check_integer("max_rank", max_rank, minimum=1)
@@ -345,6 +358,11 @@ def denoise(
             entries, factors_record = factor_entries(
                 fit, counts.shape[1], genes, key_added=key_added, row_chunks=row_chunks
             )
+        entries = merge_entries(entries, embedding_entries(fit, modelled, counts.shape[1], genes, key_added=key_added))
+        if uncertainty:
+            entries = merge_entries(
+                entries, sd_entries(fit, modelled, counts.shape[1], genes, key_added=key_added, progress=progress)
+            )
 
     params = {
         "method": requested,
@@ -357,6 +375,7 @@ def denoise(
         "depth_correction": depth_correction,
         "seed": seed,
         "output": output,
+        "uncertainty": uncertainty,
     }
     if rank is not None:
         params["rank"] = rank
@@ -393,7 +412,7 @@ def denoise(
     # everything is computed: write all or nothing
     if copy:
         adata = adata.copy()
-    write_results(adata, **stale_entries(key_added, output), **entries, uns={key_added: record})
+    write_results(adata, **merge_entries(stale_entries(key_added, output), entries), uns={key_added: record})
     where = f"layers[{key_added!r}]" if output == "layer" else f"the factors obsm['X_{key_added}'] and others"
     logger.info("wrote %s (%s, %s) in %.1f s", where, family, record["best_params"], record["elapsed_seconds"])
     return adata if copy else None

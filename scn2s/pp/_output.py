@@ -1,13 +1,16 @@
-"""What :func:`~scn2s.pp.denoise` writes: the dense layer, or the low-rank factors that give any slice of it.
+"""What :func:`~scn2s.pp.denoise` writes: the dense layer, or the low-rank factors that give any slice of it; the
+cells' embedding; the posterior standard deviations.
 
 The factors are the cells' scores and the genes' loadings and means of the chosen rank, the cells' library
 sizes, and a per-cell scale computed once over all modelled genes, so that :func:`scn2s.tl.reconstruct`
 computes a block of cells and genes from that block alone, equal to the same block of the dense layer.
+Whatever the output, the chosen family's cell embedding goes to ``obsm`` (:func:`embedding_entries`).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,15 +23,19 @@ from .._validate import DELETE
 from ..models.lowrank import cell_scale
 
 if TYPE_CHECKING:
-    from ..select import LowRankSelection
+    from ..select import AutoencoderSelection, LowRankSelection
 
 __all__ = [
     "OUTPUTS",
     "check_layer_fits",
+    "check_uncertainty",
     "dense_layer",
+    "embedding_entries",
     "factor_entries",
     "factor_keys",
     "lazy_layer",
+    "merge_entries",
+    "sd_entries",
     "stale_entries",
 ]
 
@@ -101,10 +108,8 @@ def factor_keys(key_added: str) -> dict[str, tuple[str, str]]:
 
 def _scaled_factors(fit: LowRankSelection, row_chunks: tuple[int, ...] | None):
     """The chosen rank's scores and loadings and the per-cell scale (on dask's workers with ``row_chunks``)."""
-    rank, factors = fit.rank, fit.factors
-    scores = factors.U[:, :rank] * factors.s[:rank]
-    loadings = factors.Vt[:rank].T
-    args = (factors.mean, scores, loadings, fit.library_size, fit.target_sum)
+    scores, loadings = fit.embedding(), fit.loadings
+    args = (fit.factors.mean, scores, loadings, fit.library_size, fit.target_sum)
     if row_chunks is None:
         scale = cell_scale(*args, chunk_size=_CHUNK)
     else:
@@ -166,10 +171,101 @@ def factor_entries(
 
 
 def stale_entries(key_added: str, output: str) -> dict[str, dict]:
-    """Removals of an earlier output of the other kind under ``key_added``, which the new record replaces."""
+    """Removals of an earlier output under ``key_added`` that the new record replaces.
+
+    The other kind of output, and the posterior standard deviations (:func:`sd_entries`); an entry the new run
+    writes again overrides its removal in :func:`merge_entries`.
+    """
+    sd_key = f"{key_added}_sd"
     if output == "factors":
-        return {"layers": {key_added: DELETE}}
-    entries: dict[str, dict] = {"obs": {}, "var": {}, "obsm": {}, "varm": {}}
+        return {"layers": {key_added: DELETE, sd_key: DELETE}}
+    entries: dict[str, dict] = {"obs": {}, "var": {}, "obsm": {}, "varm": {}, "layers": {sd_key: DELETE}}
     for attribute, key in factor_keys(key_added).values():
         entries[attribute][key] = DELETE
     return entries
+
+
+def merge_entries(*parts: dict[str, dict]) -> dict[str, dict]:
+    """Entries for :func:`scn2s._validate.write_results` from several parts: ``{attribute: {key: value}}``.
+
+    A later part's value of a key replaces an earlier one's (a write replaces a removal by :func:`stale_entries`).
+    """
+    merged: dict[str, dict] = {}
+    for part in parts:
+        for attribute, entries in part.items():
+            merged.setdefault(attribute, {}).update(entries)
+    return merged
+
+
+def embedding_entries(
+    fit: LowRankSelection | AutoencoderSelection,
+    modelled: sparse.csr_matrix | None,
+    n_vars: int,
+    genes: np.ndarray | None,
+    *,
+    key_added: str,
+) -> dict[str, dict]:
+    """The cells' embedding ``obsm[f"X_{key_added}"]`` of the chosen family (and its loadings), for any output.
+
+    Low-rank: the cells' scores of the applied rank (:meth:`~scn2s.select.LowRankSelection.embedding`) and the
+    genes' loadings in ``varm[f"{key_added}_loadings"]`` (zero outside ``mask_var``), the same as
+    ``output="factors"`` stores. Autoencoder: the network's code of each cell's counts of the modelled genes
+    (``modelled``; :meth:`~scn2s.select.AutoencoderSelection.embedding`), and the removal of loadings of an
+    earlier low-rank run under the same key. Either embedding is for ``sc.pp.neighbors(use_rep=...)``.
+    """
+    obsm_key, varm_key = factor_keys(key_added)["scores"][1], factor_keys(key_added)["loadings"][1]
+    if not hasattr(fit, "loadings"):
+        return {"obsm": {obsm_key: fit.embedding(modelled)}, "varm": {varm_key: DELETE}}
+    loadings = np.zeros((n_vars, fit.rank), dtype=np.float64)
+    loadings[slice(None) if genes is None else genes] = fit.loadings
+    return {"obsm": {obsm_key: fit.embedding()}, "varm": {varm_key: loadings}}
+
+
+def check_uncertainty(uncertainty: bool, method: str, output: str) -> None:
+    """Raise :class:`ValueError`, before any work, if ``uncertainty=True`` cannot be honoured."""
+    if not isinstance(uncertainty, bool):
+        msg = f"uncertainty must be True or False, got {uncertainty!r}."
+        raise TypeError(msg)
+    if uncertainty and (method == "lowrank" or output != "layer"):
+        msg = (
+            "uncertainty=True writes the posterior standard deviations of the autoencoder's gamma-Poisson posterior; "
+            f'the low-rank family has no posterior (got method={method!r}, output={output!r}). Pass method="autoencoder" '
+            '(or "auto") with output="layer", or uncertainty=False.'
+        )
+        raise ValueError(msg)
+
+
+def sd_entries(
+    fit: LowRankSelection | AutoencoderSelection,
+    modelled: sparse.csr_matrix | None,
+    n_vars: int,
+    genes: np.ndarray | None,
+    *,
+    key_added: str,
+    progress: bool,
+) -> dict[str, dict]:
+    """The posterior standard deviations ``layers[f"{key_added}_sd"]`` (``float32``, cells x genes), if the fit has any.
+
+    Computed block by block (:meth:`~scn2s.select.AutoencoderSelection.posterior_sd`); ``NaN`` for genes outside
+    ``mask_var`` (their raw counts are kept, with no posterior). A fit without a posterior (the low-rank family
+    chosen by ``method="auto"``, or an autoencoder without ``posterior``) writes nothing, with a
+    :class:`UserWarning`.
+    """
+    key = f"{key_added}_sd"
+    if not getattr(fit, "has_posterior", False):
+        what = "the low-rank family was chosen" if hasattr(fit, "loadings") else "the chosen network has no posterior"
+        msg = (
+            f"uncertainty=True: {what}, so there is no posterior standard deviation and layers[{key!r}] is not "
+            'written. Fix the family with method="autoencoder" and posterior=True in autoencoder_configs to have it.'
+        )
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        return {}
+    n_cells = modelled.shape[0]
+    output = np.full((n_cells, n_vars), np.nan, dtype=np.float32)
+    for rows in tqdm(block_slices(n_cells, _CHUNK), desc="posterior sd", disable=not progress):
+        block = fit.posterior_sd(modelled, rows)
+        if genes is None:
+            output[rows] = block
+        else:
+            output[rows, genes] = block
+    return {"layers": {key: output}}

@@ -60,6 +60,20 @@ class LowRankSelection:
         del counts  # the factors hold everything needed
         return reconstruct_counts(self.factors, self.rank, self.library_size, self.target_sum, rows=rows)
 
+    def embedding(self, counts: sparse.csr_matrix | None = None) -> np.ndarray:
+        """The cells' scores of the applied rank, ``U[:, :rank] * s[:rank]`` (float64, cells x rank).
+
+        ``counts`` is not read (the factors hold the scores); it is there so that every family's selection is
+        called alike.
+        """
+        del counts
+        return self.factors.U[:, : self.rank] * self.factors.s[: self.rank]
+
+    @property
+    def loadings(self) -> np.ndarray:
+        """The modelled genes' loadings of the applied rank, ``Vt[:rank].T`` (genes x rank)."""
+        return self.factors.Vt[: self.rank].T
+
     @property
     def loss_std(self) -> np.ndarray:
         """Standard deviation of each rank's held-out loss over splits."""
