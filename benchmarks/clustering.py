@@ -90,7 +90,7 @@ def cluster_scores(rep: np.ndarray, labels: np.ndarray) -> dict:
         per.append(
             {
                 "resolution": resolution,
-                "n_clusters": int(len(set(clusters))),
+                "n_clusters": len(set(clusters)),
                 "ari": float(adjusted_rand_score(labels, clusters)),
                 "nmi": float(normalized_mutual_info_score(labels, clusters)),
             }
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny run that checks the script")
     parser.add_argument("--tables", action="store_true", help="print the Markdown tables of --out and exit")
     args = parser.parse_args(argv)
-    global QUICK  # noqa: PLW0603
+    global QUICK
     QUICK = args.quick
     if args.threads is not None:
         import torch

@@ -1,5 +1,4 @@
-"""What :func:`~scn2s.pp.denoise` writes: the dense layer, or the low-rank factors that give any slice of it; the
-cells' embedding; the posterior standard deviations.
+"""What :func:`~scn2s.pp.denoise` writes: the layer or the low-rank factors, the cells' embedding, the posterior sd.
 
 The factors are the cells' scores and the genes' loadings and means of the chosen rank, the cells' library
 sizes, and a per-cell scale computed once over all modelled genes, so that :func:`scn2s.tl.reconstruct`
@@ -229,8 +228,8 @@ def check_uncertainty(uncertainty: bool, method: str, output: str) -> None:
     if uncertainty and (method == "lowrank" or output != "layer"):
         msg = (
             "uncertainty=True writes the posterior standard deviations of the autoencoder's gamma-Poisson posterior; "
-            f'the low-rank family has no posterior (got method={method!r}, output={output!r}). Pass method="autoencoder" '
-            '(or "auto") with output="layer", or uncertainty=False.'
+            f"the low-rank family has no posterior (got method={method!r}, output={output!r}). Pass "
+            'method="autoencoder" (or "auto") with output="layer", or uncertainty=False.'
         )
         raise ValueError(msg)
 
