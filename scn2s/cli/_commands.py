@@ -37,6 +37,12 @@ def denoise(args: argparse.Namespace) -> int:
     if args.output == "factors" and args.method != "lowrank":
         msg = f"--output factors stores a low-rank model and needs --method lowrank, got --method {args.method}"
         raise InputError(msg)
+    if args.uncertainty and (args.method == "lowrank" or args.output != "layer"):
+        msg = (
+            "--uncertainty writes the posterior standard deviations of the autoencoder; the low-rank family has no "
+            f"posterior, got --method {args.method} --output {args.output}"
+        )
+        raise InputError(msg)
     check_paths(args.input, args.out, force=args.force)
     if args.device is not None and args.method != "lowrank":
         _check_device(args.device)
@@ -63,6 +69,7 @@ def denoise(args: argparse.Namespace) -> int:
             rank=args.rank,
             device=device,
             output=args.output,
+            uncertainty=args.uncertainty,
             rng=args.seed,
             progress=args.progress and main,
         )
@@ -80,7 +87,11 @@ def denoise(args: argparse.Namespace) -> int:
     print(f"  time: {record['elapsed_seconds']:.1f} s denoising, {time.perf_counter() - start:.1f} s in all")
     key = args.key_added
     if args.output == "layer":
-        print(f"  wrote {args.out}: layers[{key!r}] (denoised expected counts), uns[{key!r}] (the selection record)")
+        sd = f", layers['{key}_sd'] (their posterior standard deviations)" if f"{key}_sd" in adata.layers else ""
+        print(
+            f"  wrote {args.out}: layers[{key!r}] (denoised expected counts){sd}, obsm['X_{key}'] (the cells' "
+            f"embedding, for sc.pp.neighbors(use_rep='X_{key}')), uns[{key!r}] (the selection record)"
+        )
     else:
         print(
             f"  wrote {args.out}: the low-rank factors (obsm['X_{key}'], varm['{key}_loadings'], var and obs "
