@@ -166,6 +166,10 @@ def denoise(
         rank), from which :func:`scn2s.tl.reconstruct` computes any slice of the layer and
         :func:`scn2s.tl.write_denoised` writes it to a file chunk by chunk. Entries of an earlier output of the
         other kind under ``key_added`` are removed.
+    uncertainty
+        Also write ``layers[f"{key_added}_sd"]``, the posterior standard deviation of every denoised value under the
+        autoencoder's gamma-Poisson posterior (``method="autoencoder"`` or ``"auto"``, ``output="layer"``; a
+        :class:`UserWarning`, and no such layer, if the family or candidate chosen has no posterior).
     rng
         Seed or :class:`numpy.random.Generator`; the same seed gives the same output.
     progress
@@ -181,11 +185,17 @@ def denoise(
         With ``output="layer"``: ``float32`` denoised expected counts, cells x genes: each cell on its own
         library size (its modelled genes sum to its observed count over them), non-negative, zero for genes with
         no molecule. Normalise and log it as you would counts. A lazy dask array when the counts are one.
+    ``adata.layers[f"{key_added}_sd"]``
+        With ``uncertainty=True``: ``float32`` posterior standard deviations of the layer's values; with the layer
+        (the posterior means) they give each value's gamma posterior, of shape ``(mean / sd) ** 2`` and scale
+        ``sd ** 2 / mean``. ``NaN`` outside ``mask_var``, zero for genes with no molecule.
     ``adata.obsm[f"X_{key_added}"]``
-        With ``output="factors"``: the cells' scores ``U[:, :rank] * s[:rank]`` (float64, cells x rank).
+        Whatever the output, the chosen family's cell embedding, for ``sc.pp.neighbors(adata,
+        use_rep=f"X_{key_added}")``, UMAP and clustering. Low-rank: the cells' scores ``U[:, :rank] * s[:rank]``
+        (float64, cells x rank); autoencoder: the network's code (bottleneck) of each cell's counts (``float32``,
+        cells x bottleneck).
     ``adata.varm[f"{key_added}_loadings"]``
-        With ``output="factors"``: the genes' loadings ``Vt[:rank].T`` (genes x rank; zero outside
-        ``mask_var``).
+        Low-rank family: the genes' loadings ``Vt[:rank].T`` (genes x rank; zero outside ``mask_var``).
     ``adata.var[f"{key_added}_mean"]``, ``adata.var[f"{key_added}_modelled"]``
         With ``output="factors"``: the genes' means in normalised square-root space (NaN outside ``mask_var``),
         and whether each gene is modelled.
@@ -229,7 +239,8 @@ def denoise(
     ValueError
         If the counts are not raw UMI counts (non-integer, negative, NaN, infinite, above ``2**53``) or hold no
         molecule; if ``adata`` is empty or has a single cell; if an argument is out of range; or if
-        ``output="factors"`` with a method other than ``"lowrank"``, or the counts are a dask array with a method
+        ``output="factors"`` with a method other than ``"lowrank"``, ``uncertainty=True`` with
+        ``method="lowrank"`` or ``output="factors"``, or the counts are a dask array with a method
         other than ``"lowrank"`` (raised before any work). Each message names where the counts were read
         (``adata.X`` or ``adata.layers[...]``) and what to do.
     """
