@@ -116,7 +116,7 @@ def cluster_scores(rep: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def scn2s_outputs(counts: sparse.csr_matrix) -> tuple[dict, dict]:
+def scn2s_outputs(counts: sparse.csr_matrix, *, autoencoder: bool = True) -> tuple[dict, dict]:
     from scn2s.select import Splits, compare_families, fit_autoencoder, fit_lowrank
 
     split_rng, lowrank_rng, autoencoder_rng = np.random.default_rng(0).spawn(3)  # as denoise(rng=0)
@@ -125,16 +125,19 @@ def scn2s_outputs(counts: sparse.csr_matrix) -> tuple[dict, dict]:
     start = time.perf_counter()
     lowrank = fit_lowrank(counts, splits=splits, rng=lowrank_rng)
     info["lowrank_seconds"] = time.perf_counter() - start
+    rows = slice(None)
+    out["scn2s lowrank layer"] = ("layer", lowrank.reconstruct(counts, rows))
+    out["scn2s lowrank embedding (X_denoised)"] = ("embedding", lowrank.embedding())
+    info["rank"] = lowrank.rank
+    if not autoencoder:
+        return out, info
     start = time.perf_counter()
     configs = [{"hidden": 32, "bottleneck": 8, "max_epochs": 3}] if QUICK else None
     autoencoder = fit_autoencoder(counts, splits=splits, configs=configs, rng=autoencoder_rng)
     info["autoencoder_seconds"] = time.perf_counter() - start
     comparison = compare_families(lowrank, autoencoder)
-    info |= {"auto_chooses": comparison["chosen"], "rank": lowrank.rank, "autoencoder_mode": autoencoder.mode}
+    info |= {"auto_chooses": comparison["chosen"], "autoencoder_mode": autoencoder.mode}
     info["autoencoder_shape_scale"] = autoencoder.shape_scale
-    rows = slice(None)
-    out["scn2s lowrank layer"] = ("layer", lowrank.reconstruct(counts, rows))
-    out["scn2s lowrank embedding (X_denoised)"] = ("embedding", lowrank.embedding())
     out["scn2s autoencoder layer (posterior mean)"] = ("layer", autoencoder.reconstruct(counts, rows))
     prior = dataclasses.replace(autoencoder, shape_scale=PRIOR_SCALE)
     out["scn2s autoencoder prior mean"] = ("layer", prior.reconstruct(counts, rows))
@@ -160,9 +163,9 @@ def run(name: str, data_dir: Path, parts: list[str]) -> dict:
     counts, labels = load(name, data_dir)
     print(f"{name}: {counts.shape[0]} cells x {counts.shape[1]} genes, {len(set(labels))} labels", flush=True)
     reps, info = {}, {}
-    if "scn2s" in parts:
+    if "scn2s" in parts or "lowrank" in parts:
         reps["raw counts"] = ("layer", counts)
-        outputs, info = scn2s_outputs(counts)
+        outputs, info = scn2s_outputs(counts, autoencoder="scn2s" in parts)
         reps |= outputs
     if "scvi" in parts:
         latent, scvi_info = scvi_latent(counts)
@@ -207,9 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parts",
         nargs="+",
-        choices=["scn2s", "scvi"],
+        choices=["scn2s", "lowrank", "scvi"],
         default=["scn2s", "scvi"],
-        help="scn2s: the raw counts and scn2s's outputs; scvi: scVI's latent (run them as two processes on a busy "
+        help="scn2s: the raw counts and scn2s's outputs; lowrank: the raw counts and the low-rank family's; "
+        "scvi: scVI's latent (run them as separate processes on a busy "
         "machine, into two --out files)",
     )
     parser.add_argument("--merge", type=Path, nargs="*", default=(), help="with --tables: more JSON files to merge")
