@@ -23,11 +23,21 @@ def factor_keys(key_added: str) -> dict[str, tuple[str, str]]:
     }
 
 
-def denoise_keys(key_added: str, output: str) -> dict[str, list[str]]:
-    """The keys an output of kind ``output`` under ``key_added`` writes, by attribute (the ``uns`` record too)."""
+def denoise_keys(
+    key_added: str, output: str, *, method: str = "auto", uncertainty: bool = False
+) -> dict[str, list[str]]:
+    """The keys a :func:`~scn2s.pp.denoise` run may write, by attribute (the ``uns`` record too).
+
+    The layer output writes the layer and the cells' embedding, the low-rank family's loadings (unless
+    ``method="autoencoder"``) and, with ``uncertainty``, the posterior standard deviations; ``output="factors"``
+    writes the factors (:func:`factor_keys`).
+    """
     keys: dict[str, list[str]] = {"uns": [key_added]}
     if output == "layer":
-        keys["layers"] = [key_added]
+        keys["layers"] = [key_added, f"{key_added}_sd"] if uncertainty else [key_added]
+        keys["obsm"] = [factor_keys(key_added)["scores"][1]]
+        if method != "autoencoder":
+            keys["varm"] = [factor_keys(key_added)["loadings"][1]]
         return keys
     for attribute, key in factor_keys(key_added).values():
         keys.setdefault(attribute, []).append(key)
@@ -44,7 +54,9 @@ def denoise_ownership(key_added: str, layer: str | None) -> dict:
     def legacy(record) -> dict[str, list[str]] | None:
         if "params" not in record or "version" not in record:
             return None
-        keys = denoise_keys(key_added, str(record.get("output", "layer")))
+        if str(record.get("output", "layer")) == "layer":
+            return {"layers": [key_added]}  # the layer alone: the embedding came with later versions
+        keys = denoise_keys(key_added, "factors")
         del keys["uns"]
         return keys
 

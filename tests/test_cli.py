@@ -58,12 +58,15 @@ def test_denoise_writes_output_and_summary(counts_file, workdir, capsys):
     rank = record["best_params"]["rank"]
     split_rank = record["selection"]["lowrank"]["split_rank"]
     assert result.layers["denoised"].shape == (200, 80)
+    assert result.obsm["X_denoised"].shape == (200, rank)
+    assert result.varm["denoised_loadings"].shape == (80, rank)
     assert "model: lowrank, rank" in out
     assert "held-out loss" in out
     assert f"{split_rank}" in out.split("<- chosen")[0].splitlines()[-1]
     assert f"rank {rank}" in out
     assert "time:" in out
     assert "wrote out.h5ad: layers['denoised']" in out
+    assert "obsm['X_denoised']" in out
     assert sorted(p.name for p in workdir.iterdir()) == ["out.h5ad"]
 
 
@@ -280,6 +283,13 @@ def test_output_factors_writes_the_factors_and_says_so(counts_file, workdir, cap
         expected, method="lowrank", lowrank_kwds={"max_rank": 10}, mask_var="highly_variable", progress=False
     )
     np.testing.assert_array_equal(scn2s.tl.reconstruct(result), expected.layers["denoised"])
+
+
+def test_uncertainty_needs_the_autoencoder(counts_file, workdir, capsys):
+    argv = ["denoise", str(counts_file), "-o", "out.h5ad", "--method", "lowrank", "--uncertainty"]
+    assert main(argv) == 2
+    assert "--uncertainty" in _error_line(capsys)
+    assert not (workdir / "out.h5ad").exists()
 
 
 def test_output_factors_needs_the_lowrank_method(counts_file, workdir, capsys):

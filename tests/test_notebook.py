@@ -55,8 +55,9 @@ def test_notebook_runs_on_pbmc3k(data_file, monkeypatch):
     assert "data: pbmc3k_10x_hg19.h5ad" in text
     assert "2638 cells x 13714 genes after QC" in text
     assert "silhouette of seurat_annotation in PCA of denoised counts" in text
+    assert "silhouette of seurat_annotation in the embedding X_denoised" in text
     assert "CD14+ Mono vs FCGR3A+ Mono" in text
-    assert figures == 5  # selection, two UMAPs, marker violins, markers on the UMAP (raw, denoised)
+    assert figures == 4  # selection, three UMAPs, marker violins, markers on the UMAP (raw and denoised side by side)
     assert elapsed < TIME_LIMIT_S
 
 
@@ -65,4 +66,5 @@ def test_notebook_falls_back_to_a_simulation(tmp_path, monkeypatch):
     text, figures = _outputs(notebook)
     assert "counts simulated by scn2s.datasets.simulate" in text
     assert "silhouette of cell_type in PCA of denoised counts" in text
-    assert figures == 5  # selection, two UMAPs, marker violins, markers on the UMAP (raw, denoised)
+    assert "silhouette of cell_type in the embedding X_denoised" in text
+    assert figures == 4  # selection, three UMAPs, marker violins, markers on the UMAP (raw and denoised side by side)

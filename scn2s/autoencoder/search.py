@@ -171,12 +171,47 @@ class AutoencoderSelection:
         """Held-out loss of the chosen candidate, per split it was trained on."""
         return self.losses[:, self.best]
 
+    @property
+    def has_posterior(self) -> bool:
+        """Whether the chosen network outputs a gamma-Poisson posterior (and so has posterior standard deviations)."""
+        return self.model is not None and self.model.log_shape is not None
+
     def reconstruct(self, rows: slice) -> np.ndarray:
         """Denoised expected counts of a block of cells (all modelled genes)."""
+        return self._predict(rows, sd=False)
+
+    def posterior_sd(self, rows: slice) -> np.ndarray:
+        """Posterior standard deviations of the expected counts of a block of cells (all modelled genes).
+
+        The posterior of each expected count is a gamma distribution with the mean :meth:`reconstruct` gives and
+        shape ``(mean / sd) ** 2`` (:func:`~scn2s.autoencoder.train.predict_posterior`), under the chosen
+        network, inference mode and shape factor. Zero for genes without a molecule.
+
+        Raises
+        ------
+        ValueError
+            If the chosen network has no posterior (:attr:`has_posterior`).
+        """
+        return self._predict(rows, sd=True)
+
+    def embedding(self, *, chunk_size: int = 1024) -> np.ndarray:
+        """The network's code of every cell from all its molecules: ``float32``, cells x bottleneck.
+
+        The code is deterministic (dropout is off at inference), read in chunks of ``chunk_size`` cells.
+        """
+        from .data import CsrBatches
+        from .train import encode
+
+        data = CsrBatches(self.counts[:, self.genes], self.device)
+        n = self.counts.shape[0]
+        parts = [encode(self.model, data, np.arange(i, min(i + chunk_size, n))) for i in range(0, n, chunk_size)]
+        return np.concatenate([part.cpu().numpy() for part in parts]).astype(np.float32, copy=False)
+
+    def _predict(self, rows: slice, *, sd: bool) -> np.ndarray:
         import torch
 
         from .data import CsrBatches
-        from .train import predict_rates
+        from .train import predict_posterior, predict_rates
 
         n_genes = self.counts.shape[1]
         block = self.counts[rows]
@@ -184,7 +219,8 @@ class AutoencoderSelection:
         data = CsrBatches(block[:, self.genes], self.device)
         generator = torch.Generator(device=self.device).manual_seed(self.seed + (rows.start or 0))
         config = self.configs[self.best]
-        rates = predict_rates(
+        predict = predict_posterior if sd else predict_rates
+        values = predict(
             self.model,
             data,
             np.arange(block.shape[0]),
@@ -194,7 +230,7 @@ class AutoencoderSelection:
             shape_scale=self.shape_scale,
             generator=generator,
         )
-        out[:, self.genes] = rates.cpu().numpy()
+        out[:, self.genes] = (values[1] if sd else values).cpu().numpy()
         return out
 
     def best_params(self) -> dict:

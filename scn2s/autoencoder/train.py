@@ -30,7 +30,16 @@ from . import distributed
 from .data import CsrBatches, input_transform, thin
 from .module import CountAutoencoder
 
-__all__ = ["TrainConfig", "TrainResult", "heldout_loss", "predict_rates", "resolve_device", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "encode",
+    "heldout_loss",
+    "predict_posterior",
+    "predict_rates",
+    "resolve_device",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +209,51 @@ def predict_rates(
         model, counts, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
     )
     return _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale)
+
+
+@torch.inference_mode()
+def predict_posterior(
+    model: CountAutoencoder,
+    data: CsrBatches,
+    rows: np.ndarray,
+    *,
+    mode: InferenceMode = "full",
+    input_fraction: float = 0.5,
+    n_replicas: int = 8,
+    shape_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Posterior means (as :func:`predict_rates`) and posterior standard deviations of the cells' expected counts.
+
+    Given the prior of shape :math:`a_g` (the learned shape times ``shape_scale``) and a cell's count :math:`x_{ig}`,
+    the posterior of the expected count is a gamma distribution of shape :math:`x_{ig} + a_g` whose mean is the
+    output :math:`\mu_{ig}` (after the normalisation over genes, a common factor per cell), so its standard deviation
+    is :math:`\mu_{ig} / \sqrt{x_{ig} + a_g}`.
+
+    Raises
+    ------
+    ValueError
+        If the network has no posterior (``posterior=False``).
+    """
+    if model.log_shape is None:
+        msg = "The network was trained without a posterior (posterior=False): it has no posterior standard deviation."
+        raise ValueError(msg)
+    counts = data.dense(rows)
+    log_freq = _network_log_frequencies(
+        model, counts, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
+    )
+    rates = _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale)
+    shape = counts + torch.exp(model.log_shape.float()) * shape_scale
+    return rates, rates * torch.rsqrt(shape)
+
+
+@torch.inference_mode()
+def encode(model: CountAutoencoder, data: CsrBatches, rows: np.ndarray) -> torch.Tensor:
+    """The network's code (the bottleneck) of the cells, from all their molecules (``len(rows) x bottleneck``)."""
+    model.eval()
+    counts = data.dense(rows)
+    with _autocast(counts.device):
+        return model.encoder(input_transform(counts)[0]).float()
 
 
 def _network_log_frequencies(

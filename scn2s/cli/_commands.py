@@ -54,6 +54,12 @@ def denoise(args: argparse.Namespace) -> int:
     if args.layer is not None and args.key_added == args.layer:
         msg = f"--key-added {args.key_added} would overwrite the input counts in --layer {args.layer}; choose another"
         raise InputError(msg)
+    if args.uncertainty and (args.method == "lowrank" or args.output != "layer"):
+        msg = (
+            "--uncertainty writes the posterior standard deviations of the autoencoder; the low-rank family has no "
+            f"posterior, got --method {args.method} --output {args.output}"
+        )
+        raise InputError(msg)
     check_paths(args.input, args.out, force=args.force)
     if args.device is not None and args.method != "lowrank":
         _check_device(args.device)
@@ -62,9 +68,8 @@ def denoise(args: argparse.Namespace) -> int:
         get_counts(adata, args.layer)
         if args.genes is not None:
             gene_mask(adata, args.genes)
-        check_writable(
-            adata, denoise_keys(args.key_added, args.output), **denoise_ownership(args.key_added, args.layer)
-        )
+        planned = denoise_keys(args.key_added, args.output, method=args.method, uncertainty=args.uncertainty)
+        check_writable(adata, planned, **denoise_ownership(args.key_added, args.layer))
     layer_size = adata.n_obs * adata.n_vars * 4 if args.output == "layer" else 0
     check_space(args.out, estimated_size(adata, extra=layer_size))
     if args.output == "layer":
@@ -84,6 +89,7 @@ def denoise(args: argparse.Namespace) -> int:
             lowrank_kwds={"max_rank": args.max_rank, "rank": args.rank},
             device=device,
             output=args.output,
+            uncertainty=args.uncertainty,
             rng=args.seed,
             progress=args.progress and main,
         )
@@ -101,7 +107,11 @@ def denoise(args: argparse.Namespace) -> int:
     print(f"  time: {record['elapsed_seconds']:.1f} s denoising, {time.perf_counter() - start:.1f} s in all")
     key = args.key_added
     if args.output == "layer":
-        print(f"  wrote {args.out}: layers[{key!r}] (denoised expected counts), uns[{key!r}] (the selection record)")
+        sd = f", layers['{key}_sd'] (their posterior standard deviations)" if f"{key}_sd" in adata.layers else ""
+        print(
+            f"  wrote {args.out}: layers[{key!r}] (denoised expected counts){sd}, obsm['X_{key}'] (the cells' "
+            f"embedding, for sc.pp.neighbors(use_rep='X_{key}')), uns[{key!r}] (the selection record)"
+        )
     else:
         print(
             f"  wrote {args.out}: the low-rank factors (obsm['X_{key}'], varm['{key}_loadings'], var and obs "

@@ -146,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
         "(scn2s.tl.reconstruct, scn2s.tl.write_denoised; needs --method lowrank) (%(default)s)",
     )
     den.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write layers['KEY_sd'], the posterior standard deviation of each denoised value (the "
+        "autoencoder's gamma-Poisson posterior; not with --method lowrank)",
+    )
+    den.add_argument(
         "--device",
         type=_device,
         help="torch device of the autoencoder, e.g. cpu, cuda or cuda:1 (default: cuda if available)",

@@ -109,6 +109,15 @@ class LowRankSelection:
         """Mean held-out loss of each rank over splits."""
         return self.losses.mean(axis=0)
 
+    def embedding(self) -> np.ndarray:
+        """The cells' scores of the applied rank, ``U[:, :rank] * s[:rank]`` (float64, cells x rank)."""
+        return self.factors.U[:, : self.rank] * self.factors.s[: self.rank]
+
+    @property
+    def loadings(self) -> np.ndarray:
+        """The modelled genes' loadings of the applied rank, ``Vt[:rank].T`` (genes x rank)."""
+        return self.factors.Vt[: self.rank].T
+
     @property
     def loss_std(self) -> np.ndarray:
         """Standard deviation of each rank's held-out loss over splits."""

@@ -26,7 +26,7 @@ from .._validate import (
 )
 from ..select import Splits, compare_families
 from ._counts import check_modelled, is_lazy, read_counts
-from ._output import output_entries
+from ._output import check_uncertainty, output_entries
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -48,6 +48,7 @@ def denoise(
     autoencoder_kwds: Mapping | None = None,
     device: str | None = None,
     output: Literal["layer", "factors"] = "layer",
+    uncertainty: bool = False,
     rng: int | np.random.Generator | np.random.RandomState | None = 0,
     progress: bool = True,
     copy: bool = False,
@@ -101,6 +102,10 @@ def denoise(
         before any work; a lazy dask array for counts in one). ``"factors"`` (``method="lowrank"`` only): the
         low-rank model instead, from which :func:`scn2s.tl.reconstruct` computes any slice of the layer and
         :func:`scn2s.tl.write_denoised` writes it chunk by chunk.
+    uncertainty
+        Also write ``layers[f"{key_added}_sd"]``, the posterior standard deviation of every denoised value under the
+        autoencoder's gamma-Poisson posterior (``method="autoencoder"`` or ``"auto"``, ``output="layer"``; a
+        :class:`UserWarning`, and no such layer, if the family or candidate chosen has no posterior).
     rng
         Integer seed (any size), ``None``, :class:`numpy.random.Generator` or :class:`numpy.random.RandomState`;
         the run is seeded by one integer (drawn from a generator, which moves on), recorded in ``params["seed"]``:
@@ -117,10 +122,19 @@ def denoise(
     ``adata.layers[key_added]``
         With ``output="layer"``: ``float32`` denoised expected counts, cells x genes, each cell on its own
         library size. Normalise and log it as you would counts.
-    ``adata.obsm[f"X_{key_added}"]``, ``adata.varm[f"{key_added}_loadings"]``
-        With ``output="factors"``: the cells' scores and the genes' loadings; with them, in ``var``, the genes'
-        means and modelled flags (``{key_added}_mean``, ``{key_added}_modelled``) and, in ``obs``, the cells'
-        library sizes and per-cell scales (``{key_added}_library_size``, ``{key_added}_scale``).
+    ``adata.layers[f"{key_added}_sd"]``
+        With ``uncertainty=True``: ``float32`` posterior standard deviations of the layer's values (``NaN`` outside
+        ``mask_var``).
+    ``adata.obsm[f"X_{key_added}"]``
+        Whatever the output, the chosen family's cell embedding, for ``sc.pp.neighbors(adata,
+        use_rep=f"X_{key_added}")``, UMAP and clustering: the low-rank cell scores ``U[:, :rank] * s[:rank]``, or
+        the autoencoder's code (bottleneck) of each cell's counts.
+    ``adata.varm[f"{key_added}_loadings"]``
+        Low-rank family: the genes' loadings (zero outside ``mask_var``).
+    ``adata.var``, ``adata.obs``
+        With ``output="factors"``: the genes' means and modelled flags (``{key_added}_mean``,
+        ``{key_added}_modelled``) and the cells' library sizes and per-cell scales (``{key_added}_library_size``,
+        ``{key_added}_scale``).
     ``adata.uns[key_added]``
         The record: ``method`` (the family written), ``params``, ``best_params``, ``selection`` (per family
         searched; :func:`scn2s.pl.selection` plots it), ``comparison`` (``method="auto"``), ``version``,
@@ -138,17 +152,20 @@ def denoise(
     ValueError
         If the counts are not raw UMI counts or hold no molecule; if a key this run would write exists and no
         earlier scn2s record under ``key_added`` lists it (raised before any work, naming the key); if ``adata`` has
-        fewer than 2 cells; if an
-        argument is out of range or a ``*_kwds`` key unknown; or if ``output="factors"`` or dask counts come with
-        a method other than ``"lowrank"``. Each message says what to do.
+        fewer than 2 cells; if an argument is out of range or a ``*_kwds`` key unknown; if ``output="factors"`` or
+        dask counts come with a method other than ``"lowrank"``, or ``uncertainty=True`` with ``method="lowrank"``
+        or ``output="factors"``. Each message says what to do.
     """
     start = time.perf_counter()
     lowrank_options = lowrank.LowRankOptions.from_kwds(lowrank_kwds)
     autoencoder_options = autoencoder.AutoencoderOptions.from_kwds(autoencoder_kwds)
     _check_arguments(method, output, lowrank_options.rank, key_added=key_added, layer=layer, p=p, n_splits=n_splits)
     check_sample_ratio(sample_ratio, held_out=True)
+    check_uncertainty(uncertainty, method, output)
     owner = denoise_ownership(key_added, layer)
-    check_writable(adata, denoise_keys(key_added, output), **owner)  # before any work: write only keys scn2s owns
+    check_writable(
+        adata, denoise_keys(key_added, output, method=method, uncertainty=uncertainty), **owner
+    )  # before any work: write only keys scn2s owns
     lazy = is_lazy(adata, layer, method)
     if output == "layer" and not lazy:
         check_layer_fits(adata.shape, key_added=key_added)  # before any work
@@ -175,10 +192,18 @@ def denoise(
     fit = next(f for f in fits if f.family == (comparison["chosen"] if comparison else method))
     with timings.step("output"):
         entries, output_record = output_entries(
-            fit, output, data.counts, genes, key_added=key_added, lazy=data.lazy, progress=progress
+            fit,
+            output,
+            data.counts,
+            genes,
+            key_added=key_added,
+            lazy=data.lazy,
+            uncertainty=uncertainty,
+            progress=progress,
         )
     options = {"lowrank_options": lowrank_options, "autoencoder_options": autoencoder_options}
     params = _params(requested, layer, mask_var, p, n_splits, sample_ratio, device, output, seed, **options)
+    params["uncertainty"] = uncertainty
     record = {
         "method": fit.family,
         "params": params,
