@@ -36,21 +36,31 @@ def _no_work(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("work started")
 
-    monkeypatch.setattr(scn2s.pp._denoise, "fit_lowrank", fail)
+    monkeypatch.setattr(scn2s.lowrank, "select", fail)
     monkeypatch.setattr(scn2s.pp._split, "binomial_split", fail)
 
 
 def test_layer_output_keeps_a_users_keys_named_like_the_factors(base):
     adata = base.copy()
-    adata.obsm["X_denoised"] = np.ones((adata.n_obs, 2))
     adata.var["denoised_mean"] = 7.0
     adata.obs["denoised_scale"] = 3.0
     _denoise(adata)
     assert "denoised" in adata.layers
-    np.testing.assert_array_equal(adata.obsm["X_denoised"], 1.0)
     assert (adata.var["denoised_mean"] == 7.0).all()
     assert (adata.obs["denoised_scale"] == 3.0).all()
-    assert adata.uns["denoised"][RECORD_KEYS] == {"layers": ["denoised"]}
+    keys = {"layers": ["denoised"], "obsm": ["X_denoised"], "varm": ["denoised_loadings"]}
+    assert adata.uns["denoised"][RECORD_KEYS] == keys
+
+
+def test_layer_output_refuses_a_users_embedding_under_its_name(base, monkeypatch):
+    """The layer output writes the embedding obsm["X_denoised"]: a user's key of that name is refused by name."""
+    adata = base.copy()
+    adata.obsm["X_denoised"] = np.ones((adata.n_obs, 2))
+    _no_work(monkeypatch)
+    with pytest.raises(ValueError, match=r"adata.obsm\['X_denoised'\] exists"):
+        _denoise(adata)
+    np.testing.assert_array_equal(adata.obsm["X_denoised"], 1.0)
+    assert "denoised" not in adata.layers
 
 
 def test_factors_output_keeps_a_users_layer_named_like_the_output(base):
@@ -118,7 +128,7 @@ def test_a_rerun_replaces_its_own_earlier_result(base, first, second):
     _denoise(adata, output=second, rng=2)
     assert adata.uns["denoised"]["params"]["seed"] == 2
     assert ("denoised" in adata.layers) == (second == "layer")
-    assert ("X_denoised" in adata.obsm) == (second == "factors")
+    assert "X_denoised" in adata.obsm  # the embedding, written by both outputs
     assert ("denoised_mean" in adata.var) == (second == "factors")
 
 
@@ -130,8 +140,11 @@ def test_a_rerun_over_a_record_read_from_h5ad_and_one_without_the_keys(base, tmp
     back = ad.read_h5ad(tmp_path / "a.h5ad")
     _denoise(back, output="factors" if output == "layer" else "layer", rng=2)
     assert ("denoised" in back.layers) == (output == "factors")
-    # a record of an earlier version, which listed no keys: its output's keys are its own
+    # a record of an earlier version, which listed no keys (and wrote no embedding with the layer): its
+    # output's keys are its own
     del adata.uns["denoised"][RECORD_KEYS]
+    if output == "layer":
+        del adata.obsm["X_denoised"], adata.varm["denoised_loadings"]
     _denoise(adata, output="factors" if output == "layer" else "layer", rng=2)
     assert ("denoised" in adata.layers) == (output == "factors")
 
