@@ -211,10 +211,10 @@ def denoise(
         ``batch_size``, ``world_size`` (processes that trained together, 1 without ``torch.distributed``); both with
         ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
         splits and the choice); ``version``; ``versions`` (``python``, ``scn2s``, ``numpy``, ``scipy`` and ``anndata``);
-        ``elapsed_seconds``; ``keys`` (the keys written, by attribute); ``timings`` (seconds per step: ``read``,
-        ``split``, ``selection``, ``fit``, ``autoencoder``, ``output``, those that ran); ``output`` (``"layer"`` or
-        ``"factors"``); with ``output="factors"``, ``factors`` (``family``: ``"lowrank"``, ``rank`` and
-        ``target_sum``, the normalisation target). :func:`scn2s.pl.selection` plots ``selection``.
+        ``elapsed_seconds``; ``keys`` (the keys written, by attribute: ``layers``, ``obs``, ``var``, ``obsm``,
+        ``varm``); ``timings`` (seconds per step: ``read``, ``split``, ``selection``, ``fit``, ``autoencoder``,
+        ``output``, those that ran); ``output`` (``"layer"`` or ``"factors"``); with ``output="factors"``,
+        ``factors`` (``family``: ``"lowrank"``, ``rank`` and ``target_sum``, the normalisation target). :func:`scn2s.pl.selection` plots ``selection``.
 
     Raises
     ------
