@@ -214,7 +214,8 @@ def denoise(
         ``elapsed_seconds``; ``keys`` (the keys written, by attribute: ``layers``, ``obs``, ``var``, ``obsm``,
         ``varm``); ``timings`` (seconds per step: ``read``, ``split``, ``selection``, ``fit``, ``autoencoder``,
         ``output``, those that ran); ``output`` (``"layer"`` or ``"factors"``); with ``output="factors"``,
-        ``factors`` (``family``: ``"lowrank"``, ``rank`` and ``target_sum``, the normalisation target). :func:`scn2s.pl.selection` plots ``selection``.
+        ``factors`` (``family``: ``"lowrank"``, ``rank`` and ``target_sum``, the normalisation target).
+        :func:`scn2s.pl.selection` plots ``selection``.
 
     Raises
     ------
