@@ -75,7 +75,7 @@ def split_counts(
         dtype's exact integers, :func:`scn2s.split.binomial_split`).
     ``adata.uns["split_counts"]``
         ``params`` (``p``, ``layer``, ``key_added``, ``sample_ratio`` and the seed), ``versions``
-        (``python``, ``scn2s``, ``numpy``, ``scipy``, ``anndata``) and ``keys`` (the layers written). The
+        (``python``, ``scn2s``, ``numpy``, ``scipy``, ``anndata``) and ``keys`` (``layers``: the layers written). The
         layers of an earlier split that this record replaces are removed (the input layer excepted); a layer
         ``key_added`` names that no earlier split wrote is refused before any work.
     """
