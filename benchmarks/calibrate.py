@@ -6,6 +6,9 @@ denoiser, the parameter ``calibrate`` chooses (3 splits at ``p = 0.5``, with the
 target: the truth on the simulation, the held-out counts on real data), each with the Poisson NLL and MSE of
 CP10k of ``peers.py`` and its time (``calibrate``: the whole search and the final fit).
 
+``--sweep``: on the simulation, every grid point's true error (:func:`true_error`, what ``calibrate``'s loss
+estimates) next to its Poisson NLL, the two criteria side by side.
+
 ``--depth``: the shift of the best parameter with depth, on simulations with known rates. For each
 simulation, the grid point with the lowest true error (MSE of expected square roots against the truth's,
 :func:`true_error`) on the counts and on the counts thinned to half their depth; the exponent ``a`` of
@@ -15,6 +18,7 @@ Run from the repository root (needs the ``benchmarks`` extra)::
 
     python benchmarks/calibrate.py [--tasks sim pbmc1k zheng] [--denoisers knn_smoothing magic]
     python benchmarks/calibrate.py --depth [--denoisers knn_smoothing magic]
+    python benchmarks/calibrate.py --sweep [--denoisers knn_smoothing magic]
 """
 
 from __future__ import annotations
@@ -89,6 +93,21 @@ def depth_shift(names: list[str]) -> None:
         print(f"| {name} | exponent (mean of log2 ratios) | | | {np.mean(logs):.2f} |", flush=True)
 
 
+def sweep(names: list[str], data_dir: Path) -> None:
+    import scn2s
+
+    task = load_task("sim", data_dir)
+    print("| denoiser | value | true error (sqrt) | Poisson NLL |")
+    print("|---|---|---:|---:|")
+    for name in names:
+        denoiser = getattr(scn2s.denoisers, name)
+        ((param, values),) = GRIDS[name].items()
+        for value in values:
+            estimate = dense(denoiser(task.counts, **{param: value}))
+            error, nll = true_error(estimate, task.target), poisson_error(estimate, task)
+            print(f"| {name} | {param}={value} | {error:.5f} | {nll:.5f} |", flush=True)
+
+
 def compare(task_names: list[str], names: list[str], data_dir: Path) -> None:
     import anndata as ad
 
@@ -133,9 +152,12 @@ def main() -> None:
     parser = task_parser(__doc__.splitlines()[0])
     parser.add_argument("--denoisers", nargs="+", choices=list(GRIDS), default=list(GRIDS))
     parser.add_argument("--depth", action="store_true", help="measure the shift of the best parameter with depth")
+    parser.add_argument("--sweep", action="store_true", help="true error and Poisson NLL of every grid point (sim)")
     args = parser.parse_args()
     if args.depth:
         depth_shift(args.denoisers)
+    elif args.sweep:
+        sweep(args.denoisers, args.data_dir)
     else:
         compare(args.tasks, args.denoisers, args.data_dir)
 
