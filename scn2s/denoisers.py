@@ -223,23 +223,25 @@ pca = Denoiser(_pca, name="pca", defaults={"n_comps": 50, "random_state": 0})
 def _magic(counts: sparse.csr_matrix, *, t, knn: int, decay: float, n_pca: int, random_state: int) -> np.ndarray:
     """MAGIC (van Dijk et al. 2018) on library-normalised square-root counts, as its tutorial preprocesses them.
 
-    The imputed values are clipped at zero and squared: normalised expected counts. The diffusion operator of
-    the last counts and ``knn``, ``decay``, ``n_pca`` is kept, so a grid over ``t`` builds the graph once per
-    split.
+    Genes without molecules are left out (and get zero). The imputed values are clipped at zero and squared:
+    normalised expected counts. The diffusion operator of the last counts and ``knn``, ``decay``, ``n_pca`` is
+    kept, so a grid over ``t`` builds the graph once per split.
     """
     magic_module = _require("magic", "magic", "magic-impute")
+    expressed = np.flatnonzero(counts.getnnz(axis=0) > 0)  # MAGIC asks for genes without molecules to be removed
 
     def fit():
-        frequencies, library = _frequencies(counts)
+        frequencies, library = _frequencies(counts[:, expressed])
         normalised = frequencies * float(np.median(library[library > 0]))
         normalised.data = np.sqrt(normalised.data)
-        n_comps = _n_comps(n_pca, counts.shape) or None
+        n_comps = _n_comps(n_pca, normalised.shape) or None
         operator = magic_module.MAGIC(t=t, knn=knn, decay=decay, n_pca=n_comps, random_state=random_state, verbose=0)
         return operator.fit(normalised)
 
     operator = _cached("magic", (_fingerprint(counts), knn, decay, n_pca, random_state), fit)
     operator.set_params(t=t)
-    smoothed = np.asarray(operator.transform(genes="all_genes"), dtype=np.float64)
+    smoothed = np.zeros(counts.shape)
+    smoothed[:, expressed] = np.asarray(operator.transform(genes="all_genes"), dtype=np.float64)
     np.clip(smoothed, 0.0, None, out=smoothed)
     return np.square(smoothed, out=smoothed)
 
