@@ -66,7 +66,7 @@ def depth_shift(names: list[str]) -> None:
     import scn2s
     from scn2s.split import binomial_split
 
-    print("| denoiser | simulation | best at N/2 | best at N | true error at N of the N/2 choice, transferred / best |")
+    print("| denoiser | simulation | best at N/2 | best at N | value applied at N (after any transfer): true error / best |")
     print("|---|---|---:|---:|---:|")
     for name in names:
         denoiser = getattr(scn2s.denoisers, name)

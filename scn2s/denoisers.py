@@ -15,7 +15,7 @@ three attributes that :func:`~scn2s.pp.calibrate` reads:
 **Depth.** ``calibrate`` chooses parameters at depth ``p N`` and applies them at ``N``. For kNN smoothing's ``k``
 and MAGIC's ``t`` the shift was measured on simulations with known rates (``benchmarks/calibrate.py --depth``;
 ``benchmarks/RESULTS.md``, "Calibrate"): the best grid point at half depth is the best, or next to it, at full
-depth, and scaling it by the inverse depth ratio (``k / 2``, ``t / 2``) made the true error worse by 4 to 21%.
+depth, and scaling it by the inverse depth ratio (``k / 2``, ``t / 2``) made the true error worse, by up to 21%.
 So these denoisers carry no transfer: their parameters are applied as chosen.
 
 The packages of the peers are imported when a denoiser is first called, and a missing one raises an
