@@ -66,7 +66,7 @@ def depth_shift(names: list[str]) -> None:
     import scn2s
     from scn2s.split import binomial_split
 
-    print("| denoiser | simulation | best at N/2 | best at N | value applied at N (after any transfer): true error / best |")
+    print("| denoiser | simulation | best at N/2 | best at N | applied at N (after any transfer): true error / best |")
     print("|---|---|---:|---:|---:|")
     for name in names:
         denoiser = getattr(scn2s.denoisers, name)
@@ -137,7 +137,7 @@ def compare(task_names: list[str], names: list[str], data_dir: Path) -> None:
                 start = time.perf_counter()
                 estimate = dense(denoiser(task.counts, **{param: value}))
                 grid_scores.append((poisson_error(estimate, task), value, estimate, time.perf_counter() - start))
-            nll, value, estimate, seconds = min(grid_scores, key=lambda s: s[0])
+            _, value, estimate, seconds = min(grid_scores, key=lambda s: s[0])
             rows["oracle"] = (str(value), estimate, seconds)
             for setting, (label, estimate, seconds) in rows.items():
                 estimate = np.asarray(estimate, dtype=np.float64)

@@ -220,6 +220,7 @@ pca = Denoiser(_pca, name="pca", defaults={"n_comps": 50, "random_state": 0})
 
 # --- MAGIC --------------------------------------------------------------------------------------------------
 
+
 def _magic(counts: sparse.csr_matrix, *, t, knn: int, decay: float, n_pca: int, random_state: int) -> np.ndarray:
     """MAGIC (van Dijk et al. 2018) on library-normalised square-root counts, as its tutorial preprocesses them.
 
@@ -257,7 +258,7 @@ magic = Denoiser(
 
 
 def _scvi(counts: sparse.csr_matrix, *, n_latent: int, max_epochs: int | None, seed: int) -> np.ndarray:
-    """scVI's (Lopez et al. 2018) normalised expression, the mean of 25 posterior samples (library size 1).
+    """The normalised expression of scVI (Lopez et al. 2018), the mean of 25 posterior samples (library size 1).
 
     ``max_epochs=None`` is scVI's own default (``min(400, 20000 / cells * 400)``). Trained on scVI's default
     accelerator.

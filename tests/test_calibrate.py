@@ -62,8 +62,15 @@ def test_dict_grid_is_every_combination_and_list_grid_as_given():
 
 @pytest.mark.parametrize(
     ("grid", "match"),
-    [({}, "no candidate"), ([], "no candidate"), ({"k": []}, "non-empty list"), ({"k": 3}, "non-empty list"),
-     ({"k": "abc"}, "non-empty list"), ([3], "dicts of parameters"), ("k", "dict of lists")],
+    [
+        ({}, "no candidate"),
+        ([], "no candidate"),
+        ({"k": []}, "non-empty list"),
+        ({"k": 3}, "non-empty list"),
+        ({"k": "abc"}, "non-empty list"),
+        ([3], "dicts of parameters"),
+        ("k", "dict of lists"),
+    ],
 )
 def test_bad_grid_is_refused(grid, match):
     with pytest.raises(ValueError, match=match):
@@ -305,7 +312,7 @@ def test_bad_denoiser_names_the_candidate_and_writes_nothing(sim, denoiser, matc
 def test_failure_on_the_full_counts_writes_nothing(sim):
     adata = sim.copy()
     _fails_on_full_counts.limit = 0.75 * float(adata.X.sum())
-    with pytest.raises(DenoiserError, match="negative values.*candidate defaults"):
+    with pytest.raises(DenoiserError, match=r"negative values.*candidate defaults"):
         scn2s.pp.calibrate(adata, _fails_on_full_counts, [{}], progress=False)
     assert "denoised" not in adata.layers
     assert "denoised" not in adata.uns
@@ -356,7 +363,7 @@ def test_missing_package_names_the_extra(monkeypatch, sim):
     with pytest.raises(ImportError, match=r'pip install "scn2s\[scvi\]".*scvi-tools'):
         scn2s.denoisers.scvi(sim.X)
     adata = sim.copy()
-    with pytest.raises(DenoiserError, match="ImportError.*magic-impute"):
+    with pytest.raises(DenoiserError, match=r"ImportError.*magic-impute"):
         scn2s.pp.calibrate(adata, scn2s.denoisers.magic, {"t": [1, 2]}, progress=False)
     assert "denoised" not in adata.uns
 

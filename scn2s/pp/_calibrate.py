@@ -214,7 +214,9 @@ def calibrate(
     if copy:
         adata = adata.copy()
     write_results(adata, **stale_entries(key_added, "layer"), layers={key_added: layer_values}, uns={key_added: record})
-    logger.info("wrote layers[%r] (%s, %s) in %.1f s", key_added, name, candidate_label(applied), record["elapsed_seconds"])
+    logger.info(
+        "wrote layers[%r] (%s, %s) in %.1f s", key_added, name, candidate_label(applied), record["elapsed_seconds"]
+    )
     return adata if copy else None
 
 

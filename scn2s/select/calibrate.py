@@ -110,8 +110,7 @@ def run_denoiser(denoiser: Callable, counts: sparse.csr_matrix, params: Mapping,
         estimate = denoiser(counts.copy(), **params)
     except Exception as error:
         msg = (
-            f"The denoiser raised {type(error).__name__} for the candidate {candidate_label(params)} on {what}: "
-            f"{error}"
+            f"The denoiser raised {type(error).__name__} for the candidate {candidate_label(params)} on {what}: {error}"
         )
         raise DenoiserError(msg) from error
     return check_estimate(estimate, counts.shape, params)
