@@ -80,6 +80,10 @@ class Denoiser:
         params = dict(params)
         return params if self._transfer is None or ratio == 1 else self._transfer(params, ratio)
 
+    def clear(self) -> None:
+        """Drop what the denoiser keeps between calls (MAGIC's graph, kNN smoothing's components)."""
+        _CACHE.pop(self.name, None)
+
     def __repr__(self) -> str:
         return f"scn2s.denoisers.{self.name}"
 
@@ -135,8 +139,9 @@ _CACHE: dict[str, tuple] = {}
 def _cached(kind: str, key: tuple, compute: Callable):
     """``compute()``, or its value for the last call of ``kind`` with the same ``key``.
 
-    One value is kept per kind: a grid over a parameter that does not change the expensive part (MAGIC's ``t``
-    its graph, kNN smoothing's ``k`` its principal components) computes that part once per split.
+    One value is kept per kind (the denoiser's name; :meth:`Denoiser.clear` drops it): a grid over a parameter
+    that does not change the expensive part (MAGIC's ``t`` its graph, kNN smoothing's ``k`` its principal
+    components) computes that part once per split.
     """
     held = _CACHE.get(kind)
     if held is not None and held[0] == key:
@@ -178,7 +183,9 @@ def _knn_smoothing(counts: sparse.csr_matrix, *, k: int, n_pcs: int, random_stat
         return frequencies
     n_comps = _n_comps(n_pcs, counts.shape)
     key = (_fingerprint(counts), n_comps, random_state)
-    space = _cached("knn", key, lambda: _pca_scores(logged, n_comps, random_state) if n_comps else logged.toarray())
+    space = _cached(
+        "knn_smoothing", key, lambda: _pca_scores(logged, n_comps, random_state) if n_comps else logged.toarray()
+    )
     _, columns = NearestNeighbors(n_neighbors=k).fit(space).kneighbors(space)
     # each cell is among its own neighbours (distance 0) unless k other cells are identical to it: put it in
     rows = np.arange(n_cells)

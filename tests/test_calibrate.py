@@ -380,6 +380,7 @@ def test_magic_is_calibrated_and_its_kept_graph_changes_nothing(sim):
     np.testing.assert_allclose(again, fresh, rtol=1e-10)
     adata = sim.copy()
     scn2s.pp.calibrate(adata, denoisers.magic, {"t": [1, 2, 4, 8]}, progress=False)
+    assert "magic" not in denoisers._CACHE  # the graph is not kept once calibrate is done
     entry = adata.uns["denoised"]["selection"]["magic"]
     assert entry["loss_per_split"].shape == (3, 4)
     assert adata.uns["denoised"]["best_params"]["t"] >= 1
