@@ -19,6 +19,7 @@ Run from the repository root (needs the ``benchmarks`` extra)::
     python benchmarks/calibrate.py [--tasks sim pbmc1k zheng] [--denoisers knn_smoothing magic]
     python benchmarks/calibrate.py --depth [--denoisers knn_smoothing magic]
     python benchmarks/calibrate.py --sweep [--denoisers knn_smoothing magic]
+    python benchmarks/calibrate.py --denoisers magic --params back=poisson_mean  # a fixed parameter in every call
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def sweep(names: list[str], data_dir: Path) -> None:
             print(f"| {name} | {param}={value} | {error:.5f} | {nll:.5f} |", flush=True)
 
 
-def compare(task_names: list[str], names: list[str], data_dir: Path) -> None:
+def compare(task_names: list[str], names: list[str], data_dir: Path, fixed: dict | None = None) -> None:
+    fixed = fixed or {}
     import anndata as ad
 
     import scn2s
@@ -123,19 +125,20 @@ def compare(task_names: list[str], names: list[str], data_dir: Path) -> None:
             rows = {}
             adata = ad.AnnData(X=task.counts.copy())
             start = time.perf_counter()
-            scn2s.pp.calibrate(adata, denoiser, GRIDS[name], progress=False)
+            grid = GRIDS[name] | {key: [value] for key, value in fixed.items()}
+            scn2s.pp.calibrate(adata, denoiser, grid, progress=False)
             elapsed = time.perf_counter() - start
             chosen = adata.uns["denoised"]["best_params"][param]
             split_choice = adata.uns["denoised"]["selection"][name][f"split_{param}"]
             rows["calibrate"] = (f"{chosen} (at p N: {split_choice})", np.asarray(adata.layers["denoised"]), elapsed)
             default = denoiser.defaults[param]
             start = time.perf_counter()
-            estimate = dense(denoiser(task.counts))
+            estimate = dense(denoiser(task.counts, **fixed))
             rows["default"] = (str(default), estimate, time.perf_counter() - start)
             grid_scores = []
             for value in values:
                 start = time.perf_counter()
-                estimate = dense(denoiser(task.counts, **{param: value}))
+                estimate = dense(denoiser(task.counts, **fixed, **{param: value}))
                 grid_scores.append((poisson_error(estimate, task), value, estimate, time.perf_counter() - start))
             _, value, estimate, seconds = min(grid_scores, key=lambda s: s[0])
             rows["oracle"] = (str(value), estimate, seconds)
@@ -153,13 +156,14 @@ def main() -> None:
     parser.add_argument("--denoisers", nargs="+", choices=list(GRIDS), default=list(GRIDS))
     parser.add_argument("--depth", action="store_true", help="measure the shift of the best parameter with depth")
     parser.add_argument("--sweep", action="store_true", help="true error and Poisson NLL of every grid point (sim)")
+    parser.add_argument("--params", nargs="+", default=[], help="KEY=VALUE passed to every call (strings)")
     args = parser.parse_args()
     if args.depth:
         depth_shift(args.denoisers)
     elif args.sweep:
         sweep(args.denoisers, args.data_dir)
     else:
-        compare(args.tasks, args.denoisers, args.data_dir)
+        compare(args.tasks, args.denoisers, args.data_dir, dict(item.split("=", 1) for item in args.params))
 
 
 if __name__ == "__main__":

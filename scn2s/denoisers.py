@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
+from .loss import sqrt_poisson_mean_inverse
+
 if TYPE_CHECKING:
     from types import ModuleType
 
@@ -228,11 +230,17 @@ pca = Denoiser(_pca, name="pca", defaults={"n_comps": 50, "random_state": 0})
 # --- MAGIC --------------------------------------------------------------------------------------------------
 
 
-def _magic(counts: sparse.csr_matrix, *, t, knn: int, decay: float, n_pca: int, random_state: int) -> np.ndarray:
+def _magic(
+    counts: sparse.csr_matrix, *, t, knn: int, decay: float, n_pca: int, random_state: int, back: str = "square"
+) -> np.ndarray:
     """MAGIC (van Dijk et al. 2018) on library-normalised square-root counts, as its tutorial preprocesses them.
 
-    Genes without molecules are left out (and get zero). The imputed values are clipped at zero and squared:
-    normalised expected counts. The diffusion operator of the last counts and ``knn``, ``decay``, ``n_pca`` is
+    Genes without molecules are left out (and get zero). The imputed values are clipped at zero and brought back
+    to counts: ``back="square"`` squares them (normalised expected counts, as MAGIC's users do);
+    ``back="poisson_mean"`` takes them, on each cell's own depth, as expected square roots of Poisson counts and
+    inverts that (:func:`scn2s.loss.sqrt_poisson_mean_inverse`, as scn2s's low-rank model does), which undoes the
+    bias of squaring an average of square roots (large for genes of a few molecules; ``benchmarks/RESULTS.md``,
+    "Calibrate"). The diffusion operator of the last counts and ``knn``, ``decay``, ``n_pca`` is
     kept, so a grid over ``t`` builds the graph once per split.
     """
     magic_module = _require("magic", "magic", "magic-impute")
@@ -251,13 +259,20 @@ def _magic(counts: sparse.csr_matrix, *, t, knn: int, decay: float, n_pca: int, 
     smoothed = np.zeros(counts.shape)
     smoothed[:, expressed] = np.asarray(operator.transform(genes="all_genes"), dtype=np.float64)
     np.clip(smoothed, 0.0, None, out=smoothed)
-    return np.square(smoothed, out=smoothed)
+    if back == "square":
+        return np.square(smoothed, out=smoothed)
+    if back == "poisson_mean":
+        library = _library(counts)
+        target = float(np.median(library[library > 0]))
+        return sqrt_poisson_mean_inverse(smoothed * np.sqrt(library / target)[:, None])
+    msg = f'back must be "square" or "poisson_mean", got {back!r}.'
+    raise ValueError(msg)
 
 
 magic = Denoiser(
     _magic,
     name="magic",
-    defaults={"t": 3, "knn": 5, "decay": 1, "n_pca": 100, "random_state": 0},
+    defaults={"t": 3, "knn": 5, "decay": 1, "n_pca": 100, "random_state": 0, "back": "square"},
 )
 
 
