@@ -94,7 +94,7 @@ def depth_shift(names: list[str]) -> None:
         print(f"| {name} | exponent (mean of log2 ratios) | | | {np.mean(logs):.2f} |", flush=True)
 
 
-def sweep(names: list[str], data_dir: Path) -> None:
+def sweep(names: list[str], data_dir: Path, fixed: dict) -> None:
     import scn2s
 
     task = load_task("sim", data_dir)
@@ -104,7 +104,7 @@ def sweep(names: list[str], data_dir: Path) -> None:
         denoiser = getattr(scn2s.denoisers, name)
         ((param, values),) = GRIDS[name].items()
         for value in values:
-            estimate = dense(denoiser(task.counts, **{param: value}))
+            estimate = dense(denoiser(task.counts, **fixed, **{param: value}))
             error, nll = true_error(estimate, task.target), poisson_error(estimate, task)
             print(f"| {name} | {param}={value} | {error:.5f} | {nll:.5f} |", flush=True)
 
@@ -158,12 +158,13 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="true error and Poisson NLL of every grid point (sim)")
     parser.add_argument("--params", nargs="+", default=[], help="KEY=VALUE passed to every call (strings)")
     args = parser.parse_args()
+    fixed = dict(item.split("=", 1) for item in args.params)
     if args.depth:
         depth_shift(args.denoisers)
     elif args.sweep:
-        sweep(args.denoisers, args.data_dir)
+        sweep(args.denoisers, args.data_dir, fixed)
     else:
-        compare(args.tasks, args.denoisers, args.data_dir, dict(item.split("=", 1) for item in args.params))
+        compare(args.tasks, args.denoisers, args.data_dir, fixed)
 
 
 if __name__ == "__main__":
