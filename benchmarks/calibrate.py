@@ -6,6 +6,9 @@ denoiser, the parameter ``calibrate`` chooses (3 splits at ``p = 0.5``, with the
 target: the truth on the simulation, the held-out counts on real data), each with the Poisson NLL and MSE of
 CP10k of ``peers.py`` and its time (``calibrate``: the whole search and the final fit).
 
+``--sweep``: on the simulation, every grid point's true error (:func:`true_error`, what ``calibrate``'s loss
+estimates) next to its Poisson NLL, the two criteria side by side.
+
 ``--depth``: the shift of the best parameter with depth, on simulations with known rates. For each
 simulation, the grid point with the lowest true error (MSE of expected square roots against the truth's,
 :func:`true_error`) on the counts and on the counts thinned to half their depth; the exponent ``a`` of
@@ -15,20 +18,18 @@ Run from the repository root (needs the ``benchmarks`` extra)::
 
     python benchmarks/calibrate.py [--tasks sim pbmc1k zheng] [--denoisers knn_smoothing magic]
     python benchmarks/calibrate.py --depth [--denoisers knn_smoothing magic]
+    python benchmarks/calibrate.py --sweep [--denoisers knn_smoothing magic]
+    python benchmarks/calibrate.py --denoisers magic --params back=poisson_mean  # a fixed parameter in every call
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import load_task, mse_cp10k, poisson_error, task_parser
 from scipy import sparse
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from peers import load_task, mse_cp10k, poisson_error, task_parser
 
 GRIDS = {
     "knn_smoothing": {"k": [1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100]},
@@ -62,7 +63,7 @@ def depth_shift(names: list[str]) -> None:
     import scn2s
     from scn2s.split import binomial_split
 
-    print("| denoiser | simulation | best at N/2 | best at N | true error at N of the N/2 choice, transferred / best |")
+    print("| denoiser | simulation | best at N/2 | best at N | applied at N (after any transfer): true error / best |")
     print("|---|---|---:|---:|---:|")
     for name in names:
         denoiser = getattr(scn2s.denoisers, name)
@@ -89,7 +90,23 @@ def depth_shift(names: list[str]) -> None:
         print(f"| {name} | exponent (mean of log2 ratios) | | | {np.mean(logs):.2f} |", flush=True)
 
 
-def compare(task_names: list[str], names: list[str], data_dir: Path) -> None:
+def sweep(names: list[str], data_dir: Path, fixed: dict) -> None:
+    import scn2s
+
+    task = load_task("sim", data_dir)
+    print("| denoiser | value | true error (sqrt) | Poisson NLL |")
+    print("|---|---|---:|---:|")
+    for name in names:
+        denoiser = getattr(scn2s.denoisers, name)
+        ((param, values),) = GRIDS[name].items()
+        for value in values:
+            estimate = dense(denoiser(task.counts, **fixed, **{param: value}))
+            error, nll = true_error(estimate, task.target), poisson_error(estimate, task)
+            print(f"| {name} | {param}={value} | {error:.5f} | {nll:.5f} |", flush=True)
+
+
+def compare(task_names: list[str], names: list[str], data_dir: Path, fixed: dict | None = None) -> None:
+    fixed = fixed or {}
     import anndata as ad
 
     import scn2s
@@ -104,21 +121,22 @@ def compare(task_names: list[str], names: list[str], data_dir: Path) -> None:
             rows = {}
             adata = ad.AnnData(X=task.counts.copy())
             start = time.perf_counter()
-            scn2s.pp.calibrate(adata, denoiser, GRIDS[name], progress=False)
+            grid = GRIDS[name] | {key: [value] for key, value in fixed.items()}
+            scn2s.pp.calibrate(adata, denoiser, grid, progress=False)
             elapsed = time.perf_counter() - start
             chosen = adata.uns["denoised"]["best_params"][param]
             split_choice = adata.uns["denoised"]["selection"][name][f"split_{param}"]
             rows["calibrate"] = (f"{chosen} (at p N: {split_choice})", np.asarray(adata.layers["denoised"]), elapsed)
             default = denoiser.defaults[param]
             start = time.perf_counter()
-            estimate = dense(denoiser(task.counts))
+            estimate = dense(denoiser(task.counts, **fixed))
             rows["default"] = (str(default), estimate, time.perf_counter() - start)
             grid_scores = []
             for value in values:
                 start = time.perf_counter()
-                estimate = dense(denoiser(task.counts, **{param: value}))
+                estimate = dense(denoiser(task.counts, **fixed, **{param: value}))
                 grid_scores.append((poisson_error(estimate, task), value, estimate, time.perf_counter() - start))
-            nll, value, estimate, seconds = min(grid_scores, key=lambda s: s[0])
+            _, value, estimate, seconds = min(grid_scores, key=lambda s: s[0])
             rows["oracle"] = (str(value), estimate, seconds)
             for setting, (label, estimate, seconds) in rows.items():
                 estimate = np.asarray(estimate, dtype=np.float64)
@@ -133,11 +151,16 @@ def main() -> None:
     parser = task_parser(__doc__.splitlines()[0])
     parser.add_argument("--denoisers", nargs="+", choices=list(GRIDS), default=list(GRIDS))
     parser.add_argument("--depth", action="store_true", help="measure the shift of the best parameter with depth")
+    parser.add_argument("--sweep", action="store_true", help="true error and Poisson NLL of every grid point (sim)")
+    parser.add_argument("--params", nargs="+", default=[], help="KEY=VALUE passed to every call (strings)")
     args = parser.parse_args()
+    fixed = dict(item.split("=", 1) for item in args.params)
     if args.depth:
         depth_shift(args.denoisers)
+    elif args.sweep:
+        sweep(args.denoisers, args.data_dir, fixed)
     else:
-        compare(args.tasks, args.denoisers, args.data_dir)
+        compare(args.tasks, args.denoisers, args.data_dir, fixed)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ three attributes that :func:`~scn2s.pp.calibrate` reads:
 **Depth.** ``calibrate`` chooses parameters at depth ``p N`` and applies them at ``N``. For kNN smoothing's ``k``
 and MAGIC's ``t`` the shift was measured on simulations with known rates (``benchmarks/calibrate.py --depth``;
 ``benchmarks/RESULTS.md``, "Calibrate"): the best grid point at half depth is the best, or next to it, at full
-depth, and scaling it by the inverse depth ratio (``k / 2``, ``t / 2``) made the true error worse by 4 to 21%.
+depth, and scaling it by the inverse depth ratio (``k / 2``, ``t / 2``) made the true error worse, by up to 21%.
 So these denoisers carry no transfer: their parameters are applied as chosen.
 
 The packages of the peers are imported when a denoiser is first called, and a missing one raises an
@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
+
+from .loss import sqrt_poisson_mean_inverse
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -79,6 +81,10 @@ class Denoiser:
         """``params`` chosen on counts of one depth, for counts ``ratio`` times as deep."""
         params = dict(params)
         return params if self._transfer is None or ratio == 1 else self._transfer(params, ratio)
+
+    def clear(self) -> None:
+        """Drop what the denoiser keeps between calls (MAGIC's graph, kNN smoothing's components)."""
+        _CACHE.pop(self.name, None)
 
     def __repr__(self) -> str:
         return f"scn2s.denoisers.{self.name}"
@@ -135,8 +141,9 @@ _CACHE: dict[str, tuple] = {}
 def _cached(kind: str, key: tuple, compute: Callable):
     """``compute()``, or its value for the last call of ``kind`` with the same ``key``.
 
-    One value is kept per kind: a grid over a parameter that does not change the expensive part (MAGIC's ``t``
-    its graph, kNN smoothing's ``k`` its principal components) computes that part once per split.
+    One value is kept per kind (the denoiser's name; :meth:`Denoiser.clear` drops it): a grid over a parameter
+    that does not change the expensive part (MAGIC's ``t`` its graph, kNN smoothing's ``k`` its principal
+    components) computes that part once per split.
     """
     held = _CACHE.get(kind)
     if held is not None and held[0] == key:
@@ -178,7 +185,9 @@ def _knn_smoothing(counts: sparse.csr_matrix, *, k: int, n_pcs: int, random_stat
         return frequencies
     n_comps = _n_comps(n_pcs, counts.shape)
     key = (_fingerprint(counts), n_comps, random_state)
-    space = _cached("knn", key, lambda: _pca_scores(logged, n_comps, random_state) if n_comps else logged.toarray())
+    space = _cached(
+        "knn_smoothing", key, lambda: _pca_scores(logged, n_comps, random_state) if n_comps else logged.toarray()
+    )
     _, columns = NearestNeighbors(n_neighbors=k).fit(space).kneighbors(space)
     # each cell is among its own neighbours (distance 0) unless k other cells are identical to it: put it in
     rows = np.arange(n_cells)
@@ -221,34 +230,49 @@ pca = Denoiser(_pca, name="pca", defaults={"n_comps": 50, "random_state": 0})
 # --- MAGIC --------------------------------------------------------------------------------------------------
 
 
-def _magic(counts: sparse.csr_matrix, *, t, knn: int, decay: float, n_pca: int, random_state: int) -> np.ndarray:
+def _magic(
+    counts: sparse.csr_matrix, *, t, knn: int, decay: float, n_pca: int, random_state: int, back: str = "square"
+) -> np.ndarray:
     """MAGIC (van Dijk et al. 2018) on library-normalised square-root counts, as its tutorial preprocesses them.
 
-    The imputed values are clipped at zero and squared: normalised expected counts. The diffusion operator of
-    the last counts and ``knn``, ``decay``, ``n_pca`` is kept, so a grid over ``t`` builds the graph once per
-    split.
+    Genes without molecules are left out (and get zero). The imputed values are clipped at zero and brought back
+    to counts: ``back="square"`` squares them (normalised expected counts, as MAGIC's users do);
+    ``back="poisson_mean"`` takes them, on each cell's own depth, as expected square roots of Poisson counts and
+    inverts that (:func:`scn2s.loss.sqrt_poisson_mean_inverse`, as scn2s's low-rank model does), which undoes the
+    bias of squaring an average of square roots (large for genes of a few molecules; ``benchmarks/RESULTS.md``,
+    "Calibrate"). The diffusion operator of the last counts and ``knn``, ``decay``, ``n_pca`` is
+    kept, so a grid over ``t`` builds the graph once per split.
     """
     magic_module = _require("magic", "magic", "magic-impute")
+    expressed = np.flatnonzero(counts.getnnz(axis=0) > 0)  # MAGIC asks for genes without molecules to be removed
 
     def fit():
-        frequencies, library = _frequencies(counts)
+        frequencies, library = _frequencies(counts[:, expressed])
         normalised = frequencies * float(np.median(library[library > 0]))
         normalised.data = np.sqrt(normalised.data)
-        n_comps = _n_comps(n_pca, counts.shape) or None
+        n_comps = _n_comps(n_pca, normalised.shape) or None
         operator = magic_module.MAGIC(t=t, knn=knn, decay=decay, n_pca=n_comps, random_state=random_state, verbose=0)
         return operator.fit(normalised)
 
     operator = _cached("magic", (_fingerprint(counts), knn, decay, n_pca, random_state), fit)
     operator.set_params(t=t)
-    smoothed = np.asarray(operator.transform(genes="all_genes"), dtype=np.float64)
+    smoothed = np.zeros(counts.shape)
+    smoothed[:, expressed] = np.asarray(operator.transform(genes="all_genes"), dtype=np.float64)
     np.clip(smoothed, 0.0, None, out=smoothed)
-    return np.square(smoothed, out=smoothed)
+    if back == "square":
+        return np.square(smoothed, out=smoothed)
+    if back == "poisson_mean":
+        library = _library(counts)
+        target = float(np.median(library[library > 0]))
+        return sqrt_poisson_mean_inverse(smoothed * np.sqrt(library / target)[:, None])
+    msg = f'back must be "square" or "poisson_mean", got {back!r}.'
+    raise ValueError(msg)
 
 
 magic = Denoiser(
     _magic,
     name="magic",
-    defaults={"t": 3, "knn": 5, "decay": 1, "n_pca": 100, "random_state": 0},
+    defaults={"t": 3, "knn": 5, "decay": 1, "n_pca": 100, "random_state": 0, "back": "square"},
 )
 
 
@@ -256,7 +280,7 @@ magic = Denoiser(
 
 
 def _scvi(counts: sparse.csr_matrix, *, n_latent: int, max_epochs: int | None, seed: int) -> np.ndarray:
-    """ScVI's (Lopez et al. 2018) normalised expression, the mean of 25 posterior samples (library size 1).
+    """The normalised expression of scVI (Lopez et al. 2018), the mean of 25 posterior samples (library size 1).
 
     ``max_epochs=None`` is scVI's own default (``min(400, 20000 / cells * 400)``). Trained on scVI's default
     accelerator.

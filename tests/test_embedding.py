@@ -53,7 +53,13 @@ def test_lowrank_writes_scores_and_loadings(counts_adata, output):
 
 
 def test_layer_and_factors_write_the_same_embedding(counts_adata):
-    kwargs = {"method": "lowrank", "lowrank_kwds": {"max_rank": 20}, "mask_var": "highly_variable", "progress": False, "copy": True}
+    kwargs = {
+        "method": "lowrank",
+        "lowrank_kwds": {"max_rank": 20},
+        "mask_var": "highly_variable",
+        "progress": False,
+        "copy": True,
+    }
     layer = scn2s.pp.denoise(counts_adata, output="layer", **kwargs)
     factors = scn2s.pp.denoise(counts_adata, output="factors", **kwargs)
     np.testing.assert_array_equal(layer.obsm["X_denoised"], factors.obsm["X_denoised"])

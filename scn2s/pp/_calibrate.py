@@ -179,15 +179,24 @@ def calibrate(
     splits = Splits.draw(split_rng, n_splits, p)
     counts = counts.astype(np.float64)  # what every call receives (a copy, see run_denoiser)
     logger.info("calibrating %s on %s: %d candidates x %d splits", name, source, len(candidates), n_splits)
-    fit = search_denoiser(denoiser, counts, candidates, splits=splits, name=name, progress=progress, timings=timings)
-    chosen = fit.best_params
-    ratio = 1 / splits.fractions[0]
-    transfer = getattr(denoiser, "transfer", None) if depth_correction else None
-    applied = dict(transfer(chosen, ratio)) if callable(transfer) else chosen
-    if applied != chosen:
-        logger.info("%s chosen at depth p=%g, %s at full depth", candidate_label(chosen), p, candidate_label(applied))
-    with timings.step("fit"):
-        estimate = run_denoiser(denoiser, counts, applied, what="the full counts")
+    try:
+        fit = search_denoiser(
+            denoiser, counts, candidates, splits=splits, name=name, progress=progress, timings=timings
+        )
+        chosen = fit.best_params
+        ratio = 1 / splits.fractions[0]
+        transfer = getattr(denoiser, "transfer", None) if depth_correction else None
+        applied = dict(transfer(chosen, ratio)) if callable(transfer) else chosen
+        if applied != chosen:
+            logger.info(
+                "%s chosen at depth p=%g, %s at full depth", candidate_label(chosen), p, candidate_label(applied)
+            )
+        with timings.step("fit"):
+            estimate = run_denoiser(denoiser, counts, applied, what="the full counts")
+    finally:
+        clear = getattr(denoiser, "clear", None)  # what a denoiser of scn2s.denoisers keeps between calls
+        if callable(clear):
+            clear()
     with timings.step("output"):
         library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
         layer_values = scale_to_library(estimate, library).astype(np.float32)
