@@ -292,12 +292,17 @@ def test_denoise_autoencoder_writes_layer_and_curves(halves):
     assert curve.chosen == selection["chosen"]
     assert list(curve.values) == list(selection["grid"]["config"])
     summary = selection_summary(record, key="denoised")
-    assert summary[0] == f"model: autoencoder, config {selection['chosen']} (lowest held-out loss)"
     chosen = labels.index(selection["chosen"])
+    posterior = "posterior" if selection["posterior"][chosen] else "no posterior"
+    assert summary[0] == f"written: autoencoder, {selection['chosen']} (32 hidden, {labels[chosen][5]} bottleneck, " + (
+        f"no dropout, {posterior})"
+    )
     assert summary[1].startswith("  output: posterior" if selection["posterior"][chosen] else "  output: the network")
     assert f"; {selection['epochs']} epochs" in summary[1]
     inference = {"full": "all of each cell's molecules", "replicas": "thinned replicas"}[selection["inference"]]
     assert inference in summary[1]
+    assert "one split" in summary[2]
+    assert " sd " not in summary[3]
 
 
 def test_the_record_of_chosen_candidates_writes_to_h5ad(halves, tmp_path):

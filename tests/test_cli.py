@@ -58,12 +58,13 @@ def test_denoise_writes_output_and_summary(counts_file, workdir, capsys):
     rank = record["best_params"]["rank"]
     split_rank = record["selection"]["lowrank"]["split_rank"]
     assert result.layers["denoised"].shape == (200, 80)
-    assert "model: lowrank, rank" in out
+    assert "written: lowrank, rank" in out
     assert "held-out loss" in out
     assert f"{split_rank}" in out.split("<- chosen")[0].splitlines()[-1]
     assert f"rank {rank}" in out
     assert "time:" in out
-    assert "wrote out.h5ad: layers['denoised']" in out
+    assert "wrote out.h5ad: layers['denoised'] (denoised expected counts of the lowrank model)" in out
+    assert "mean and sd over 3 splits" in out
     assert sorted(p.name for p in workdir.iterdir()) == ["out.h5ad"]
 
 
@@ -101,7 +102,7 @@ def test_denoise_options_match_the_python_call(counts_file, workdir, capsys):
 
 def test_fixed_rank_summary(counts_file, workdir, capsys):
     assert main(["-q", "denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad", "--rank", "3"]) == 0
-    assert "model: lowrank, rank 3, fixed by the caller (no search)" in capsys.readouterr().out
+    assert "written: lowrank, rank 3, fixed by the caller (no search)" in capsys.readouterr().out
 
 
 @pytest.fixture
@@ -321,3 +322,45 @@ def test_unavailable_cuda_device_exits_2_with_one_line(counts_file, workdir, cap
     assert f"--device {device}: torch sees" in line
     assert "CUDA device" in line
     assert not (workdir / "out.h5ad").exists()
+
+
+TINY_CONFIGS = (
+    {"hidden": 32, "bottleneck": 4, "dropout": 0.0, "max_epochs": 4, "patience": 2},
+    {"hidden": 32, "bottleneck": 8, "dropout": 0.1, "max_epochs": 4, "patience": 2},
+)
+
+
+def test_auto_summary_says_which_family_was_written_and_why(counts_file, workdir, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(scn2s.select.autoencoder, "DEFAULT_CONFIGS", TINY_CONFIGS)
+    assert main(["-q", "denoise", str(counts_file), "-o", "out.h5ad", "--max-rank", "10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    record = ad.read_h5ad(workdir / "out.h5ad").uns["denoised"]
+    written = record["comparison"]["chosen"]
+    other = ({"lowrank", "autoencoder"} - {written}).pop()
+    assert record["method"] == written
+    assert lines[1].startswith(f"  written: {written}, ")
+    assert lines[2] == "  why: the lower held-out loss of the two families, on the split both were scored on:"
+    losses = record["comparison"]["loss"]
+    rows = {line.split()[0]: line for line in lines[3:5]}
+    assert set(rows) == {"lowrank", "autoencoder"}
+    assert rows[written].split()[1] == f"{losses[written]:.6g}"
+    assert rows[written].endswith("lowest  <- written")
+    margin = 100 * (losses[other] / losses[written] - 1)
+    assert f"{losses[other]:.6g}" in rows[other]
+    assert f"{margin:+.2f}%" in rows[other]
+    assert rows[other].endswith("not written")
+    text = "\n".join(lines)
+    assert f"  {written} (written): " in text
+    assert f"  {other} (best of its family, not written): " in text
+    # the chosen marker only in the written family's table, the other family's best named as such
+    assert text.count("<- chosen") == 1
+    assert text.count("<- best of its family") == 1
+    # readable candidate names beside the labels; no sd column for the autoencoder's single split
+    assert "h32-b4-d0 " in text
+    assert "32 hidden, 4 bottleneck, no dropout, posterior" in text
+    assert "32 hidden, 8 bottleneck, dropout 0.1, posterior" in text
+    one_split = lines.index("    held-out loss (MSE of square-root counts per entry; one split):")
+    assert lines[one_split + 1].split() == ["candidate", "loss", "vs", "lowest"]
+    assert "mean and sd over 3 splits" in text
+    assert f"wrote out.h5ad: layers['denoised'] (denoised expected counts of the {written} model)" in text

@@ -80,7 +80,10 @@ def denoise(args: argparse.Namespace) -> int:
     print(f"  time: {record['elapsed_seconds']:.1f} s denoising, {time.perf_counter() - start:.1f} s in all")
     key = args.key_added
     if args.output == "layer":
-        print(f"  wrote {args.out}: layers[{key!r}] (denoised expected counts), uns[{key!r}] (the selection record)")
+        print(
+            f"  wrote {args.out}: layers[{key!r}] (denoised expected counts of the {record['method']} model), "
+            f"uns[{key!r}] (the selection record)"
+        )
     else:
         print(
             f"  wrote {args.out}: the low-rank factors (obsm['X_{key}'], varm['{key}_loadings'], var and obs "
