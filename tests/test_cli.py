@@ -120,8 +120,12 @@ def bad_inputs(counts_file, workdir):
         (["missing.h5ad"], "input file not found: missing.h5ad"),
         (["text.h5ad"], "cannot read text.h5ad as an .h5ad file"),
         (["normalised.h5ad"], "normalised.h5ad: adata.X holds non-integer values"),
-        (["{counts}", "--layer", "raw"], "Layer 'raw' not found in adata.layers (available: 'counts', 'rates')"),
-        (["{counts}", "--genes", "selected"], "mask_var='selected' is not a column of adata.var"),
+        (
+            ["{counts}", "--layer", "raw"],
+            "Layer 'raw' not found in adata.layers (available: 'counts', 'rates'); leave out --layer for adata.X",
+        ),
+        (["{counts}", "--genes", "selected"], "--genes selected is not a column of adata.var"),
+        (["normalised.h5ad"], "If the raw counts are in a layer, pass --layer counts (or its name)"),
         (["{counts}", "--p", "1.5"], "argument --p: must be strictly between 0 and 1, got 1.5"),
         (["{counts}", "--max-rank", "ten"], "argument --max-rank: must be a positive integer, got 'ten'"),
         (["{counts}", "--method", "magic"], "argument --method: invalid choice: 'magic'"),
@@ -131,8 +135,54 @@ def bad_inputs(counts_file, workdir):
 def test_input_errors_exit_2_with_one_line(bad_inputs, counts_file, capsys, args, message):
     args = [arg.format(counts=counts_file) for arg in args]
     assert main(["denoise", *args, "-o", "out.h5ad"]) == 2
-    assert message in _error_line(capsys)
+    line = _error_line(capsys)
+    assert message in line
+    # the flags, not the Python arguments they set
+    assert not any(name in line for name in ("layer=", "mask_var", "key_added", "max_rank"))
     assert not (bad_inputs / "out.h5ad").exists()
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ('pass layer="counts" (or its name).', "pass --layer counts (or its name)."),
+        ("Pass layer= naming the layer, or layer=None for adata.X.", "Pass --layer naming the layer, or no --layer for adata.X."),
+        ("mask_var='hvg' is not a column", "--genes hvg is not a column"),
+        ("or pass mask_var=None to model every gene", "or leave out --genes to model every gene"),
+        ("in the genes selected by mask_var (every", "in the genes selected by --genes (every"),
+        ("key_added='counts' would overwrite", "--key-added counts would overwrite"),
+        ('rank= needs method="lowrank", got method=\'auto\'', "--rank needs --method lowrank, got --method auto"),
+        ("max_rank=60 is above", "--max-rank 60 is above"),
+        ("adata.layers['counts'] holds no molecule", "adata.layers['counts'] holds no molecule"),
+    ],
+)
+def test_messages_name_the_flags(message, expected):
+    from scn2s.cli._terms import command_line_terms
+
+    assert command_line_terms(message) == expected
+
+
+def test_an_error_raised_while_denoising_names_the_flags(counts_file, workdir, capsys):
+    adata = ad.read_h5ad(counts_file)
+    adata.var["none"] = False
+    adata.var["first"] = np.arange(adata.n_vars) == 0
+    adata.X = sparse.csr_matrix(adata.X.shape, dtype=np.int64)
+    adata.write_h5ad(workdir / "empty.h5ad")
+    assert main(["denoise", "--method", "lowrank", "empty.h5ad", "-o", "out.h5ad", "--genes", "none"]) == 2
+    assert "--genes selects no gene; select at least one, or leave out --genes to model every gene" in _error_line(
+        capsys
+    )
+    assert main(["denoise", "--method", "lowrank", "empty.h5ad", "-o", "out.h5ad", "--genes", "first"]) == 1
+    line = _error_line(capsys)
+    assert "holds no molecule in the genes selected by --genes" in line
+    assert "Check that --layer names the raw counts" in line
+
+
+def test_demo_help_has_a_description(capsys):
+    assert main(["demo", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Simulate Poisson counts" in out
+    assert "known true rates" in out
 
 
 @pytest.mark.parametrize("argv", [[], ["denoise"], ["denoise", "in.h5ad"], ["frobnicate"]])

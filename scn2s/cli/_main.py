@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import _commands
 from ._files import InputError
+from ._terms import command_line_terms
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -74,7 +75,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _error(message: str) -> None:
-    print(f"scn2s: error: {' '.join(message.split())}", file=sys.stderr)
+    """One line on standard error, naming flags (``--layer``) where the package's message names arguments."""
+    print(f"scn2s: error: {' '.join(command_line_terms(message).split())}", file=sys.stderr)
 
 
 @contextmanager
@@ -176,6 +178,10 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         parents=[verbosity],
         help="denoise simulated counts with a known truth, report the error and plot the selection",
+        description="Simulate Poisson counts of cells from a few types with known true rates (scn2s.datasets."
+        "simulate), denoise them with the low-rank family (scn2s.pp.denoise, method lowrank), print the rank chosen "
+        "by held-out molecules and the error against the truth before and after, and write the selection plot to "
+        "FIGDIR/selection.png. Needs no data and no torch; takes seconds.",
     )
     dem.add_argument("--cells", type=_positive, default=2000, help="simulated cells (%(default)s)")
     dem.add_argument("--genes", type=_positive, default=1000, help="simulated genes (%(default)s)")

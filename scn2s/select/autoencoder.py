@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -24,6 +25,12 @@ DEFAULT_CONFIGS: tuple[dict, ...] = (
 
 SHAPE_SCALES: tuple[float, ...] = tuple(2.0 ** (k / 2) for k in range(-4, 7))
 """Factors on the learned prior shapes tried at inference (0.25 to 8, by sqrt 2)."""
+
+LONG_SEARCH_S = 300.0
+"""An autoencoder search estimated to take longer than this (seconds, at most) is announced by a warning."""
+
+_TIMED_CELLS = 512
+"""Cells of the timed pass that estimates the search's duration."""
 
 
 def make_configs(configs: Sequence[Mapping] | None, **overrides):
@@ -193,6 +200,12 @@ def fit_autoencoder(
         unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
         halves.append((train_half[:, genes], heldout_half[:, genes], len(genes) / g, unseen / (n * g)))
 
+    main = distributed.is_main_process()
+    if progress or logger.isEnabledFor(logging.INFO):
+        seconds = _epoch_seconds(halves[0], candidates, depth_ratio=splits.depth_ratio, device=device, seed=seeds[-1])
+        if main:
+            _log_estimate(seconds, candidates, open_posterior, n_splits=used, shape=(n, halves[0][0].shape[1]))
+
     def score(config) -> list[tuple[np.ndarray, np.ndarray, int, np.ndarray, list[float]]]:
         """Train ``config`` on each split's training half.
 
@@ -203,7 +216,14 @@ def fit_autoencoder(
         out = []
         for i, (train_part, held_part, scale, unseen) in enumerate(halves):
             result = train(
-                train_part, config, heldout=held_part, depth_ratio=splits.depth_ratio, device=device, seed=seeds[i]
+                train_part,
+                config,
+                heldout=held_part,
+                depth_ratio=splits.depth_ratio,
+                device=device,
+                seed=seeds[i],
+                progress=progress and main,
+                on_epoch=_show_epoch(bar, f"{config_label(config)}, split {i + 1}/{used}", config.max_epochs),
             )
             data, held = CsrBatches(train_part, device), CsrBatches(held_part, device)
             by_mode = []
@@ -229,7 +249,7 @@ def fit_autoencoder(
     bar = tqdm(
         total=used * (len(candidates) + bool(open_posterior)),
         desc="autoencoder search",
-        disable=not progress or not distributed.is_main_process(),
+        disable=not progress or not main,
     )
 
     def stacked(k: int) -> np.ndarray:
@@ -292,8 +312,90 @@ def fit_autoencoder(
         epochs=selection.epochs,
         device=device,
         seed=seeds[-1],
-        progress=progress and distributed.is_main_process(),
+        progress=progress and main,
     )
     selection.model = final.model
     selection.batch_size = final.batch_size
     return selection
+
+
+def _show_epoch(bar, name: str, max_epochs: int) -> Callable[[int, float, float], None]:
+    """An ``on_epoch`` callback of :func:`~scn2s.models.autoencoder.train.train` that shows the candidate's epoch
+    and held-out loss (the lowest so far) beside the search's progress bar."""
+    lowest = [np.inf]
+
+    def show(epoch: int, train_loss: float, heldout: float) -> None:
+        lowest[0] = min(lowest[0], heldout)
+        bar.set_postfix_str(f"{name}: epoch {epoch}/{max_epochs}, held-out loss {heldout:.6g} (lowest {lowest[0]:.6g})")
+
+    return show
+
+
+def _epoch_seconds(half, candidates: list, *, depth_ratio: float, device, seed: int) -> list[float]:
+    """Seconds of one training epoch (held-out loss included) of each candidate on all the cells of ``half``.
+
+    Each candidate is trained for two epochs on at most :data:`_TIMED_CELLS` cells of the first split; the second
+    epoch is timed (the first pays for the start) and scaled to the number of cells. The networks are thrown away,
+    and the search's results are unchanged (training draws from its own seeded streams).
+    """
+    from ..models.autoencoder.train import train
+
+    train_part, held_part = half[0], half[1]
+    n = train_part.shape[0]
+    m = min(n, _TIMED_CELLS)
+    seconds = []
+    for config in candidates:
+        ends: list[float] = []
+        train(
+            train_part[:m],
+            replace(config, max_epochs=2, patience=2),
+            heldout=held_part[:m],
+            depth_ratio=depth_ratio,
+            device=device,
+            seed=seed,
+            on_epoch=lambda *_: ends.append(time.perf_counter()),
+        )
+        seconds.append((ends[-1] - ends[0]) * n / m if len(ends) == 2 else 0.0)
+    return seconds
+
+
+def _log_estimate(
+    seconds: list[float], candidates: list, open_posterior: list[int], *, n_splits: int, shape: tuple[int, int]
+) -> float:
+    """Log the estimated longest duration of the search (a warning above :data:`LONG_SEARCH_S`); return it.
+
+    Every training of the search runs ``max_epochs`` at most, and so does the final training on the full counts;
+    the candidate trained with its posterior switched is counted at the mean cost of the candidates it may come
+    from.
+    """
+    cost = [t * config.max_epochs for t, config in zip(seconds, candidates, strict=True)]
+    total = sum(cost) * n_splits
+    trainings = len(candidates) * n_splits
+    if open_posterior:
+        total += float(np.mean([cost[j] for j in open_posterior])) * n_splits
+        trainings += n_splits
+    total += max(cost)  # the final training, on the full counts
+    epochs = sorted({config.max_epochs for config in candidates})
+    up_to = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]} to {epochs[-1]}"
+    message = (
+        f"autoencoder search on {shape[0]} cells x {shape[1]} genes: estimated at most {format_duration(total)} "
+        f"({trainings} trainings and the final one, of up to {up_to} epochs, at the speed of a timed epoch of each "
+        "candidate; early stopping usually ends them sooner)"
+    )
+    if total > LONG_SEARCH_S:
+        logger.warning(
+            "%s. The low-rank family alone (method 'lowrank') takes a small fraction of that; a GPU shortens it.",
+            message,
+        )
+    else:
+        logger.info(message)
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for a person: ``40 s``, ``12 min``, ``1.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
