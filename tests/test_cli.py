@@ -146,12 +146,15 @@ def test_input_errors_exit_2_with_one_line(bad_inputs, counts_file, capsys, args
     ("message", "expected"),
     [
         ('pass layer="counts" (or its name).', "pass --layer counts (or its name)."),
-        ("Pass layer= naming the layer, or layer=None for adata.X.", "Pass --layer naming the layer, or no --layer for adata.X."),
+        (
+            "Pass layer= naming the layer, or layer=None for adata.X.",
+            "Pass --layer naming the layer, or no --layer for adata.X.",
+        ),
         ("mask_var='hvg' is not a column", "--genes hvg is not a column"),
         ("or pass mask_var=None to model every gene", "or leave out --genes to model every gene"),
         ("in the genes selected by mask_var (every", "in the genes selected by --genes (every"),
         ("key_added='counts' would overwrite", "--key-added counts would overwrite"),
-        ('rank= needs method="lowrank", got method=\'auto\'', "--rank needs --method lowrank, got --method auto"),
+        ("rank= needs method=\"lowrank\", got method='auto'", "--rank needs --method lowrank, got --method auto"),
         ("max_rank=60 is above", "--max-rank 60 is above"),
         ("adata.layers['counts'] holds no molecule", "adata.layers['counts'] holds no molecule"),
     ],

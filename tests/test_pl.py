@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import matplotlib
 
@@ -291,7 +292,8 @@ def test_auto_selection_marks_what_was_written_and_compares_the_families(auto_fi
 def test_auto_selection_draws_candidates_as_points_with_readable_labels(auto_fit):
     selection = auto_fit.uns["denoised"]["selection"]["autoencoder"]
     labels = list(selection["grid"]["config"])
-    assert len(labels) == 4 and labels[0] == "h256-b32-d0.1"
+    assert len(labels) == 4
+    assert labels[0] == "h256-b32-d0.1"
     axes = scn2s.pl.selection(auto_fit, show=False)
     ax = axes[1]
     # the mean loss of each candidate as a point, no line joining the candidates
@@ -310,7 +312,7 @@ def test_auto_selection_draws_candidates_as_points_with_readable_labels(auto_fit
     renderer = figure.canvas.get_renderer()
     for axis in axes:
         boxes = [t.get_window_extent(renderer) for t in axis.get_xticklabels() if t.get_text()]
-        for left, right in zip(boxes, boxes[1:], strict=False):
+        for left, right in itertools.pairwise(boxes):
             assert left.x1 < right.x0, [t.get_text() for t in axis.get_xticklabels()]
 
 

@@ -256,7 +256,7 @@ def _draw_comparison(ax: Axes, comparison: dict, curves: dict) -> None:
 
 
 def _wrap(label: str) -> str:
-    """A candidate label on short lines, broken at its hyphens: ``h256-b32\\nd0.1\\nnoposterior``."""
+    """A candidate label on short lines, broken at its hyphens: ``h256-b32-d0.1-noposterior`` on three."""
     lines: list[str] = []
     for part in label.split("-"):
         if lines and len(lines[-1]) + 1 + len(part) <= _WRAP:

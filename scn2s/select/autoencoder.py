@@ -202,7 +202,7 @@ def fit_autoencoder(
 
     main = distributed.is_main_process()
     if progress or logger.isEnabledFor(logging.INFO):
-        seconds = _epoch_seconds(halves[0], candidates, depth_ratio=splits.depth_ratio, device=device, seed=seeds[-1])
+        seconds = _timed_pass(halves[0], candidates, depth_ratio=splits.depth_ratio, device=device, seed=seeds[-1])
         if main:
             _log_estimate(seconds, candidates, open_posterior, n_splits=used, shape=(n, halves[0][0].shape[1]))
 
@@ -320,8 +320,10 @@ def fit_autoencoder(
 
 
 def _show_epoch(bar, name: str, max_epochs: int) -> Callable[[int, float, float], None]:
-    """An ``on_epoch`` callback of :func:`~scn2s.models.autoencoder.train.train` that shows the candidate's epoch
-    and held-out loss (the lowest so far) beside the search's progress bar."""
+    """An ``on_epoch`` callback that shows a candidate's epoch and held-out loss beside the search's progress bar.
+
+    The callback of :func:`~scn2s.models.autoencoder.train.train`; the lowest held-out loss so far is shown too.
+    """
     lowest = [np.inf]
 
     def show(epoch: int, train_loss: float, heldout: float) -> None:
@@ -331,56 +333,84 @@ def _show_epoch(bar, name: str, max_epochs: int) -> Callable[[int, float, float]
     return show
 
 
-def _epoch_seconds(half, candidates: list, *, depth_ratio: float, device, seed: int) -> list[float]:
-    """Seconds of one training epoch (held-out loss included) of each candidate on all the cells of ``half``.
+def _timed_pass(half, candidates: list, *, depth_ratio: float, device, seed: int) -> list[tuple[float, float]]:
+    """Seconds of one training epoch, and of the scoring after training, of each candidate on all cells of ``half``.
 
-    Each candidate is trained for two epochs on at most :data:`_TIMED_CELLS` cells of the first split; the second
-    epoch is timed (the first pays for the start) and scaled to the number of cells. The networks are thrown away,
-    and the search's results are unchanged (training draws from its own seeded streams).
+    Each candidate is trained for two epochs on at most :data:`_TIMED_CELLS` cells of the first split and scored as
+    the search scores it (both inference modes, every shape factor); the second epoch and the scoring are timed
+    (the first epoch pays for the start) and scaled to the number of cells. The networks are thrown away, and the
+    search's results are unchanged (training and scoring draw from their own seeded streams).
     """
-    from ..models.autoencoder.train import train
+    import torch
 
-    train_part, held_part = half[0], half[1]
-    n = train_part.shape[0]
-    m = min(n, _TIMED_CELLS)
+    from ..models.autoencoder.data import CsrBatches
+    from ..models.autoencoder.train import heldout_loss, train
+
+    train_part, held_part = half[0][:_TIMED_CELLS], half[1][:_TIMED_CELLS]
+    scale = half[0].shape[0] / train_part.shape[0]
     seconds = []
     for config in candidates:
         ends: list[float] = []
-        train(
-            train_part[:m],
+
+        def timed(*_, ends=ends) -> None:
+            ends.append(time.perf_counter())
+
+        result = train(
+            train_part,
             replace(config, max_epochs=2, patience=2),
-            heldout=held_part[:m],
+            heldout=held_part,
             depth_ratio=depth_ratio,
             device=device,
             seed=seed,
-            on_epoch=lambda *_: ends.append(time.perf_counter()),
+            on_epoch=timed,
         )
-        seconds.append((ends[-1] - ends[0]) * n / m if len(ends) == 2 else 0.0)
+        start = time.perf_counter()
+        data, held = CsrBatches(train_part, device), CsrBatches(held_part, device)
+        for mode in ("full", "replicas"):
+            heldout_loss(
+                result.model,
+                data,
+                held,
+                depth_ratio,
+                mode=mode,
+                input_fraction=config.input_fraction,
+                n_replicas=config.n_replicas,
+                shape_scales=SHAPE_SCALES if config.posterior else (1.0,),
+                generator=torch.Generator(device=device).manual_seed(seed),
+            )
+        epoch = ends[-1] - ends[0] if len(ends) == 2 else 0.0
+        seconds.append((epoch * scale, (time.perf_counter() - start) * scale))
     return seconds
 
 
 def _log_estimate(
-    seconds: list[float], candidates: list, open_posterior: list[int], *, n_splits: int, shape: tuple[int, int]
+    seconds: list[tuple[float, float]],
+    candidates: list,
+    open_posterior: list[int],
+    *,
+    n_splits: int,
+    shape: tuple[int, int],
 ) -> float:
     """Log the estimated longest duration of the search (a warning above :data:`LONG_SEARCH_S`); return it.
 
-    Every training of the search runs ``max_epochs`` at most, and so does the final training on the full counts;
-    the candidate trained with its posterior switched is counted at the mean cost of the candidates it may come
-    from.
+    Every training of the search runs ``max_epochs`` at most and is then scored, and the final training on the full
+    counts runs as many epochs at most; the candidate trained with its posterior switched is counted at the mean
+    cost of the candidates it may come from.
     """
-    cost = [t * config.max_epochs for t, config in zip(seconds, candidates, strict=True)]
+    training = [epoch * config.max_epochs for (epoch, _), config in zip(seconds, candidates, strict=True)]
+    cost = [t + scoring for t, (_, scoring) in zip(training, seconds, strict=True)]
     total = sum(cost) * n_splits
     trainings = len(candidates) * n_splits
     if open_posterior:
         total += float(np.mean([cost[j] for j in open_posterior])) * n_splits
         trainings += n_splits
-    total += max(cost)  # the final training, on the full counts
+    total += max(training)  # the final training, on the full counts
     epochs = sorted({config.max_epochs for config in candidates})
     up_to = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]} to {epochs[-1]}"
     message = (
         f"autoencoder search on {shape[0]} cells x {shape[1]} genes: estimated at most {format_duration(total)} "
-        f"({trainings} trainings and the final one, of up to {up_to} epochs, at the speed of a timed epoch of each "
-        "candidate; early stopping usually ends them sooner)"
+        f"({trainings} trainings and the final one, of up to {up_to} epochs, from a timed epoch and scoring of each "
+        "candidate on a few cells; an estimate: early stopping usually ends trainings sooner)"
     )
     if total > LONG_SEARCH_S:
         logger.warning(
