@@ -417,3 +417,19 @@ def test_auto_summary_says_which_family_was_written_and_why(counts_file, workdir
     assert lines[one_split + 1].split() == ["candidate", "loss", "vs", "lowest"]
     assert "mean and sd over 3 splits" in text
     assert f"wrote out.h5ad: layers['denoised'] (denoised expected counts of the {written} model)" in text
+
+
+def test_denoise_help_states_the_measured_times_of_the_readme(capsys):
+    from pathlib import Path
+
+    from scn2s.cli._main import MEASURED_TIMES
+
+    assert main(["denoise", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"--method lowrank {MEASURED_TIMES['lowrank']}, the default auto {MEASURED_TIMES['auto']}" in help_text
+    assert "logs an estimate of its duration before it starts" in help_text
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert (
+        f"on 2 CPU cores: `--method lowrank` {MEASURED_TIMES['lowrank']}; the default `auto` {MEASURED_TIMES['auto']}"
+        in readme
+    )
