@@ -27,6 +27,9 @@ def main() -> int:
     )
     start = time.perf_counter()
     client.execute()
+    for cell in notebook.cells:  # progress bars and warnings are not part of the tutorial's outputs
+        if cell.cell_type == "code":
+            cell.outputs = [out for out in cell.outputs if not (out.output_type == "stream" and out.name == "stderr")]
     nbformat.write(notebook, NOTEBOOK)
     size = NOTEBOOK.stat().st_size
     print(f"executed {NOTEBOOK.name} in {time.perf_counter() - start:.0f} s; stored with outputs, {size / 1e6:.2f} MB")

@@ -85,7 +85,9 @@ def selection(
     if comparison is not None and not set(comparison["loss"]) <= drawn:
         comparison = None
     n_panels = len(curves) + (comparison is not None)
-    fig, axes = make_axes(n_panels, ax, panel_size=(4.8, 3.6), ncols=n_panels, sharey=True)
+    zoomed = any(_band_is_thin(curve) for curve in curves)
+    # a zoomed panel's legend goes beside it, clear of the inset: room for it
+    fig, axes = make_axes(n_panels, ax, panel_size=(7.2 if zoomed else 4.8, 3.6), ncols=n_panels, sharey=True)
     several = len(record["selection"]) > 1
     written = record.get("method")
     for i, (curve, axis) in enumerate(zip(curves, axes, strict=False)):
@@ -142,9 +144,11 @@ def _draw(ax: Axes, curve: SelectionCurve, *, written: bool, several: bool) -> N
     if several:
         title += " (written)" if written else " (not written)"
     ax.set_title(title)
-    ax.legend(handles=handles, fontsize="small", frameon=False)
-    if spread and not categorical:
-        _zoom_if_thin(ax, curve)
+    zoomed = spread and not categorical and _zoom_if_thin(ax, curve)
+    if zoomed:  # beside the panel, clear of the inset
+        ax.legend(handles=handles, fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1))
+    else:
+        ax.legend(handles=handles, fontsize="small", frameon=False)
 
 
 def _draw_spread(ax: Axes, curve: SelectionCurve, x: np.ndarray, *, categorical: bool) -> list:
@@ -174,16 +178,21 @@ def _band_label(std: np.ndarray, n_splits: int) -> str:
     return f"± 1 sd over {n_splits} splits (at most {float(np.max(std)):.2g})"
 
 
-def _band_is_thin(ax: Axes, std: np.ndarray) -> bool:
-    """Whether the widest ±1 sd band is under :data:`_THIN` of the panel's loss range."""
-    low, high = ax.get_ylim()
-    return bool(2 * np.max(std) < _THIN * (high - low))
+def _band_is_thin(curve: SelectionCurve) -> bool:
+    """Whether a numeric grid's widest ±1 sd band over several splits is under :data:`_THIN` of its loss range."""
+    if _categorical(curve) or curve.loss_per_split is None or curve.n_splits < 2:
+        return False
+    losses = np.concatenate([curve.loss_mean - curve.loss_std, curve.loss_mean + curve.loss_std])
+    return bool(2 * np.max(curve.loss_std) < _THIN * (losses.max() - losses.min()))
 
 
-def _zoom_if_thin(ax: Axes, curve: SelectionCurve) -> None:
-    """Where the band cannot be seen, an inset around the choice with each split, the band and the mean."""
-    if not _band_is_thin(ax, curve.loss_std):
-        return
+def _zoom_if_thin(ax: Axes, curve: SelectionCurve) -> bool:
+    """Where the band cannot be seen, an inset around the choice with each split, the band and the mean.
+
+    Returns whether the inset was drawn.
+    """
+    if not _band_is_thin(curve):
+        return False
     x, mean, std = np.asarray(curve.values, dtype=np.float64), curve.loss_mean, curve.loss_std
     span = max(3.0, 0.15 * (x.max() - x.min()))
     # the candidates near the choice whose loss is within a few band widths of the lowest
@@ -192,7 +201,7 @@ def _zoom_if_thin(ax: Axes, curve: SelectionCurve) -> None:
     if window.sum() < 3:
         window = around
     if window.sum() < 2:
-        return
+        return False
     inset = ax.inset_axes(_free_corner(ax, x, mean))
     for losses in curve.loss_per_split:
         inset.plot(x[window], losses[window], color=_LINE, lw=0.8, alpha=0.6)
@@ -204,6 +213,7 @@ def _zoom_if_thin(ax: Axes, curve: SelectionCurve) -> None:
     inset.tick_params(labelsize="x-small")
     inset.set_title("zoom: each split and ± 1 sd", fontsize="x-small")
     ax.indicate_inset_zoom(inset, edgecolor="0.5")
+    return True
 
 
 def _free_corner(ax: Axes, x: np.ndarray, y: np.ndarray) -> list[float]:
