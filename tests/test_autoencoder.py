@@ -436,7 +436,7 @@ def test_a_long_search_is_announced_by_a_warning(halves, caplog, monkeypatch):
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "estimated at most" in warning.getMessage()
     assert "(1 trainings and the final one, of up to 2 epochs" in warning.getMessage()
-    assert "method 'lowrank'" in warning.getMessage()
+    assert 'method="lowrank"' in warning.getMessage()
 
 
 def test_durations_read_as_a_person_would_say_them():

@@ -386,8 +386,16 @@ TINY_CONFIGS = (
 def test_auto_summary_says_which_family_was_written_and_why(counts_file, workdir, capsys, monkeypatch):
     pytest.importorskip("torch")
     monkeypatch.setattr(scn2s.select.autoencoder, "DEFAULT_CONFIGS", TINY_CONFIGS)
-    assert main(["-q", "denoise", str(counts_file), "-o", "out.h5ad", "--max-rank", "10"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    monkeypatch.setattr(scn2s.select.autoencoder, "LONG_SEARCH_S", 0.0)
+    assert main(["denoise", str(counts_file), "-o", "out.h5ad", "--max-rank", "10"]) == 0
+    captured = capsys.readouterr()
+    # before the search, its estimated duration, in the words of the command line
+    (warning,) = [line for line in captured.err.splitlines() if line.startswith("WARNING")]
+    assert "WARNING scn2s.select.autoencoder: autoencoder search on 200 cells x " in warning
+    assert "estimated at most" in warning
+    assert "The low-rank family alone (--method lowrank) takes a small fraction of that" in warning
+    assert "epoch 4/4, held-out loss" in captured.err
+    lines = captured.out.splitlines()
     record = ad.read_h5ad(workdir / "out.h5ad").uns["denoised"]
     written = record["comparison"]["chosen"]
     other = ({"lowrank", "autoencoder"} - {written}).pop()

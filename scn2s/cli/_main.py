@@ -94,6 +94,7 @@ def _package_logging(verbose: int, quiet: bool) -> Iterator[None]:
     package = logging.getLogger("scn2s")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_flag_terms)
     saved = package.level, package.propagate
     package.addHandler(handler)
     package.setLevel(level)
@@ -104,6 +105,12 @@ def _package_logging(verbose: int, quiet: bool) -> Iterator[None]:
         package.removeHandler(handler)
         package.setLevel(saved[0])
         package.propagate = saved[1]
+
+
+def _flag_terms(record: logging.LogRecord) -> bool:
+    """A log filter of the command line: the message names flags (``--method lowrank``), not Python arguments."""
+    record.msg, record.args = command_line_terms(record.getMessage()), None
+    return True
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -414,7 +414,7 @@ def _log_estimate(
     )
     if total > LONG_SEARCH_S:
         logger.warning(
-            "%s. The low-rank family alone (method 'lowrank') takes a small fraction of that; a GPU shortens it.",
+            '%s. The low-rank family alone (method="lowrank") takes a small fraction of that; a GPU shortens it.',
             message,
         )
     else:
