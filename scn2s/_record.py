@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["LOSS_LABELS", "SelectionCurve", "get_record", "selection_curves"]
+__all__ = ["LOSS_LABELS", "SelectionCurve", "candidate_names", "get_record", "selection_curves"]
 
 #: Readable names of the losses recorded in ``selection[family]["loss"]``.
 LOSS_LABELS = {"heldout_sqrt_mse": "MSE of square-root counts per entry"}
@@ -118,3 +118,34 @@ def _scalar(value):
     if isinstance(value, str):
         return value
     return int(value) if float(value).is_integer() else float(value)
+
+
+#: The training input fractions of an autoencoder candidate that its readable name leaves unsaid.
+_DEFAULT_INPUT_RANGE = (0.1, 0.9)
+
+
+def candidate_names(entry: dict) -> list[str]:
+    """Readable names of the autoencoder candidates of ``selection["autoencoder"]``, in grid order.
+
+    For example ``"256 hidden, 32 bottleneck, dropout 0.1, posterior"`` beside the label ``h256-b32-d0.1``; the
+    training input fractions are named where they differ from the default. Labels alone where the record lacks
+    the settings.
+    """
+    labels = [str(_scalar(label)) for label in np.asarray(entry["grid"]["config"])]
+    if not all(name in entry for name in ("hidden", "bottleneck", "dropout", "posterior")):
+        return labels
+    names = []
+    for i in range(len(labels)):
+        dropout = float(entry["dropout"][i])
+        parts = [
+            f"{int(entry['hidden'][i])} hidden",
+            f"{int(entry['bottleneck'][i])} bottleneck",
+            f"dropout {dropout:g}" if dropout else "no dropout",
+            "posterior" if bool(entry["posterior"][i]) else "no posterior",
+        ]
+        if "input_range" in entry:
+            low, high = (float(v) for v in np.asarray(entry["input_range"])[i])
+            if (low, high) != _DEFAULT_INPUT_RANGE:
+                parts.append(f"inputs {low:g} of the molecules" if low == high else f"inputs {low:g} to {high:g}")
+        names.append(", ".join(parts))
+    return names

@@ -294,12 +294,17 @@ def test_denoise_autoencoder_writes_layer_and_curves(halves):
     assert curve.chosen == selection["chosen"]
     assert list(curve.values) == list(selection["grid"]["config"])
     summary = selection_summary(record, key="denoised")
-    assert summary[0] == f"model: autoencoder, config {selection['chosen']} (lowest held-out loss)"
     chosen = labels.index(selection["chosen"])
+    posterior = "posterior" if selection["posterior"][chosen] else "no posterior"
+    assert summary[0] == f"written: autoencoder, {selection['chosen']} (32 hidden, {labels[chosen][5]} bottleneck, " + (
+        f"no dropout, {posterior})"
+    )
     assert summary[1].startswith("  output: posterior" if selection["posterior"][chosen] else "  output: the network")
     assert f"; {selection['epochs']} epochs" in summary[1]
     inference = {"full": "all of each cell's molecules", "replicas": "thinned replicas"}[selection["inference"]]
     assert inference in summary[1]
+    assert "one split" in summary[2]
+    assert " sd " not in summary[3]
 
 
 def test_the_record_of_chosen_candidates_writes_to_h5ad(halves, tmp_path):
@@ -383,3 +388,68 @@ def test_unknown_autoencoder_setting(halves):
         scn2s.pp.denoise(
             halves[0].copy(), method="autoencoder", autoencoder_kwds={"configs": [{"width": 3}]}, progress=False
         )
+
+
+def test_the_search_shows_each_epoch_and_logs_an_estimate_without_changing_results(halves, caplog, capsys):
+    import logging
+
+    adata, _, _ = halves
+    splits = Splits.draw(np.random.default_rng(0), 1, 0.5)
+    configs = [{**TINY, "max_epochs": 3, "patience": 3}]
+
+    def fit(progress):
+        return fit_autoencoder(
+            adata.X, splits=splits, configs=configs, device="cpu", rng=np.random.default_rng(1), progress=progress
+        )
+
+    with caplog.at_level(logging.WARNING, logger="scn2s"):
+        quiet = fit(False)
+    assert not caplog.records
+    with caplog.at_level(logging.INFO, logger="scn2s"):
+        shown = fit(True)
+    (estimate,) = [r for r in caplog.records if "estimated at most" in r.getMessage()]
+    assert estimate.levelno == logging.INFO
+    assert estimate.getMessage().startswith(f"autoencoder search on {adata.n_obs} cells x ")
+    assert "(2 trainings and the final one, of up to 3 epochs" in estimate.getMessage()
+    assert "an estimate" in estimate.getMessage()
+    # the timed pass before the search changes nothing in it
+    np.testing.assert_array_equal(shown.losses_full, quiet.losses_full)
+    np.testing.assert_array_equal(shown.best_epochs, quiet.best_epochs)
+    err = capsys.readouterr().err
+    assert "h32-b4-d0, split 1/1: epoch 3/3, held-out loss " in err
+    assert "h32-b4-d0-noposterior, split 1/1: epoch 1/3" in err
+    assert "training" in err
+
+
+def test_a_long_search_is_announced_by_a_warning(halves, caplog, monkeypatch):
+    import logging
+
+    from scn2s.autoencoder import search as autoencoder
+
+    monkeypatch.setattr(autoencoder, "LONG_SEARCH_S", 0.0)
+    adata, _, _ = halves
+    splits = Splits.draw(np.random.default_rng(0), 1, 0.5)
+    with caplog.at_level(logging.INFO, logger="scn2s"):
+        fit_autoencoder(
+            adata.X,
+            splits=splits,
+            configs=[{**TINY, "max_epochs": 2, "posterior": True}],
+            device="cpu",
+            rng=np.random.default_rng(0),
+        )
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "estimated at most" in warning.getMessage()
+    assert "(1 trainings and the final one, of up to 2 epochs" in warning.getMessage()
+    assert 'method="lowrank"' in warning.getMessage()
+
+
+def test_durations_read_as_a_person_would_say_them():
+    from scn2s.autoencoder.search import format_duration
+
+    assert [format_duration(s) for s in (40, 600, 45 * 60, 5400, 2.5 * 3600)] == [
+        "40 s",
+        "10 min",
+        "45 min",
+        "1.5 h",
+        "2.5 h",
+    ]

@@ -60,12 +60,13 @@ def test_denoise_writes_output_and_summary(counts_file, workdir, capsys):
     assert result.layers["denoised"].shape == (200, 80)
     assert result.obsm["X_denoised"].shape == (200, rank)
     assert result.varm["denoised_loadings"].shape == (80, rank)
-    assert "model: lowrank, rank" in out
+    assert "written: lowrank, rank" in out
     assert "held-out loss" in out
     assert f"{split_rank}" in out.split("<- chosen")[0].splitlines()[-1]
     assert f"rank {rank}" in out
     assert "time:" in out
-    assert "wrote out.h5ad: layers['denoised']" in out
+    assert "wrote out.h5ad: layers['denoised'] (denoised expected counts of the lowrank model)" in out
+    assert "mean and sd over 3 splits" in out
     assert "obsm['X_denoised']" in out
     assert sorted(p.name for p in workdir.iterdir()) == ["out.h5ad"]
 
@@ -104,7 +105,7 @@ def test_denoise_options_match_the_python_call(counts_file, workdir, capsys):
 
 def test_fixed_rank_summary(counts_file, workdir, capsys):
     assert main(["-q", "denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad", "--rank", "3"]) == 0
-    assert "model: lowrank, rank 3, fixed by the caller (no search)" in capsys.readouterr().out
+    assert "written: lowrank, rank 3, fixed by the caller (no search)" in capsys.readouterr().out
 
 
 @pytest.fixture
@@ -122,8 +123,12 @@ def bad_inputs(counts_file, workdir):
         (["missing.h5ad"], "input file not found: missing.h5ad"),
         (["text.h5ad"], "cannot read text.h5ad as an .h5ad file"),
         (["normalised.h5ad"], "normalised.h5ad: adata.X holds non-integer values"),
-        (["{counts}", "--layer", "raw"], "Layer 'raw' not found in adata.layers (available: 'counts', 'rates')"),
-        (["{counts}", "--genes", "selected"], "mask_var='selected' is not a column of adata.var"),
+        (
+            ["{counts}", "--layer", "raw"],
+            "Layer 'raw' not found in adata.layers (available: 'counts', 'rates'); leave out --layer for adata.X",
+        ),
+        (["{counts}", "--genes", "selected"], "--genes selected is not a column of adata.var"),
+        (["normalised.h5ad"], "If the raw counts are in a layer, pass --layer counts (or its name)"),
         (["{counts}", "--p", "1.5"], "argument --p: must be strictly between 0 and 1, got 1.5"),
         (["{counts}", "--max-rank", "ten"], "argument --max-rank: must be a positive integer, got 'ten'"),
         (["{counts}", "--method", "magic"], "argument --method: invalid choice: 'magic'"),
@@ -133,8 +138,57 @@ def bad_inputs(counts_file, workdir):
 def test_input_errors_exit_2_with_one_line(bad_inputs, counts_file, capsys, args, message):
     args = [arg.format(counts=counts_file) for arg in args]
     assert main(["denoise", *args, "-o", "out.h5ad"]) == 2
-    assert message in _error_line(capsys)
+    line = _error_line(capsys)
+    assert message in line
+    # the flags, not the Python arguments they set
+    assert not any(name in line for name in ("layer=", "mask_var", "key_added", "max_rank"))
     assert not (bad_inputs / "out.h5ad").exists()
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ('pass layer="counts" (or its name).', "pass --layer counts (or its name)."),
+        (
+            "Pass layer= naming the layer, or layer=None for adata.X.",
+            "Pass --layer naming the layer, or no --layer for adata.X.",
+        ),
+        ("mask_var='hvg' is not a column", "--genes hvg is not a column"),
+        ("or pass mask_var=None to model every gene", "or leave out --genes to model every gene"),
+        ("in the genes selected by mask_var (every", "in the genes selected by --genes (every"),
+        ("key_added='counts' would overwrite", "--key-added counts would overwrite"),
+        ("rank= needs method=\"lowrank\", got method='auto'", "--rank needs --method lowrank, got --method auto"),
+        ("max_rank=60 is above", "--max-rank 60 is above"),
+        ("adata.layers['counts'] holds no molecule", "adata.layers['counts'] holds no molecule"),
+    ],
+)
+def test_messages_name_the_flags(message, expected):
+    from scn2s.cli._terms import command_line_terms
+
+    assert command_line_terms(message) == expected
+
+
+def test_an_error_raised_while_denoising_names_the_flags(counts_file, workdir, capsys):
+    adata = ad.read_h5ad(counts_file)
+    adata.var["none"] = False
+    adata.var["first"] = np.arange(adata.n_vars) == 0
+    adata.X = sparse.csr_matrix(adata.X.shape, dtype=np.int64)
+    adata.write_h5ad(workdir / "empty.h5ad")
+    assert main(["denoise", "--method", "lowrank", "empty.h5ad", "-o", "out.h5ad", "--genes", "none"]) == 2
+    assert "--genes selects no gene; select at least one, or leave out --genes to model every gene" in _error_line(
+        capsys
+    )
+    assert main(["denoise", "--method", "lowrank", "empty.h5ad", "-o", "out.h5ad", "--genes", "first"]) == 1
+    line = _error_line(capsys)
+    assert "holds no molecule in the genes selected by --genes" in line
+    assert "Check that --layer names the raw counts" in line
+
+
+def test_demo_help_has_a_description(capsys):
+    assert main(["demo", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Simulate Poisson counts" in out
+    assert "known true rates" in out
 
 
 @pytest.mark.parametrize("argv", [[], ["denoise"], ["denoise", "in.h5ad"], ["frobnicate"]])
@@ -340,3 +394,69 @@ def test_unavailable_cuda_device_exits_2_with_one_line(counts_file, workdir, cap
     assert f"--device {device}: torch sees" in line
     assert "CUDA device" in line
     assert not (workdir / "out.h5ad").exists()
+
+
+TINY_CONFIGS = (
+    {"hidden": 32, "bottleneck": 4, "dropout": 0.0, "max_epochs": 4, "patience": 2},
+    {"hidden": 32, "bottleneck": 8, "dropout": 0.1, "max_epochs": 4, "patience": 2},
+)
+
+
+def test_auto_summary_says_which_family_was_written_and_why(counts_file, workdir, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(scn2s.autoencoder.search, "DEFAULT_CONFIGS", TINY_CONFIGS)
+    monkeypatch.setattr(scn2s.autoencoder.search, "LONG_SEARCH_S", 0.0)
+    assert main(["denoise", str(counts_file), "-o", "out.h5ad", "--max-rank", "10"]) == 0
+    captured = capsys.readouterr()
+    # before the search, its estimated duration, in the words of the command line
+    (warning,) = [line for line in captured.err.splitlines() if line.startswith("WARNING")]
+    assert "WARNING scn2s.autoencoder.search: autoencoder search on 200 cells x " in warning
+    assert "estimated at most" in warning
+    assert "The low-rank family alone (--method lowrank) takes a small fraction of that" in warning
+    assert "epoch 4/4, held-out loss" in captured.err
+    lines = captured.out.splitlines()
+    record = ad.read_h5ad(workdir / "out.h5ad").uns["denoised"]
+    written = record["comparison"]["chosen"]
+    other = ({"lowrank", "autoencoder"} - {written}).pop()
+    assert record["method"] == written
+    assert lines[1].startswith(f"  written: {written}, ")
+    assert lines[2] == "  why: the lower held-out loss of the two families, on the split both were scored on:"
+    losses = record["comparison"]["loss"]
+    rows = {line.split()[0]: line for line in lines[3:5]}
+    assert set(rows) == {"lowrank", "autoencoder"}
+    assert rows[written].split()[1] == f"{losses[written]:.6g}"
+    assert rows[written].endswith("lowest  <- written")
+    margin = 100 * (losses[other] / losses[written] - 1)
+    assert f"{losses[other]:.6g}" in rows[other]
+    assert f"{margin:+.2f}%" in rows[other]
+    assert rows[other].endswith("not written")
+    text = "\n".join(lines)
+    assert f"  {written} (written): " in text
+    assert f"  {other} (best of its family, not written): " in text
+    # the chosen marker only in the written family's table, the other family's best named as such
+    assert text.count("<- chosen") == 1
+    assert text.count("<- best of its family") == 1
+    # readable candidate names beside the labels; no sd column for the autoencoder's single split
+    assert "h32-b4-d0 " in text
+    assert "32 hidden, 4 bottleneck, no dropout, posterior" in text
+    assert "32 hidden, 8 bottleneck, dropout 0.1, posterior" in text
+    one_split = lines.index("    held-out loss (MSE of square-root counts per entry; one split):")
+    assert lines[one_split + 1].split() == ["candidate", "loss", "vs", "lowest"]
+    assert "mean and sd over 3 splits" in text
+    assert f"wrote out.h5ad: layers['denoised'] (denoised expected counts of the {written} model)" in text
+
+
+def test_denoise_help_states_the_measured_times_of_the_readme(capsys):
+    from pathlib import Path
+
+    from scn2s.cli._main import MEASURED_TIMES
+
+    assert main(["denoise", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"--method lowrank {MEASURED_TIMES['lowrank']}, the default auto {MEASURED_TIMES['auto']}" in help_text
+    assert "logs an estimate of its duration before it starts" in help_text
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert (
+        f"on 2 CPU cores: `--method lowrank` {MEASURED_TIMES['lowrank']}; the default `auto` {MEASURED_TIMES['auto']}"
+        in readme
+    )

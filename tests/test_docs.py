@@ -150,3 +150,41 @@ def test_modules_log_through_their_own_logger(path):
         names.remove("'scn2s'")  # the package logger, which the command line gives a handler while it runs
     assert set(names) <= {"__name__"}, names
     assert not uses_logger or names == ["__name__"]
+
+
+def test_the_readme_table_of_outputs_names_every_record_key():
+    readme = (ROOT / "README.md").read_text()
+    small = simulate(80, 30, rng=0)
+    keys = set()
+    for kwargs in ({"autoencoder_kwds": {"configs": [TINY_AE]}}, {"method": "lowrank", "output": "factors"}):
+        fitted = scn2s.pp.denoise(small, lowrank_kwds={"max_rank": 5}, progress=False, copy=True, **kwargs)
+        keys |= set(fitted.uns["denoised"])
+    missing = [
+        key for key in sorted(keys) if f'`adata.uns["denoised"]["{key}"]' not in readme and f'`["{key}"]`' not in readme
+    ]
+    assert not missing, f"README's table of outputs lacks {missing}"
+
+
+def _readme_block(language: str, containing: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(rf"```{language}\n(.*?)```", readme, flags=re.DOTALL)
+    (block,) = [block for block in blocks if containing in block]
+    return block
+
+
+@pytest.mark.data
+def test_the_readme_command_line_example_with_a_layer_runs_as_written(data_file, tmp_path, monkeypatch, capsys):
+    """The README's preparation in scanpy, then its ``--layer counts --genes highly_variable`` command."""
+    import shlex
+
+    data = data_file("pbmc3k_10x_hg19.h5ad").parent
+    monkeypatch.chdir(tmp_path)
+    prepare = _readme_block("python", "pbmc3k_prepared.h5ad").replace("../shared/data/", f"{data}/")
+    exec(compile(prepare, "README.md", "exec"), {})
+    (command,) = [line for line in _readme_block("bash", "--layer counts").splitlines() if line.strip()]
+    argv = shlex.split(command)
+    assert argv[0] == "scn2s"
+    assert main(["-q", *argv[1:]]) == 0
+    out = capsys.readouterr().out
+    assert "counts in adata.layers['counts'], modelled: genes in var['highly_variable']" in out
+    assert "written: lowrank, rank" in out

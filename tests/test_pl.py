@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import matplotlib
 
@@ -119,11 +120,13 @@ def test_selection_draws_each_family_on_a_shared_loss_axis(denoised):
     assert isinstance(axes, list)
     assert len(axes) == 2
     assert [ax.get_xlabel() for ax in axes] == ["rank", "bandwidth"]
-    assert [ax.get_title() for ax in axes] == ["lowrank (chosen)", "smoother"]
+    assert [ax.get_title() for ax in axes] == ["lowrank (written)", "smoother (not written)"]
     assert axes[0].get_shared_y_axes().joined(axes[0], axes[1])
     (chosen,) = _line_through(axes[1], [1.0], [0.7])
     assert chosen.get_marker() == "o"
-    assert "chosen: bandwidth 1" in [t.get_text() for t in axes[1].get_legend().get_texts()]
+    # "chosen" only for the family written; the other's best is the best of its family
+    assert "best of its family: bandwidth 1" in [t.get_text() for t in axes[1].get_legend().get_texts()]
+    assert not any("chosen" in t.get_text() for t in axes[1].get_legend().get_texts())
     only = scn2s.pl.selection(_two_families(denoised), families="smoother", show=False)
     assert isinstance(only, Axes)
 
@@ -238,3 +241,100 @@ def test_genes_errors(denoised):
         scn2s.pl.genes(denoised, "gene_1", key="smooth", show=False)
     with pytest.raises(ValueError, match="genes is empty"):
         scn2s.pl.genes(denoised, [], show=False)
+
+
+@pytest.fixture(scope="module")
+def auto_fit():
+    pytest.importorskip("torch")
+    adata = simulate(200, 60, n_types=3, rank=2, depth=600, rng=3)
+    configs = [
+        {"hidden": h, "bottleneck": b, "dropout": d, "max_epochs": 2, "patience": 1}
+        for h, b, d in ((256, 32, 0.1), (128, 16, 0.0), (512, 64, 0.2))
+    ]
+    scn2s.pp.denoise(adata, autoencoder_kwds={"configs": configs}, lowrank_kwds={"max_rank": 10}, progress=False)
+    return adata
+
+
+def _legend_texts(ax: Axes) -> list[str]:
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_auto_selection_marks_what_was_written_and_compares_the_families(auto_fit):
+    record = auto_fit.uns["denoised"]
+    written = record["comparison"]["chosen"]
+    other = ({"lowrank", "autoencoder"} - {written}).pop()
+    axes = scn2s.pl.selection(auto_fit, show=False)
+    assert len(axes) == 3
+    titles = {"lowrank": axes[0].get_title(), "autoencoder": axes[1].get_title()}
+    assert titles[written] == f"{written} (written)"
+    assert titles[other] == f"{other} (not written)"
+    panel = {"lowrank": axes[0], "autoencoder": axes[1]}
+    assert any(text.startswith("chosen") for text in _legend_texts(panel[written]))
+    assert not any("chosen" in text for text in _legend_texts(panel[other]))
+    assert any(text.startswith("best of its family: ") for text in _legend_texts(panel[other]))
+    for ax in axes:
+        assert not any("1 splits" in text for text in _legend_texts(ax))
+    # the comparison: each family's best on the shared split, the written one in the choice colour
+    comparison = axes[2]
+    assert comparison.get_shared_y_axes().joined(comparison, axes[0])
+    losses = record["comparison"]["loss"]
+    for i, family in enumerate(["lowrank", "autoencoder"]):
+        (point,) = _line_through(comparison, [i], [losses[family]])
+        assert point.get_marker() == "o"
+        expected = "C3" if family == written else "0.45"
+        assert matplotlib.colors.same_color(point.get_color(), expected)
+    texts = _legend_texts(comparison)
+    assert texts[["lowrank", "autoencoder"].index(written)] == f"written: {written}, {losses[written]:.5g}"
+    margin = 100 * (losses[other] / losses[written] - 1)
+    assert f"best of its family: {other}, {losses[other]:.5g} ({margin:+.2f}%)" in texts
+
+
+def test_auto_selection_draws_candidates_as_points_with_readable_labels(auto_fit):
+    selection = auto_fit.uns["denoised"]["selection"]["autoencoder"]
+    labels = list(selection["grid"]["config"])
+    assert len(labels) == 4
+    assert labels[0] == "h256-b32-d0.1"
+    axes = scn2s.pl.selection(auto_fit, show=False)
+    ax = axes[1]
+    # the mean loss of each candidate as a point, no line joining the candidates
+    (means,) = _line_through(ax, np.arange(4), selection["loss_mean"])
+    assert means.get_linestyle() == "None"
+    assert means.get_marker() == "o"
+    assert all(line.get_linestyle() == "None" for line in ax.get_lines() if len(line.get_xdata()) > 1)
+    assert "held-out loss (one split)" in _legend_texts(ax)
+    ticks = ax.get_xticklabels()
+    assert [t.get_text().replace("\n", "-") for t in ticks] == labels
+    assert ticks[0].get_text() == "h256-b32\nd0.1"
+    assert ticks[3].get_text().split("\n")[1:] == [labels[3].split("-")[2], "noposterior"]
+    # no two tick labels overlap, on any panel
+    figure = ax.figure
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    for axis in axes:
+        boxes = [t.get_window_extent(renderer) for t in axis.get_xticklabels() if t.get_text()]
+        for left, right in itertools.pairwise(boxes):
+            assert left.x1 < right.x0, [t.get_text() for t in axis.get_xticklabels()]
+
+
+def test_selection_zooms_on_a_band_too_thin_to_see(denoised):
+    record = denoised.uns["denoised"]["selection"]["lowrank"]
+    mean = record["loss_mean"]
+    offsets = 1e-4 * (mean.max() - mean.min()) * np.array([[-1.0], [0.0], [1.0]])
+    thin = _with_selection(denoised, loss_per_split=mean + offsets, loss_std=np.abs(offsets).max() * np.ones_like(mean))
+    ax = scn2s.pl.selection(thin, show=False)
+    (inset,) = ax.child_axes
+    chosen = int(record["split_rank"])
+    rank = record["grid"]["rank"]
+    window = np.abs(rank - chosen) <= 3
+    shown = [line for line in inset.get_lines() if len(line.get_xdata()) > 1]
+    assert len(shown) == 4  # each split and the mean
+    assert all(set(line.get_xdata()) <= set(rank[window]) for line in shown)
+    assert chosen in shown[0].get_xdata()
+    assert [c for c in inset.collections if isinstance(c, PolyCollection)]
+    # the legend's entries for the splits and the band are drawn to be seen, and say how wide the band is
+    handles = dict(zip(_legend_texts(ax), ax.get_legend().legend_handles, strict=True))
+    assert handles["each split"].get_alpha() >= 0.7
+    (band,) = [text for text in handles if text.startswith("± 1 sd over 3 splits (at most ")]
+    assert handles[band].get_alpha() >= 0.4
+    wide = _with_selection(denoised, loss_std=0.2 * (mean.max() - mean.min()) * np.ones_like(mean))
+    assert scn2s.pl.selection(wide, show=False).child_axes == []

@@ -7,7 +7,8 @@ The interface is that of :mod:`scn2s.select.family`: :class:`AutoencoderOptions`
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
@@ -71,6 +72,13 @@ class AutoencoderOptions:
     def from_kwds(cls, kwds: Mapping | None) -> AutoencoderOptions:
         """The options of an ``autoencoder_kwds`` mapping (``None``: the defaults); unknown keys raise."""
         return options_from(cls, kwds, "autoencoder_kwds")
+
+
+LONG_SEARCH_S = 300.0
+"""An autoencoder search estimated to take longer than this (seconds, at most) is announced by a warning."""
+
+_TIMED_CELLS = 512
+"""Cells of the timed pass that estimates the search's duration."""
 
 
 def make_configs(configs: Sequence[Mapping] | None, **overrides):
@@ -348,12 +356,17 @@ def fit_autoencoder(
     used = min(n_splits, len(splits))
     seeds = [int(s) for s in rng.integers(2**31, size=used + 1)]
     halves = []
+    main = distributed.is_main_process()
     for i in range(used):
         train_half, heldout_half = splits.get(i, counts)
         genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
         # held-out molecules of genes absent from the training half are predicted as zero
         unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
         halves.append(TrainingHalf(train_half[:, genes], heldout_half[:, genes], len(genes) / g, unseen / (n * g)))
+    if progress or logger.isEnabledFor(logging.INFO):
+        seconds = _timed_pass(halves[0], candidates, depth_ratio=splits.depth_ratio, device=device, seed=seeds[-1])
+        if main:
+            _log_estimate(seconds, candidates, open_posterior, n_splits=used, shape=(n, halves[0][0].shape[1]))
 
     def score(config) -> list[SplitScore]:
         """Train ``config`` on each split's training half.
@@ -365,7 +378,14 @@ def fit_autoencoder(
         out = []
         for i, (train_part, held_part, scale, unseen) in enumerate(halves):
             result = train(
-                train_part, config, heldout=held_part, depth_ratio=splits.depth_ratio, device=device, seed=seeds[i]
+                train_part,
+                config,
+                heldout=held_part,
+                depth_ratio=splits.depth_ratio,
+                device=device,
+                seed=seeds[i],
+                progress=progress and main,
+                on_epoch=_show_epoch(bar, f"{config_label(config)}, split {i + 1}/{used}", config.max_epochs),
             )
             data, held = CsrBatches(train_part, device), CsrBatches(held_part, device)
             by_mode = []
@@ -391,7 +411,7 @@ def fit_autoencoder(
     bar = tqdm(
         total=used * (len(candidates) + bool(open_posterior)),
         desc="autoencoder search",
-        disable=not progress or not distributed.is_main_process(),
+        disable=not progress or not main,
     )
 
     def stacked(name: str) -> np.ndarray:
@@ -438,7 +458,7 @@ def fit_autoencoder(
         epochs=epochs,
         device=device,
         seed=seeds[-1],
-        progress=progress and distributed.is_main_process(),
+        progress=progress and main,
     )
     return AutoencoderSelection(
         configs=candidates,
@@ -482,3 +502,115 @@ def select(
         rng=rng,
         progress=progress,
     )
+
+
+def _show_epoch(bar, name: str, max_epochs: int) -> Callable[[int, float, float], None]:
+    """An ``on_epoch`` callback that shows a candidate's epoch and held-out loss beside the search's progress bar.
+
+    The callback of :func:`~scn2s.autoencoder.train.train`; the lowest held-out loss so far is shown too.
+    """
+    lowest = [np.inf]
+
+    def show(epoch: int, train_loss: float, heldout: float) -> None:
+        lowest[0] = min(lowest[0], heldout)
+        bar.set_postfix_str(f"{name}: epoch {epoch}/{max_epochs}, held-out loss {heldout:.6g} (lowest {lowest[0]:.6g})")
+
+    return show
+
+
+def _timed_pass(half, candidates: list, *, depth_ratio: float, device, seed: int) -> list[tuple[float, float]]:
+    """Seconds of one training epoch, and of the scoring after training, of each candidate on all cells of ``half``.
+
+    Each candidate is trained for two epochs on at most :data:`_TIMED_CELLS` cells of the first split and scored as
+    the search scores it (both inference modes, every shape factor); the second epoch and the scoring are timed
+    (the first epoch pays for the start) and scaled to the number of cells. The networks are thrown away, and the
+    search's results are unchanged (training and scoring draw from their own seeded streams).
+    """
+    import torch
+
+    from .data import CsrBatches
+    from .train import heldout_loss, train
+
+    train_part, held_part = half[0][:_TIMED_CELLS], half[1][:_TIMED_CELLS]
+    scale = half[0].shape[0] / train_part.shape[0]
+    seconds = []
+    for config in candidates:
+        ends: list[float] = []
+
+        def timed(*_, ends=ends) -> None:
+            ends.append(time.perf_counter())
+
+        result = train(
+            train_part,
+            replace(config, max_epochs=2, patience=2),
+            heldout=held_part,
+            depth_ratio=depth_ratio,
+            device=device,
+            seed=seed,
+            on_epoch=timed,
+        )
+        start = time.perf_counter()
+        data, held = CsrBatches(train_part, device), CsrBatches(held_part, device)
+        for mode in ("full", "replicas"):
+            heldout_loss(
+                result.model,
+                data,
+                held,
+                depth_ratio,
+                mode=mode,
+                input_fraction=config.input_fraction,
+                n_replicas=config.n_replicas,
+                shape_scales=SHAPE_SCALES if config.posterior else (1.0,),
+                generator=torch.Generator(device=device).manual_seed(seed),
+            )
+        epoch = ends[-1] - ends[0] if len(ends) == 2 else 0.0
+        seconds.append((epoch * scale, (time.perf_counter() - start) * scale))
+    return seconds
+
+
+def _log_estimate(
+    seconds: list[tuple[float, float]],
+    candidates: list,
+    open_posterior: list[int],
+    *,
+    n_splits: int,
+    shape: tuple[int, int],
+) -> float:
+    """Log the estimated longest duration of the search (a warning above :data:`LONG_SEARCH_S`); return it.
+
+    Every training of the search runs ``max_epochs`` at most and is then scored, and the final training on the full
+    counts runs as many epochs at most; the candidate trained with its posterior switched is counted at the mean
+    cost of the candidates it may come from.
+    """
+    training = [epoch * config.max_epochs for (epoch, _), config in zip(seconds, candidates, strict=True)]
+    cost = [t + scoring for t, (_, scoring) in zip(training, seconds, strict=True)]
+    total = sum(cost) * n_splits
+    trainings = len(candidates) * n_splits
+    if open_posterior:
+        total += float(np.mean([cost[j] for j in open_posterior])) * n_splits
+        trainings += n_splits
+    total += max(training)  # the final training, on the full counts
+    epochs = sorted({config.max_epochs for config in candidates})
+    up_to = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]} to {epochs[-1]}"
+    message = (
+        f"autoencoder search on {shape[0]} cells x {shape[1]} genes: estimated at most {format_duration(total)} "
+        f"({trainings} trainings and the final one, of up to {up_to} epochs, from a timed epoch and scoring of each "
+        "candidate on a few cells; an estimate: early stopping usually ends trainings sooner)"
+    )
+    if total > LONG_SEARCH_S:
+        logger.warning(
+            '%s. The low-rank family alone (method="lowrank") takes a small fraction of that; a GPU shortens it.',
+            message,
+        )
+    else:
+        logger.info(message)
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for a person: ``40 s``, ``12 min``, ``1.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
