@@ -109,8 +109,9 @@ def denoise(args: argparse.Namespace) -> int:
     if args.output == "layer":
         sd = f", layers['{key}_sd'] (their posterior standard deviations)" if f"{key}_sd" in adata.layers else ""
         print(
-            f"  wrote {args.out}: layers[{key!r}] (denoised expected counts of the {record['method']} model){sd}, obsm['X_{key}'] (the cells' "
-            f"embedding, for sc.pp.neighbors(use_rep='X_{key}')), uns[{key!r}] (the selection record)"
+            f"  wrote {args.out}: layers[{key!r}] (denoised expected counts of the {record['method']} model){sd}, "
+            f"obsm['X_{key}'] (the cells' embedding, for sc.pp.neighbors(use_rep='X_{key}')), uns[{key!r}] (the "
+            "selection record)"
         )
     else:
         print(
