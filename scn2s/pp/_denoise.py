@@ -331,6 +331,7 @@ def denoise(
                 device=device,
                 rng=autoencoder_rng,
                 progress=progress,
+                timings=timings,
             )
     comparison = compare_families(fits["lowrank"], fits["autoencoder"]) if method == "auto" else None
     family = comparison["chosen"] if comparison else method

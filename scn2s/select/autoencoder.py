@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
@@ -10,6 +11,7 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from .._timing import Timings
 from .splits import Splits
 
 __all__ = ["DEFAULT_CONFIGS", "SHAPE_SCALES", "AutoencoderSelection", "fit_autoencoder", "make_configs"]
@@ -133,6 +135,7 @@ def fit_autoencoder(
     device: str | None = None,
     rng: np.random.Generator,
     progress: bool = False,
+    timings: Timings | None = None,
 ) -> AutoencoderSelection:
     """Choose autoencoder hyperparameters by held-out molecules and train the choice on the full counts.
 
@@ -164,6 +167,11 @@ def fit_autoencoder(
         Seeds of the networks.
     progress
         Show progress bars.
+    timings
+        Where the seconds of the search's steps are added: per candidate (its label ``L``)
+        ``autoencoder.L.steps`` (optimiser steps), ``autoencoder.L.heldout`` (held-out evaluations during
+        training) and ``autoencoder.L.scoring`` (the inference modes and shape factors), and ``autoencoder.refit``
+        (the chosen candidate on the full counts).
 
     Notes
     -----
@@ -178,6 +186,7 @@ def fit_autoencoder(
     from ..models.autoencoder.train import heldout_loss, resolve_device, train
 
     device = resolve_device(device)
+    timings = Timings() if timings is None else timings
     candidates = make_configs(configs)
     # the candidates that leave ``posterior`` to its default: the best of them is also tried with it switched
     raw = DEFAULT_CONFIGS if configs is None else configs
@@ -200,11 +209,15 @@ def fit_autoencoder(
         the held-out and training curves.
         """
         scales = SHAPE_SCALES if config.posterior else (1.0,)
+        name = f"autoencoder.{config_label(config)}"
         out = []
         for i, (train_part, held_part, scale, unseen) in enumerate(halves):
             result = train(
                 train_part, config, heldout=held_part, depth_ratio=splits.depth_ratio, device=device, seed=seeds[i]
             )
+            timings.add(f"{name}.steps", result.step_seconds)
+            timings.add(f"{name}.heldout", result.heldout_seconds)
+            began = time.perf_counter()
             data, held = CsrBatches(train_part, device), CsrBatches(held_part, device)
             by_mode = []
             for mode in ("full", "replicas"):
@@ -220,6 +233,7 @@ def fit_autoencoder(
                     generator=torch.Generator(device=device).manual_seed(seeds[i]),
                 )
                 by_mode.append(np.broadcast_to(losses * scale + unseen, len(SHAPE_SCALES)))
+            timings.add(f"{name}.scoring", time.perf_counter() - began)
             logger.debug("split %d %s: epoch %d, loss %.6g", i, config_label(config), result.best_epoch, by_mode[0][0])
             curve = np.asarray(result.heldout_loss) * scale + unseen
             out.append((*by_mode, result.best_epoch, curve, result.train_loss))
@@ -286,14 +300,15 @@ def fit_autoencoder(
         selection.shape_scale,
     )
     selection.genes = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
-    final = train(
-        counts[:, selection.genes],
-        config,
-        epochs=selection.epochs,
-        device=device,
-        seed=seeds[-1],
-        progress=progress and distributed.is_main_process(),
-    )
+    with timings.step("autoencoder.refit"):
+        final = train(
+            counts[:, selection.genes],
+            config,
+            epochs=selection.epochs,
+            device=device,
+            seed=seeds[-1],
+            progress=progress and distributed.is_main_process(),
+        )
     selection.model = final.model
     selection.batch_size = final.batch_size
     return selection

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -86,6 +87,8 @@ class TrainResult:
     train_loss: list[float] = field(default_factory=list)
     heldout_loss: list[float] = field(default_factory=list)
     batch_size: int = 0
+    step_seconds: float = 0.0  # wall time of the optimiser steps (with the batches' thinning)
+    heldout_seconds: float = 0.0  # wall time of the held-out evaluations (with the copies of the best state)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -316,14 +319,18 @@ def train(
         best_loss, best_state, stale = np.inf, None, 0
         show = progress and distributed.is_main_process()
         for epoch in tqdm(range(1, n_epochs + 1), desc="training", disable=not show, leave=False):
+            began = time.perf_counter()
             train_loss = _run_epoch(network, optimiser, data, order_rng, generator, config, result)
+            result.step_seconds += time.perf_counter() - began
             loss = np.nan
             if held is not None:
+                began = time.perf_counter()
                 loss = heldout_loss(model, data, held, depth_ratio, generator=generator)
                 if loss < best_loss:
                     best_loss, best_state, stale, result.best_epoch = loss, copy.deepcopy(model.state_dict()), 0, epoch
                 else:
                     stale += 1
+                result.heldout_seconds += time.perf_counter() - began
             result.train_loss.append(train_loss)
             result.heldout_loss.append(loss)
             if on_epoch is not None:
