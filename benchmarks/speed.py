@@ -27,7 +27,11 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SCORES = (("heldout_sqrt_loss", "held-out loss", ".5f"), ("poisson_nll", "Poisson NLL", ".4f"), ("mse_cp10k", "MSE", ".2f"))
+SCORES = (
+    ("heldout_sqrt_loss", "held-out loss", ".5f"),
+    ("poisson_nll", "Poisson NLL", ".4f"),
+    ("mse_cp10k", "MSE", ".2f"),
+)
 
 
 def worker(task_name: str, seed: int, data_dir: Path, out: Path) -> None:
@@ -98,11 +102,14 @@ def main() -> None:
     for task in args.tasks:
         for seed in args.seeds:
             for tree in args.trees:
-                entry = run(tree, task, seed, args.data_dir, args.threads) | {"task": task, "seed": seed, "tree": str(tree)}
+                entry = run(tree, task, seed, args.data_dir, args.threads) | {
+                    "task": task,
+                    "seed": seed,
+                    "tree": str(tree),
+                }
                 results.append(entry)
                 scores = " | ".join(
-                    format(entry["scores"][k], f) if entry["scores"].get(k) is not None else ""
-                    for k, _, f in SCORES
+                    format(entry["scores"][k], f) if entry["scores"].get(k) is not None else "" for k, _, f in SCORES
                 )
                 print(
                     f"| {task} | {seed} | {tree} | {entry['seconds']:.1f} | {entry['family']} "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
@@ -179,11 +178,8 @@ def fit_autoencoder(
     with the same counts, splits and ``rng`` state: each training is shared between the ranks, the held-out
     molecules are the same on every rank (checked), and so are the losses, the choice and the final network.
     """
-    import torch
-
     from ..models.autoencoder import distributed
-    from ..models.autoencoder.data import CsrBatches
-    from ..models.autoencoder.train import heldout_loss, resolve_device, train
+    from ..models.autoencoder.train import resolve_device, train
 
     device = resolve_device(device)
     timings = Timings() if timings is None else timings
@@ -191,107 +187,29 @@ def fit_autoencoder(
     # the candidates that leave ``posterior`` to its default: the best of them is also tried with it switched
     raw = DEFAULT_CONFIGS if configs is None else configs
     open_posterior = [j for j, config in enumerate(raw) if "posterior" not in config]
-    n, g = counts.shape
     used = min(n_splits, len(splits))
     seeds = [int(s) for s in rng.integers(2**31, size=used + 1)]
-    halves = []
-    for i in range(used):
-        train_half, heldout_half = splits.get(i, counts)
-        genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
-        # held-out molecules of genes absent from the training half are predicted as zero
-        unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
-        halves.append((train_half[:, genes], heldout_half[:, genes], len(genes) / g, unseen / (n * g)))
-
-    def score(config) -> list[tuple[np.ndarray, np.ndarray, int, np.ndarray, list[float]]]:
-        """Train ``config`` on each split's training half.
-
-        Per split: the held-out loss with full and with replica inference (one a shape scale), the best epoch, and
-        the held-out and training curves.
-        """
-        scales = SHAPE_SCALES if config.posterior else (1.0,)
-        name = f"autoencoder.{config_label(config)}"
-        out = []
-        for i, (train_part, held_part, scale, unseen) in enumerate(halves):
-            result = train(
-                train_part, config, heldout=held_part, depth_ratio=splits.depth_ratio, device=device, seed=seeds[i]
-            )
-            timings.add(f"{name}.steps", result.step_seconds)
-            timings.add(f"{name}.heldout", result.heldout_seconds)
-            began = time.perf_counter()
-            data, held = CsrBatches(train_part, device), CsrBatches(held_part, device)
-            by_mode = []
-            for mode in ("full", "replicas"):
-                losses = heldout_loss(
-                    result.model,
-                    data,
-                    held,
-                    splits.depth_ratio,
-                    mode=mode,
-                    input_fraction=config.input_fraction,
-                    n_replicas=config.n_replicas,
-                    shape_scales=scales,
-                    generator=torch.Generator(device=device).manual_seed(seeds[i]),
-                )
-                by_mode.append(np.broadcast_to(losses * scale + unseen, len(SHAPE_SCALES)))
-            timings.add(f"{name}.scoring", time.perf_counter() - began)
-            logger.debug("split %d %s: epoch %d, loss %.6g", i, config_label(config), result.best_epoch, by_mode[0][0])
-            curve = np.asarray(result.heldout_loss) * scale + unseen
-            out.append((*by_mode, result.best_epoch, curve, result.train_loss))
-            bar.update()
-        return out
-
+    halves = [_Half.of(splits, i, counts, device) for i in range(used)]
     bar = tqdm(
         total=used * (len(candidates) + bool(open_posterior)),
         desc="autoencoder search",
         disable=not progress or not distributed.is_main_process(),
     )
-
-    def stacked(k: int) -> np.ndarray:
-        """Field ``k`` of every score as a ``(splits, candidates, ...)`` array."""
-        return np.array([[split[k] for split in per] for per in scores]).swapaxes(0, 1)
-
-    def by_scale() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Losses by inference mode and shape scale, each mode's and candidate's best scale, the losses there.
-
-        ``(2, splits, candidates, scales)``; ``(2, candidates)``, the scale of lowest mean loss over the splits;
-        ``(2, splits, candidates)``.
-        """
-        losses = np.stack([stacked(0), stacked(1)])
-        index = np.argmin(losses.mean(axis=1), axis=-1)
-        return losses, index, np.take_along_axis(losses, index[:, None, :, None], axis=-1)[..., 0]
-
-    scores = [score(config) for config in candidates]
+    race = [[half.trainer(config, seeds[i]) for i, half in enumerate(halves)] for config in candidates]
+    _race(race)
+    scores = [_score(config, runs, halves, timings, bar) for config, runs in zip(candidates, race, strict=True)]
     if open_posterior:
-        mean_loss = by_scale()[2].min(axis=0).mean(axis=0)[open_posterior]
-        best = candidates[open_posterior[int(np.argmin(mean_loss))]]
-        switched = replace(best, posterior=not best.posterior)
+        leader = open_posterior[int(np.argmin([scores[j].mean_loss for j in open_posterior]))]
+        switched = replace(candidates[leader], posterior=not candidates[leader].posterior)
         if switched not in candidates:
+            runs = [half.trainer(switched, seeds[i]) for i, half in enumerate(halves)]
+            _race([runs], leader=race[leader])
             candidates.append(switched)
-            scores.append(score(switched))
+            scores.append(_score(switched, runs, halves, timings, bar))
     bar.close()
-    losses_by_scale, scale_index, (full, replicas) = by_scale()
-    best_epochs = stacked(2)
-    heldout_curves = [[per[i][3] for per in scores] for i in range(used)]
-    train_curves = [[np.asarray(per[i][4]) for per in scores] for i in range(used)]
-    selection = AutoencoderSelection(
-        configs=candidates,
-        losses_full=full,
-        losses_replicas=replicas,
-        best_epochs=best_epochs.astype(int),
-        shape_scales=np.array(SHAPE_SCALES),
-        losses_by_scale=losses_by_scale,
-        heldout_curves=heldout_curves,
-        train_curves=train_curves,
-        device=str(device),
-        seed=seeds[-1],
-        world_size=distributed.world_size(),
-    )
-    selection.best = int(np.argmin(selection.loss_mean))
-    selection.mode = "replicas" if replicas[:, selection.best].mean() < full[:, selection.best].mean() else "full"
+    selection = _selection(candidates, scores)
+    selection.device, selection.seed, selection.world_size = str(device), seeds[-1], distributed.world_size()
     config = candidates[selection.best]
-    if config.posterior:
-        selection.shape_scale = float(SHAPE_SCALES[scale_index[int(selection.mode == "replicas"), selection.best]])
-    selection.epochs = max(1, int(np.round(best_epochs[:, selection.best].mean())))
     logger.info(
         "autoencoder %s chosen: %d epochs, %s inference, shape scale %g",
         config_label(config),
@@ -311,4 +229,175 @@ def fit_autoencoder(
         )
     selection.model = final.model
     selection.batch_size = final.batch_size
+    return selection
+
+
+RUNG_EPOCHS = 8
+"""Epochs of the first rung of the race between candidates (:func:`fit_autoencoder`); each later rung is twice."""
+
+
+@dataclass
+class _Half:
+    """One split's training and held-out halves, of the genes with a training molecule, on the device."""
+
+    train: object  # CsrBatches
+    heldout: object  # CsrBatches
+    train_counts: sparse.csr_matrix
+    heldout_counts: sparse.csr_matrix
+    depth_ratio: float
+    gene_share: float  # modelled genes / all genes: the loss is per entry of the full matrix
+    unseen: float  # held-out molecules of genes absent from the training half (predicted as zero), per entry
+
+    @classmethod
+    def of(cls, splits: Splits, i: int, counts: sparse.csr_matrix, device) -> _Half:
+        from ..models.autoencoder.data import CsrBatches
+
+        n, g = counts.shape
+        train_half, heldout_half = splits.get(i, counts)
+        genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
+        unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
+        train_half, heldout_half = train_half[:, genes], heldout_half[:, genes]
+        return cls(
+            CsrBatches(train_half, device),
+            CsrBatches(heldout_half, device),
+            train_half,
+            heldout_half,
+            splits.depth_ratio,
+            len(genes) / g,
+            unseen / (n * g),
+        )
+
+    def trainer(self, config, seed: int):
+        """A :class:`~scn2s.models.autoencoder.train.Trainer` of ``config`` on this half."""
+        from ..models.autoencoder.train import Trainer
+
+        return Trainer(
+            self.train_counts,
+            config,
+            heldout=self.heldout_counts,
+            depth_ratio=self.depth_ratio,
+            device=self.train.device,
+            seed=seed,
+            batches=(self.train, self.heldout),
+        )
+
+    def loss(self, values):
+        """Per-entry losses of the modelled genes as losses per entry of all genes."""
+        return np.asarray(values) * self.gene_share + self.unseen
+
+
+def _race(race: list[list], leader: list | None = None) -> None:
+    """Train the candidates in turns and stop those that cannot catch the leader (successive halving).
+
+    ``race[j][i]``: the trainer of candidate ``j`` on split ``i``. Every running candidate trains to the end of a
+    rung (:data:`RUNG_EPOCHS`, then twice as many epochs each rung); then, by the lowest held-out loss so far (mean
+    over the splits), the better half of the candidates (rounded up) goes on, among them any that has already
+    stopped early, and the others stop. The last one runs to its early stop. With ``leader`` (the held-out curves,
+    per split, of a candidate trained before), each candidate is stopped at a rung end as soon as its loss so far is
+    above the leader's at the same epoch.
+    """
+    alive = list(range(len(race)))
+    end = RUNG_EPOCHS
+    while True:
+        for j in alive:
+            for trainer in race[j]:
+                trainer.advance(end - trainer.epoch)
+        running = [j for j in alive if not all(trainer.stopped for trainer in race[j])]
+        if not running:
+            return
+        best = {j: np.mean([trainer.best_loss for trainer in race[j]]) for j in alive}
+        if leader is not None:
+            reference = np.mean([np.nanmin(trainer.result.heldout_loss[:end]) for trainer in leader])
+            if all(best[j] > reference for j in running):
+                return
+        elif len(running) == 1:
+            alive = running
+            end = max(trainer.config.max_epochs for trainer in race[alive[0]])
+            continue
+        else:
+            alive = sorted(alive, key=best.get)[: (len(alive) + 1) // 2]
+            if not any(j in running for j in alive):
+                return
+        end *= 2
+
+
+@dataclass
+class _Score:
+    """One candidate's trainings on the splits, scored on the held-out molecules."""
+
+    by_mode: np.ndarray  # (2 inference modes, splits, shape scales): full input, thinned replicas
+    best_epochs: np.ndarray  # (splits,)
+    heldout_curves: list[np.ndarray]  # per split, per epoch
+    train_curves: list[np.ndarray]
+    models: list
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean over the splits of the held-out loss in the better inference mode, each mode at its best scale."""
+        index = np.argmin(self.by_mode.mean(axis=1), axis=-1)
+        return float(self.by_mode[[0, 1], :, index].min(axis=0).mean())
+
+
+def _score(config, runs: list, halves: list[_Half], timings: Timings, bar) -> _Score:
+    """Each split's network at its best epoch, scored by inference mode and shape scale on its held-out half."""
+    import torch
+
+    from ..models.autoencoder.train import heldout_loss
+
+    name = f"autoencoder.{config_label(config)}"
+    scales = SHAPE_SCALES if config.posterior else (1.0,)
+    by_mode = np.zeros((2, len(halves), len(SHAPE_SCALES)))
+    results = []
+    for i, (trainer, half) in enumerate(zip(runs, halves, strict=True)):
+        result = trainer.finish()
+        results.append(result)
+        timings.add(f"{name}.steps", result.step_seconds)
+        timings.add(f"{name}.heldout", result.heldout_seconds)
+        with timings.step(f"{name}.scoring"):
+            for k, mode in enumerate(("full", "replicas")):
+                losses = heldout_loss(
+                    result.model,
+                    half.train,
+                    half.heldout,
+                    half.depth_ratio,
+                    mode=mode,
+                    input_fraction=config.input_fraction,
+                    n_replicas=config.n_replicas,
+                    shape_scales=scales,
+                    generator=torch.Generator(device=half.train.device).manual_seed(trainer.seed),
+                )
+                by_mode[k, i] = half.loss(losses)
+        logger.debug("split %d %s: epoch %d, loss %.6g", i, config_label(config), result.best_epoch, by_mode[0, i, 0])
+        bar.update()
+    return _Score(
+        by_mode=by_mode,
+        best_epochs=np.array([result.best_epoch for result in results]),
+        heldout_curves=[half.loss(result.heldout_loss) for result, half in zip(results, halves, strict=True)],
+        train_curves=[np.asarray(result.train_loss) for result in results],
+        models=[result.model for result in results],
+    )
+
+
+def _selection(candidates: list, scores: list[_Score]) -> AutoencoderSelection:
+    """The candidate, inference mode and shape scale of lowest mean held-out loss, and its mean best epoch."""
+    losses_by_scale = np.stack([score.by_mode for score in scores], axis=2)  # (modes, splits, candidates, scales)
+    scale_index = np.argmin(losses_by_scale.mean(axis=1), axis=-1)  # (modes, candidates)
+    full, replicas = np.take_along_axis(losses_by_scale, scale_index[:, None, :, None], axis=-1)[..., 0]
+    best_epochs = np.stack([score.best_epochs for score in scores], axis=1)
+    n_splits = len(scores[0].heldout_curves)
+    selection = AutoencoderSelection(
+        configs=candidates,
+        losses_full=full,
+        losses_replicas=replicas,
+        best_epochs=best_epochs.astype(int),
+        shape_scales=np.array(SHAPE_SCALES),
+        losses_by_scale=losses_by_scale,
+        heldout_curves=[[score.heldout_curves[i] for score in scores] for i in range(n_splits)],
+        train_curves=[[score.train_curves[i] for score in scores] for i in range(n_splits)],
+    )
+    selection.best = int(np.argmin(selection.loss_mean))
+    selection.mode = "replicas" if replicas[:, selection.best].mean() < full[:, selection.best].mean() else "full"
+    if candidates[selection.best].posterior:
+        selection.shape_scale = float(SHAPE_SCALES[scale_index[int(selection.mode == "replicas"), selection.best]])
+    selection.epochs = max(1, int(np.round(best_epochs[:, selection.best].mean())))
     return selection
