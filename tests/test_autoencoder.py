@@ -13,7 +13,7 @@ from scn2s.cli._report import selection_summary
 from scn2s.datasets import simulate
 from scn2s.loss import sqrt_poisson_mean
 from scn2s.models.autoencoder import train as train_module
-from scn2s.models.autoencoder.data import CsrBatches, input_transform
+from scn2s.models.autoencoder.data import CsrBatches, Staging, input_transform
 from scn2s.models.autoencoder.module import CountAutoencoder
 from scn2s.models.autoencoder.train import (
     TrainConfig,
@@ -443,3 +443,18 @@ def test_the_search_stops_candidates_that_cannot_catch_the_leader(halves):
     assert selection["loss_mean"].shape == (3,)
     timings = adata.uns["denoised"]["timings"]
     assert {"autoencoder.h32-b4-d0.steps", "autoencoder.h32-b4-d0.heldout", "autoencoder.refit"} <= set(timings)
+
+
+def test_staging_gathers_through_reused_buffers():
+    """The entries of each batch go through the same host buffers in turns; what was returned is a copy."""
+    staging = Staging(torch.device("cpu"))
+    sources = (torch.arange(10, dtype=torch.int64) * 3, torch.arange(10, dtype=torch.float32) / 2)
+    indices = [torch.tensor([3, 1, 4]), torch.tensor([1, 5]), torch.tensor([9, 2, 6, 5, 3, 5, 8, 9]), torch.tensor([0])]
+    returned, buffers = [], []
+    for index in indices:
+        returned.append(staging.gather(sources, index))
+        buffers.append([buffer.data_ptr() for buffer in staging._buffers[(staging._turn - 1) % 2]])
+    for index, out in zip(indices, returned, strict=True):
+        for source, gathered in zip(sources, out, strict=True):
+            torch.testing.assert_close(gathered, source[index], rtol=0, atol=0)
+    assert buffers[3] == buffers[1]  # small enough for the buffers of the second batch: reused
