@@ -3,9 +3,9 @@
 Each run is a fresh process (``--trees``: the checkouts whose ``scn2s`` is imported, by path; the first is the
 reference). Tasks: ``pbmc1k`` and ``zheng`` as in ``benchmarks/peers.py`` (scored with its scores: held-out loss,
 Poisson NLL, noise-corrected MSE), and ``simN`` (``scn2s.datasets.simulate(N, 2000)``, scored against the truth).
-Runs of the checkouts alternate, seed by seed, so that the load of the machine falls on all of them alike.
-Prints one row per run (seconds, the choice, the scores, the breakdown of ``uns["denoised"]["timings"]``) and
-the medians per task and checkout, with the ratio of times to the first checkout.
+The checkouts run at the same time, seed by seed, so that the load of the machine falls on all of them alike.
+Prints one row per run (wall and CPU seconds, the choice, the scores, the breakdown of
+``uns["denoised"]["timings"]``) and the medians per task and checkout, with the ratios of times to the first.
 
 Run from the repository root (needs the ``benchmarks`` extra)::
 
@@ -70,15 +70,28 @@ def worker(task_name: str, seed: int, data_dir: Path, out: Path) -> None:
     out.write_text(json.dumps(entry))
 
 
-def run(tree: Path, task: str, seed: int, data_dir: Path, threads: int | None) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
-    if threads:
-        env |= {"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+def run(trees: list[Path], task: str, seed: int, data_dir: Path, threads: int | None) -> list[dict]:
+    """One run per checkout, all at once (the load falls on all alike); each entry with its process's CPU seconds."""
     with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "out.json"
-        command = [sys.executable, __file__, "--worker", task, str(seed), str(data_dir), str(out)]
-        subprocess.run(command, env=env, check=True)
-        return json.loads(out.read_text())
+        running = {}
+        for k, tree in enumerate(trees):
+            env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
+            if threads:
+                env |= {"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            out = Path(scratch) / f"{k}.json"
+            command = [sys.executable, __file__, "--worker", task, str(seed), str(data_dir), str(out)]
+            running[subprocess.Popen(command, env=env).pid] = (k, out)
+        entries = [None] * len(trees)
+        while running:
+            pid, status, usage = os.wait4(-1, 0)
+            if pid not in running:
+                continue
+            k, out = running.pop(pid)
+            if status != 0:
+                msg = f"the run of {trees[k]} on {task} (seed {seed}) failed"
+                raise RuntimeError(msg)
+            entries[k] = json.loads(out.read_text()) | {"cpu_seconds": usage.ru_utime + usage.ru_stime}
+        return entries
 
 
 def breakdown(timings: dict) -> str:
@@ -101,35 +114,34 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}", flush=True)
     for task in args.tasks:
         for seed in args.seeds:
-            for tree in args.trees:
-                entry = run(tree, task, seed, args.data_dir, args.threads) | {
-                    "task": task,
-                    "seed": seed,
-                    "tree": str(tree),
-                }
+            for tree, entry in zip(args.trees, run(args.trees, task, seed, args.data_dir, args.threads), strict=True):
+                entry |= {"task": task, "seed": seed, "tree": str(tree)}
                 results.append(entry)
                 scores = " | ".join(
                     format(entry["scores"][k], f) if entry["scores"].get(k) is not None else "" for k, _, f in SCORES
                 )
                 print(
-                    f"| {task} | {seed} | {tree} | {entry['seconds']:.1f} | {entry['family']} "
-                    f"{entry['best_params']} | {scores} | {breakdown(entry['timings'])} |",
+                    f"| {task} | {seed} | {tree} | {entry['seconds']:.1f} | {entry['cpu_seconds']:.1f} | "
+                    f"{entry['family']} {entry['best_params']} | {scores} | {breakdown(entry['timings'])} |",
                     flush=True,
                 )
     print(f"load average after: {os.getloadavg()}")
-    print("\n| task | checkout | seconds (median) | time / first | " + " | ".join(s[1] for s in SCORES) + " |")
-    print("|---|---|---:|---:|" + "---:|" * len(SCORES))
+    header = "| task | checkout | seconds (median) | time / first | CPU seconds (median) | CPU / first | "
+    print("\n" + header + " | ".join(s[1] for s in SCORES) + " |")
+    print("|---|---|---:|---:|---:|---:|" + "---:|" * len(SCORES))
     for task in args.tasks:
         reference = None
         for tree in args.trees:
             runs = [r for r in results if r["task"] == task and r["tree"] == str(tree)]
             seconds = float(np.median([r["seconds"] for r in runs]))
-            reference = seconds if reference is None else reference
+            cpu = float(np.median([r["cpu_seconds"] for r in runs]))
+            reference = (seconds, cpu) if reference is None else reference
             medians = []
             for key, _, fmt in SCORES:
                 values = [r["scores"].get(key) for r in runs if r["scores"].get(key) is not None]
                 medians.append(format(float(np.median(values)), fmt) if values else "")
-            print(f"| {task} | {tree} | {seconds:.1f} | {seconds / reference:.3f} | " + " | ".join(medians) + " |")
+            ratios = f"{seconds:.1f} | {seconds / reference[0]:.3f} | {cpu:.1f} | {cpu / reference[1]:.3f}"
+            print(f"| {task} | {tree} | {ratios} | " + " | ".join(medians) + " |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
