@@ -135,6 +135,7 @@ def fit_autoencoder(
     rng: np.random.Generator,
     progress: bool = False,
     timings: Timings | None = None,
+    refit: bool = True,
 ) -> AutoencoderSelection:
     """Choose autoencoder hyperparameters by held-out molecules and train the choice on the full counts.
 
@@ -166,6 +167,9 @@ def fit_autoencoder(
         Seeds of the networks.
     progress
         Show progress bars.
+    refit
+        Train the choice afresh on the full counts; ``False``: keep the network the first split trained (on its
+        training half) where it models the same genes, and save that training.
     timings
         Where the seconds of the search's steps are added: per candidate (its label ``L``)
         ``autoencoder.L.steps`` (optimiser steps), ``autoencoder.L.heldout`` (held-out evaluations during
@@ -218,6 +222,9 @@ def fit_autoencoder(
         selection.shape_scale,
     )
     selection.genes = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
+    if not refit and np.array_equal(halves[0].genes, selection.genes):
+        selection.model, selection.batch_size = scores[selection.best].models[0], config.batch_size
+        return selection
     with timings.step("autoencoder.refit"):
         final = train(
             counts[:, selection.genes],
@@ -246,6 +253,7 @@ class _Half:
     heldout_counts: sparse.csr_matrix
     depth_ratio: float
     gene_share: float  # modelled genes / all genes: the loss is per entry of the full matrix
+    genes: np.ndarray  # the genes of the training half with a molecule
     unseen: float  # held-out molecules of genes absent from the training half (predicted as zero), per entry
 
     @classmethod
@@ -264,6 +272,7 @@ class _Half:
             heldout_half,
             splits.depth_ratio,
             len(genes) / g,
+            genes,
             unseen / (n * g),
         )
 
