@@ -141,13 +141,17 @@ def fit_autoencoder(
 
     For each of the first ``n_splits`` splits and each candidate, a network is trained across the molecules
     of the training half (:func:`scn2s.models.autoencoder.train.train`) with early stopping on the held-out
-    half, which it never sees as input or target. The candidate, its number of epochs and its inference mode
+    half, which it never sees as input or target. The candidates train in turns, and those that cannot catch the
+    leader stop early (successive halving: after :data:`RUNG_EPOCHS` epochs, then after twice as many, and so on,
+    only the better half by held-out loss so far goes on; the last one trains to its early stop); a stopped
+    candidate is scored at its best epoch so far. The candidate, its number of epochs and its inference mode
     (all molecules as input, or the average over thinned replicas at ``input_fraction``) are chosen by
     the held-out loss of :mod:`scn2s.loss`, the same loss and molecules that score the low-rank family. The
     best of the candidates that leave ``posterior`` unset (every default candidate) is also trained with the
     posterior switched off (on, if it was off), and that variant competes on the same held-out molecules: the
     posterior helps where cells vary gene by gene beyond what the code explains, and costs a little where they do
-    not. The choice is then trained on the full counts for the chosen number of epochs.
+    not; it stops at the first rung where its held-out loss so far is above that candidate's at the same epoch.
+    The choice is then trained on the full counts for the chosen number of epochs.
 
     Parameters
     ----------
