@@ -13,7 +13,7 @@ from scn2s.cli._report import selection_summary
 from scn2s.datasets import simulate
 from scn2s.loss import sqrt_poisson_mean
 from scn2s.models.autoencoder import train as train_module
-from scn2s.models.autoencoder.data import CsrBatches, Staging, input_transform
+from scn2s.models.autoencoder.data import CsrBatches, Staging, input_transform, thin
 from scn2s.models.autoencoder.module import CountAutoencoder
 from scn2s.models.autoencoder.train import (
     TrainConfig,
@@ -458,3 +458,13 @@ def test_staging_gathers_through_reused_buffers():
         for source, gathered in zip(sources, out, strict=True):
             torch.testing.assert_close(gathered, source[index], rtol=0, atol=0)
     assert buffers[3] == buffers[1]  # small enough for the buffers of the second batch: reused
+
+
+def test_thin_draws_the_non_zero_counts_only():
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.poisson(torch.full((200, 300), 0.7), generator=generator)
+    kept, rest = thin(counts, 0.3, generator)
+    assert torch.equal(kept + rest, counts)
+    assert bool(torch.all(kept >= 0))
+    assert bool(torch.all(rest >= 0))
+    assert float(kept.sum() / counts.sum()) == pytest.approx(0.3, abs=0.02)

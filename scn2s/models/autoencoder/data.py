@@ -122,9 +122,14 @@ class Staging:
 
 
 def thin(counts: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Binomial thinning of a dense count tensor: ``(input, target)`` with ``input ~ Binomial(counts, fraction)``."""
-    probs = torch.full_like(counts, fraction)
-    kept = torch.binomial(counts, probs, generator=generator)
+    """Binomial thinning of a dense count tensor: ``(input, target)`` with ``input ~ Binomial(counts, fraction)``.
+
+    Only the non-zero counts are drawn (a zero stays zero), so the cost follows the non-zeros.
+    """
+    nonzero = counts.nonzero(as_tuple=True)
+    values = counts[nonzero]
+    kept = torch.zeros_like(counts)
+    kept[nonzero] = torch.binomial(values, torch.full_like(values, fraction), generator=generator)
     return kept, counts - kept
 
 
