@@ -201,7 +201,8 @@ def denoise(
         ``p``, ``n_splits`` and ``seed``; ``comparison`` (``method="auto"``: each family's held-out loss on the shared
         splits and the choice); ``version``; ``versions`` (``python``, ``scn2s``, ``numpy``, ``scipy`` and ``anndata``);
         ``elapsed_seconds``; ``timings`` (seconds per step: ``read``, ``split``, ``selection``, ``fit``,
-        ``autoencoder``, ``output``, those that ran, and the autoencoder search's, see
+        ``autoencoder``, ``output``, those that ran, and the autoencoder search's: ``autoencoder.refit`` and per
+        candidate ``autoencoder.<label>.steps``, ``.heldout`` and ``.scoring``, see
         :func:`~scn2s.select.fit_autoencoder`); ``output`` (``"layer"`` or ``"factors"``); with
         ``output="factors"``, ``factors`` (``family``: ``"lowrank"``, ``rank`` and ``target_sum``, the normalisation
         target). :func:`scn2s.pl.selection` plots ``selection``.
