@@ -35,6 +35,10 @@ class Timings:
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
             logger.debug("end %s (%.3f s)", name, elapsed, extra={"step": name, "phase": "end"})
 
+    def add(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` measured elsewhere to step ``name``."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
     def as_dict(self) -> dict[str, float]:
         """A copy of the accumulated seconds per step."""
         return dict(self.seconds)

@@ -12,10 +12,10 @@ import scn2s
 from scn2s._record import selection_curves
 from scn2s.autoencoder import fit_autoencoder
 from scn2s.autoencoder import train as train_module
-from scn2s.autoencoder.data import CsrBatches, input_transform
+from scn2s.autoencoder.data import CsrBatches, Staging, input_transform, thin
 from scn2s.autoencoder.module import CountAutoencoder
-from scn2s.autoencoder.search import SHAPE_SCALES, config_label
-from scn2s.autoencoder.train import TrainConfig, heldout_loss, predict_rates, sqrt_poisson_mean_torch, train
+from scn2s.autoencoder.search import RUNG_EPOCHS, SHAPE_SCALES, config_label
+from scn2s.autoencoder.train import TrainConfig, Trainer, heldout_loss, predict_rates, sqrt_poisson_mean_torch, train
 from scn2s.cli._report import selection_summary
 from scn2s.datasets import simulate
 from scn2s.loss import sqrt_poisson_mean
@@ -453,3 +453,85 @@ def test_durations_read_as_a_person_would_say_them():
         "1.5 h",
         "2.5 h",
     ]
+
+
+def test_a_trainer_advanced_in_turns_trains_the_network_of_train(halves):
+    """Advanced a few epochs at a time, with another trainer's epochs in between, the network is train()'s."""
+    _, train_half, heldout = halves
+    config = TrainConfig(**{**TINY, "dropout": 0.2})
+    whole = train(train_half, config, heldout=heldout, seed=3)
+    trainer = Trainer(train_half, config, heldout=heldout, seed=3)
+    other = Trainer(train_half, TrainConfig(**{**TINY, "dropout": 0.3}), heldout=heldout, seed=4)
+    while not trainer.stopped:
+        trainer.advance(3)
+        other.advance(2)
+    turns = trainer.finish()
+    assert turns.best_epoch == whole.best_epoch
+    np.testing.assert_array_equal(turns.heldout_loss, whole.heldout_loss)
+    for a, b in zip(turns.model.parameters(), whole.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_an_epoch_of_a_large_data_set_is_part_of_a_pass(halves):
+    """With more cells than ``epoch_cells``, an epoch is that many cells, and the next goes on through the pass;
+    early stopping scores a fixed subset of ``heldout_cells`` cells."""
+    _, train_half, heldout = halves
+    config = TrainConfig(**{**TINY, "epoch_cells": 128, "heldout_cells": 100, "max_epochs": 5, "patience": 10})
+    trainer = Trainer(train_half, config, heldout=heldout, seed=0)
+    passes = [trainer._cells() for _ in range(7)]  # 300 cells: 128 + 128 + (44 of this pass, 84 of the next) ...
+    assert all(len(cells) == 128 for cells in passes)
+    first = np.concatenate(passes)[:300]
+    np.testing.assert_array_equal(np.sort(first), np.arange(300))
+    assert len(trainer._heldout_rows) == 100
+    trainer = Trainer(train_half, config, heldout=heldout, seed=0)
+    trainer.advance(1)
+    rows = trainer._heldout_rows
+    model = trainer.result.model
+    expected = heldout_loss(model, CsrBatches(train_half, "cpu"), CsrBatches(heldout, "cpu"), 1.0, rows=rows)
+    assert trainer.result.heldout_loss == [expected]
+
+
+def test_the_search_stops_candidates_that_cannot_catch_the_leader(halves):
+    """Successive halving: a candidate that barely learns is stopped at the end of the first rung; the leader
+    trains to its early stop, and the held-out loss of every candidate is in the record."""
+    adata = halves[0].copy()
+    good = {**TINY, "max_epochs": 40, "patience": 5, "posterior": True}
+    slow = {**good, "patience": 100, "learning_rate": 1e-6}
+    configs = [good, {**slow, "hidden": 16}, {**slow, "hidden": 24}]
+    scn2s.pp.denoise(adata, method="autoencoder", autoencoder_kwds={"configs": configs}, progress=False)
+    selection = adata.uns["denoised"]["selection"]["autoencoder"]
+    curves = selection["heldout_curves"]
+    lengths = [len(curves[label]["split_0"]) for label in ("h32-b4-d0", "h16-b4-d0", "h24-b4-d0")]
+    assert selection["chosen"] == "h32-b4-d0"
+    # three run the first rung, two the second (twice as long), the leader to its early stop
+    assert sorted(lengths[1:]) == [RUNG_EPOCHS, 2 * RUNG_EPOCHS]
+    assert lengths[0] == len(curves["h32-b4-d0"]["split_0"]) > RUNG_EPOCHS
+    assert selection["best_epochs"][0, 0] == lengths[0] - 5 or lengths[0] == 40
+    assert selection["loss_mean"].shape == (3,)
+    timings = adata.uns["denoised"]["timings"]
+    assert {"autoencoder.h32-b4-d0.steps", "autoencoder.h32-b4-d0.heldout", "autoencoder.refit"} <= set(timings)
+
+
+def test_staging_gathers_through_reused_buffers():
+    """The entries of each batch go through the same host buffers in turns; what was returned is a copy."""
+    staging = Staging(torch.device("cpu"))
+    sources = (torch.arange(10, dtype=torch.int64) * 3, torch.arange(10, dtype=torch.float32) / 2)
+    indices = [torch.tensor([3, 1, 4]), torch.tensor([1, 5]), torch.tensor([9, 2, 6, 5, 3, 5, 8, 9]), torch.tensor([0])]
+    returned, buffers = [], []
+    for index in indices:
+        returned.append(staging.gather(sources, index))
+        buffers.append([buffer.data_ptr() for buffer in staging._buffers[(staging._turn - 1) % 2]])
+    for index, out in zip(indices, returned, strict=True):
+        for source, gathered in zip(sources, out, strict=True):
+            torch.testing.assert_close(gathered, source[index], rtol=0, atol=0)
+    assert buffers[3] == buffers[1]  # small enough for the buffers of the second batch: reused
+
+
+def test_thin_draws_the_non_zero_counts_only():
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.poisson(torch.full((200, 300), 0.7), generator=generator)
+    kept, rest = thin(counts, 0.3, generator)
+    assert torch.equal(kept + rest, counts)
+    assert bool(torch.all(kept >= 0))
+    assert bool(torch.all(rest >= 0))
+    assert float(kept.sum() / counts.sum()) == pytest.approx(0.3, abs=0.02)

@@ -14,7 +14,7 @@ import scn2s
 from scn2s.cli import main
 from scn2s.datasets import simulate
 
-DATA_DEPENDENT = re.compile(r"h\d+-b\d+-d[\d.]+(-noposterior)?|split_\d+")
+DATA_DEPENDENT = re.compile(r"(autoencoder\.)?h\d+-b\d+-d[\d.]+(-noposterior)?(\.(steps|heldout|scoring))?|split_\d+")
 TINY_AE = {"hidden": 16, "bottleneck": 4, "max_epochs": 3, "patience": 2}
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,14 +8,16 @@ import numpy as np
 import torch
 from scipy import sparse
 
-__all__ = ["CsrBatches", "input_transform", "thin"]
+__all__ = ["CsrBatches", "Staging", "input_transform", "thin"]
 
 
 class CsrBatches:
     """Rows of a CSR count matrix as dense minibatches on a device.
 
-    The matrix stays sparse on the host; each batch is gathered from CSR, moved (pinned, non-blocking on
-    CUDA) and densified on the device. Nothing is copied per epoch beyond the batches themselves.
+    The matrix stays sparse on the host; each batch's stored entries are gathered from CSR into reused host
+    buffers (:class:`Staging`; pinned on CUDA, so that the copy to the device is asynchronous and overlaps the
+    device's work on the batch before), moved and densified on the device. Nothing is copied per epoch beyond the
+    batches themselves.
 
     Parameters
     ----------
@@ -29,12 +31,10 @@ class CsrBatches:
         counts = sparse.csr_matrix(counts)
         self.shape = counts.shape
         self.device = torch.device(device)
-        pin = self.device.type == "cuda"
         self._indptr = torch.from_numpy(counts.indptr.astype(np.int64))
         self._indices = torch.from_numpy(counts.indices.astype(np.int64))
         self._data = torch.from_numpy(counts.data.astype(np.float32))
-        if pin:
-            self._indices, self._data = self._indices.pin_memory(), self._data.pin_memory()
+        self._staging = Staging(self.device)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -72,11 +72,9 @@ class CsrBatches:
         # positions of every stored entry of the selected rows
         offsets = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths)
         flat = torch.arange(total) + offsets
-        row_ids = torch.repeat_interleave(torch.arange(len(rows)), lengths)
-        non_blocking = self.device.type == "cuda"
-        cols = self._indices[flat].to(self.device, non_blocking=non_blocking)
-        vals = self._data[flat].to(self.device, non_blocking=non_blocking)
-        return row_ids.to(self.device, non_blocking=non_blocking), cols, vals
+        cols, vals = self._staging.gather((self._indices, self._data), flat)
+        row_ids = torch.repeat_interleave(torch.arange(len(rows), device=self.device), lengths.to(self.device))
+        return row_ids, cols, vals
 
     def batches(self, batch_size: int, *, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
         """Yield row indices of consecutive batches over all rows, in ``order`` (default: as stored)."""
@@ -85,10 +83,53 @@ class CsrBatches:
             yield order[start : start + batch_size]
 
 
+class Staging:
+    """Reused host buffers through which gathered entries go to the device.
+
+    :meth:`gather` takes the entries at ``index`` of host arrays into a buffer (pinned on CUDA, grown as needed and
+    reused), and copies them to the device, asynchronously on CUDA: the host gathers the next batch while the
+    device still works on this one. The buffers are used in turns (``n_buffers`` sets of them); before a set is
+    refilled, the copy out of it is waited for. On the CPU the same path runs with plain buffers and a copy.
+    """
+
+    def __init__(self, device: torch.device, n_buffers: int = 2) -> None:
+        self.device = torch.device(device)
+        self._cuda = self.device.type == "cuda"
+        self._buffers: list[list[torch.Tensor]] = [[] for _ in range(n_buffers)]
+        self._copied: list = [None] * n_buffers  # CUDA events: the copies out of each set are done
+        self._turn = 0
+
+    def gather(self, sources: tuple[torch.Tensor, ...], index: torch.Tensor) -> list[torch.Tensor]:
+        """``[source[index] for source in sources]``, on the device."""
+        turn = self._turn
+        self._turn = (turn + 1) % len(self._buffers)
+        if self._copied[turn] is not None:
+            self._copied[turn].synchronize()
+        buffers, n, out = self._buffers[turn], len(index), []
+        for k, source in enumerate(sources):
+            if k == len(buffers) or buffers[k].numel() < n or buffers[k].dtype != source.dtype:
+                size = max(n, 2 * buffers[k].numel() if k < len(buffers) else n)
+                with torch.inference_mode(False):  # a normal tensor: refilled in and out of inference mode
+                    buffer = torch.empty(size, dtype=source.dtype, pin_memory=self._cuda)
+                buffers[k : k + 1] = [buffer]
+            staged = buffers[k][:n]
+            torch.index_select(source, 0, index, out=staged)
+            out.append(staged.to(self.device, non_blocking=self._cuda, copy=True))
+        if self._cuda:
+            self._copied[turn] = torch.cuda.Event()
+            self._copied[turn].record()
+        return out
+
+
 def thin(counts: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Binomial thinning of a dense count tensor: ``(input, target)`` with ``input ~ Binomial(counts, fraction)``."""
-    probs = torch.full_like(counts, fraction)
-    kept = torch.binomial(counts, probs, generator=generator)
+    """Binomial thinning of a dense count tensor: ``(input, target)`` with ``input ~ Binomial(counts, fraction)``.
+
+    Only the non-zero counts are drawn (a zero stays zero), so the cost follows the non-zeros.
+    """
+    nonzero = counts.nonzero(as_tuple=True)
+    values = counts[nonzero]
+    kept = torch.zeros_like(counts)
+    kept[nonzero] = torch.binomial(values, torch.full_like(values, fraction), generator=generator)
     return kept, counts - kept
 
 

@@ -10,12 +10,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import NamedTuple
 
 import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from .._timing import Timings
 from .._validate import check_integer
 from ..select.family import options_from
 from ..select.splits import Splits
@@ -112,25 +112,6 @@ def config_label(config) -> str:
         low, high = config.input_bounds
         label += f"-f{low:g}" if config.input_range is None else f"-f{low:g}:{high:g}"
     return label if config.posterior else f"{label}-noposterior"
-
-
-class TrainingHalf(NamedTuple):
-    """One split's halves on the genes with training molecules, as the candidates train and are scored on them."""
-
-    train: sparse.csr_matrix
-    heldout: sparse.csr_matrix
-    gene_fraction: float  # the share of the genes kept, which rescales the losses to all genes
-    unseen: float  # the loss of the held-out molecules of the other genes, predicted as zero, per entry
-
-
-class SplitScore(NamedTuple):
-    """One candidate trained on one split's training half, scored on its held-out half."""
-
-    full: np.ndarray  # held-out loss with full-input inference, per shape scale (len(SHAPE_SCALES))
-    replicas: np.ndarray  # held-out loss with thinned-replica inference, per shape scale
-    best_epoch: int
-    heldout_curve: np.ndarray  # per epoch
-    train_curve: list[float]  # per epoch
 
 
 @dataclass(frozen=True)
@@ -303,18 +284,24 @@ def fit_autoencoder(
     device: str | None = None,
     rng: np.random.Generator,
     progress: bool = False,
+    timings: Timings | None = None,
+    refit: bool = True,
 ) -> AutoencoderSelection:
     """Choose autoencoder hyperparameters by held-out molecules and train the choice on the full counts.
 
     For each of the first ``n_splits`` splits and each candidate, a network is trained across the molecules
     of the training half (:func:`scn2s.autoencoder.train.train`) with early stopping on the held-out
-    half, which it never sees as input or target. The candidate, its number of epochs and its inference mode
+    half, which it never sees as input or target. The candidates train in turns, and those that cannot catch the
+    leader stop early (successive halving: after :data:`RUNG_EPOCHS` epochs, then after twice as many, and so on,
+    only the better half by held-out loss so far goes on; the last one trains to its early stop); a stopped
+    candidate is scored at its best epoch so far. The candidate, its number of epochs and its inference mode
     (all molecules as input, or the average over thinned replicas at ``input_fraction``) are chosen by
     the held-out loss of :mod:`scn2s.loss`, the same loss and molecules that score the low-rank family. The
     best of the candidates that leave ``posterior`` unset (every default candidate) is also trained with the
     posterior switched off (on, if it was off), and that variant competes on the same held-out molecules: the
     posterior helps where cells vary gene by gene beyond what the code explains, and costs a little where they do
-    not. The choice is then trained on the full counts for the chosen number of epochs.
+    not; it stops at the first rung where its held-out loss so far is above that candidate's at the same epoch.
+    The choice is then trained on the full counts for the chosen number of epochs.
 
     Parameters
     ----------
@@ -334,6 +321,14 @@ def fit_autoencoder(
         Seeds of the networks.
     progress
         Show progress bars.
+    refit
+        Train the choice afresh on the full counts; ``False``: keep the network the first split trained (on its
+        training half) where it models the same genes, and save that training.
+    timings
+        Where the seconds of the search's steps are added: per candidate (its label ``L``)
+        ``autoencoder.L.steps`` (optimiser steps), ``autoencoder.L.heldout`` (held-out evaluations during
+        training) and ``autoencoder.L.scoring`` (the inference modes and shape factors), and ``autoencoder.refit``
+        (the chosen candidate on the full counts).
 
     Notes
     -----
@@ -341,144 +336,79 @@ def fit_autoencoder(
     with the same counts, splits and ``rng`` state: each training is shared between the ranks, the held-out
     molecules are the same on every rank (checked), and so are the losses, the choice and the final network.
     """
-    import torch
-
     from . import distributed
-    from .data import CsrBatches
-    from .train import heldout_loss, resolve_device, train
+    from .train import resolve_device, train
 
     device = resolve_device(device)
+    timings = Timings() if timings is None else timings
     candidates = make_configs(configs)
     # the candidates that leave ``posterior`` to its default: the best of them is also tried with it switched
     raw = DEFAULT_CONFIGS if configs is None else configs
     open_posterior = [j for j, config in enumerate(raw) if "posterior" not in config]
-    n, g = counts.shape
     used = min(n_splits, len(splits))
     seeds = [int(s) for s in rng.integers(2**31, size=used + 1)]
-    halves = []
+    halves = [_Half.of(splits, i, counts, device) for i in range(used)]
     main = distributed.is_main_process()
-    for i in range(used):
-        train_half, heldout_half = splits.get(i, counts)
-        genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
-        # held-out molecules of genes absent from the training half are predicted as zero
-        unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
-        halves.append(TrainingHalf(train_half[:, genes], heldout_half[:, genes], len(genes) / g, unseen / (n * g)))
     if progress or logger.isEnabledFor(logging.INFO):
         seconds = _timed_pass(halves[0], candidates, depth_ratio=splits.depth_ratio, device=device, seed=seeds[-1])
         if main:
-            _log_estimate(seconds, candidates, open_posterior, n_splits=used, shape=(n, halves[0][0].shape[1]))
-
-    def score(config) -> list[SplitScore]:
-        """Train ``config`` on each split's training half.
-
-        Per split: the held-out loss with full and with replica inference (one a shape scale), the best epoch, and
-        the held-out and training curves.
-        """
-        scales = SHAPE_SCALES if config.posterior else (1.0,)
-        out = []
-        for i, (train_part, held_part, scale, unseen) in enumerate(halves):
-            result = train(
-                train_part,
-                config,
-                heldout=held_part,
-                depth_ratio=splits.depth_ratio,
-                device=device,
-                seed=seeds[i],
-                progress=progress and main,
-                on_epoch=_show_epoch(bar, f"{config_label(config)}, split {i + 1}/{used}", config.max_epochs),
-            )
-            data, held = CsrBatches(train_part, device), CsrBatches(held_part, device)
-            by_mode = []
-            for mode in ("full", "replicas"):
-                losses = heldout_loss(
-                    result.model,
-                    data,
-                    held,
-                    splits.depth_ratio,
-                    mode=mode,
-                    input_fraction=config.input_fraction,
-                    n_replicas=config.n_replicas,
-                    shape_scales=scales,
-                    generator=torch.Generator(device=device).manual_seed(seeds[i]),
-                )
-                by_mode.append(np.broadcast_to(losses * scale + unseen, len(SHAPE_SCALES)))
-            logger.debug("split %d %s: epoch %d, loss %.6g", i, config_label(config), result.best_epoch, by_mode[0][0])
-            curve = np.asarray(result.heldout_loss) * scale + unseen
-            out.append(SplitScore(*by_mode, result.best_epoch, curve, result.train_loss))
-            bar.update()
-        return out
-
+            _log_estimate(seconds, candidates, open_posterior, n_splits=used, shape=halves[0].train_counts.shape)
     bar = tqdm(
         total=used * (len(candidates) + bool(open_posterior)),
         desc="autoencoder search",
         disable=not progress or not main,
     )
 
-    def stacked(name: str) -> np.ndarray:
-        """Field ``name`` of every score as a ``(splits, candidates, ...)`` array."""
-        return np.array([[getattr(split, name) for split in per] for per in scores]).swapaxes(0, 1)
+    def shown(config, i: int):
+        """The progress callback of ``config``'s training on split ``i``."""
+        return _show_epoch(bar, f"{config_label(config)}, split {i + 1}/{used}", config.max_epochs)
 
-    def by_scale() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Losses by inference mode and shape scale, each mode's and candidate's best scale, the losses there.
-
-        ``(2, splits, candidates, scales)``; ``(2, candidates)``, the scale of lowest mean loss over the splits;
-        ``(2, splits, candidates)``.
-        """
-        losses = np.stack([stacked("full"), stacked("replicas")])
-        index = np.argmin(losses.mean(axis=1), axis=-1)
-        return losses, index, np.take_along_axis(losses, index[:, None, :, None], axis=-1)[..., 0]
-
-    scores = [score(config) for config in candidates]
+    race = [
+        [half.trainer(config, seeds[i], shown(config, i)) for i, half in enumerate(halves)] for config in candidates
+    ]
+    _race(race)
+    scores = [_score(config, runs, halves, timings, bar) for config, runs in zip(candidates, race, strict=True)]
     if open_posterior:
-        mean_loss = by_scale()[2].min(axis=0).mean(axis=0)[open_posterior]
-        best = candidates[open_posterior[int(np.argmin(mean_loss))]]
-        switched = replace(best, posterior=not best.posterior)
+        leader = open_posterior[int(np.argmin([scores[j].mean_loss for j in open_posterior]))]
+        switched = replace(candidates[leader], posterior=not candidates[leader].posterior)
         if switched not in candidates:
+            runs = [half.trainer(switched, seeds[i], shown(switched, i)) for i, half in enumerate(halves)]
+            _race([runs], leader=race[leader])
             candidates.append(switched)
-            scores.append(score(switched))
+            scores.append(_score(switched, runs, halves, timings, bar))
     bar.close()
-    losses_by_scale, scale_index, (full, replicas) = by_scale()
-    best_epochs = stacked("best_epoch")
-    best = int(np.argmin(np.minimum(full, replicas).mean(axis=0)))
-    mode = "replicas" if replicas[:, best].mean() < full[:, best].mean() else "full"
-    config = candidates[best]
-    shape_scale = float(SHAPE_SCALES[scale_index[int(mode == "replicas"), best]]) if config.posterior else 1.0
-    epochs = max(1, int(np.round(best_epochs[:, best].mean())))
+    choice = _choice(candidates, scores)
+    config = candidates[choice["best"]]
     logger.info(
         "autoencoder %s chosen: %d epochs, %s inference, shape scale %g",
         config_label(config),
-        epochs,
-        mode,
-        shape_scale,
+        choice["epochs"],
+        choice["mode"],
+        choice["shape_scale"],
     )
     genes = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
-    final = train(
-        counts[:, genes],
-        config,
-        epochs=epochs,
-        device=device,
-        seed=seeds[-1],
-        progress=progress and main,
-    )
+    if not refit and np.array_equal(halves[0].genes, genes):
+        model, batch_size = scores[choice["best"]].models[0], config.batch_size
+    else:
+        with timings.step("autoencoder.refit"):
+            final = train(
+                counts[:, genes],
+                config,
+                epochs=choice["epochs"],
+                device=device,
+                seed=seeds[-1],
+                progress=progress and main,
+            )
+        model, batch_size = final.model, final.batch_size
     return AutoencoderSelection(
         configs=candidates,
-        losses_full=full,
-        losses_replicas=replicas,
-        best_epochs=best_epochs.astype(int),
-        shape_scales=np.array(SHAPE_SCALES),
-        losses_by_scale=losses_by_scale,
-        shape_scale=shape_scale,
-        heldout_curves=[[per[i].heldout_curve for per in scores] for i in range(used)],
-        train_curves=[[np.asarray(per[i].train_curve) for per in scores] for i in range(used)],
-        best=best,
-        mode=mode,
-        epochs=epochs,
-        model=final.model,
+        **choice,
+        model=model,
         counts=counts,
         genes=genes,
         device=str(device),
         seed=seeds[-1],
-        batch_size=final.batch_size,
+        batch_size=batch_size,
         world_size=distributed.world_size(),
     )
 
@@ -491,6 +421,7 @@ def select(
     device: str | None = None,
     rng: np.random.Generator,
     progress: bool = False,
+    timings: Timings | None = None,
 ) -> AutoencoderSelection:
     """The family interface (:mod:`scn2s.select.family`): :func:`fit_autoencoder` with ``options``."""
     return fit_autoencoder(
@@ -501,6 +432,7 @@ def select(
         device=device,
         rng=rng,
         progress=progress,
+        timings=timings,
     )
 
 
@@ -531,8 +463,8 @@ def _timed_pass(half, candidates: list, *, depth_ratio: float, device, seed: int
     from .data import CsrBatches
     from .train import heldout_loss, train
 
-    train_part, held_part = half[0][:_TIMED_CELLS], half[1][:_TIMED_CELLS]
-    scale = half[0].shape[0] / train_part.shape[0]
+    train_part, held_part = half.train_counts[:_TIMED_CELLS], half.heldout_counts[:_TIMED_CELLS]
+    scale = half.train_counts.shape[0] / train_part.shape[0]
     seconds = []
     for config in candidates:
         ends: list[float] = []
@@ -614,3 +546,181 @@ def format_duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+RUNG_EPOCHS = 8
+"""Epochs of the first rung of the race between candidates (:func:`fit_autoencoder`); each later rung is twice."""
+
+
+@dataclass
+class _Half:
+    """One split's training and held-out halves, of the genes with a training molecule, on the device."""
+
+    train: object  # CsrBatches
+    heldout: object  # CsrBatches
+    train_counts: sparse.csr_matrix
+    heldout_counts: sparse.csr_matrix
+    depth_ratio: float
+    gene_share: float  # modelled genes / all genes: the loss is per entry of the full matrix
+    genes: np.ndarray  # the genes of the training half with a molecule
+    unseen: float  # held-out molecules of genes absent from the training half (predicted as zero), per entry
+
+    @classmethod
+    def of(cls, splits: Splits, i: int, counts: sparse.csr_matrix, device) -> _Half:
+        from .data import CsrBatches
+
+        n, g = counts.shape
+        train_half, heldout_half = splits.get(i, counts)
+        genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
+        unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
+        train_half, heldout_half = train_half[:, genes], heldout_half[:, genes]
+        return cls(
+            CsrBatches(train_half, device),
+            CsrBatches(heldout_half, device),
+            train_half,
+            heldout_half,
+            splits.depth_ratio,
+            len(genes) / g,
+            genes,
+            unseen / (n * g),
+        )
+
+    def trainer(self, config, seed: int, on_epoch=None):
+        """A :class:`~scn2s.autoencoder.train.Trainer` of ``config`` on this half; ``on_epoch`` shows its epochs."""
+        from .train import Trainer
+
+        trainer = Trainer(
+            self.train_counts,
+            config,
+            heldout=self.heldout_counts,
+            depth_ratio=self.depth_ratio,
+            device=self.train.device,
+            seed=seed,
+            batches=(self.train, self.heldout),
+        )
+        trainer.on_epoch = on_epoch
+        return trainer
+
+    def loss(self, values):
+        """Per-entry losses of the modelled genes as losses per entry of all genes."""
+        return np.asarray(values) * self.gene_share + self.unseen
+
+
+def _race(race: list[list], leader: list | None = None) -> None:
+    """Train the candidates in turns and stop those that cannot catch the leader (successive halving).
+
+    ``race[j][i]``: the trainer of candidate ``j`` on split ``i``. Every running candidate trains to the end of a
+    rung (:data:`RUNG_EPOCHS`, then twice as many epochs each rung); then, by the lowest held-out loss so far (mean
+    over the splits), the better half of the candidates (rounded up) goes on, among them any that has already
+    stopped early, and the others stop. The last one runs to its early stop. With ``leader`` (the held-out curves,
+    per split, of a candidate trained before), each candidate is stopped at a rung end as soon as its loss so far is
+    above the leader's at the same epoch.
+    """
+    alive = list(range(len(race)))
+    end = RUNG_EPOCHS
+    while True:
+        for j in alive:
+            for trainer in race[j]:
+                trainer.advance(end - trainer.epoch, on_epoch=trainer.on_epoch)
+        running = [j for j in alive if not all(trainer.stopped for trainer in race[j])]
+        if not running:
+            return
+        best = {j: np.mean([trainer.best_loss for trainer in race[j]]) for j in alive}
+        if leader is not None:
+            reference = np.mean([np.nanmin(trainer.result.heldout_loss[:end]) for trainer in leader])
+            if all(best[j] > reference for j in running):
+                return
+        elif len(running) == 1:
+            alive = running
+            end = max(trainer.config.max_epochs for trainer in race[alive[0]])
+            continue
+        else:
+            alive = sorted(alive, key=best.get)[: (len(alive) + 1) // 2]
+            if not any(j in running for j in alive):
+                return
+        end *= 2
+
+
+@dataclass
+class _Score:
+    """One candidate's trainings on the splits, scored on the held-out molecules."""
+
+    by_mode: np.ndarray  # (2 inference modes, splits, shape scales): full input, thinned replicas
+    best_epochs: np.ndarray  # (splits,)
+    heldout_curves: list[np.ndarray]  # per split, per epoch
+    train_curves: list[np.ndarray]
+    models: list
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean over the splits of the held-out loss in the better inference mode, each mode at its best scale."""
+        index = np.argmin(self.by_mode.mean(axis=1), axis=-1)
+        return float(self.by_mode[[0, 1], :, index].min(axis=0).mean())
+
+
+def _score(config, runs: list, halves: list[_Half], timings: Timings, bar) -> _Score:
+    """Each split's network at its best epoch, scored by inference mode and shape scale on its held-out half."""
+    import torch
+
+    from .train import heldout_loss
+
+    name = f"autoencoder.{config_label(config)}"
+    scales = SHAPE_SCALES if config.posterior else (1.0,)
+    by_mode = np.zeros((2, len(halves), len(SHAPE_SCALES)))
+    results = []
+    for i, (trainer, half) in enumerate(zip(runs, halves, strict=True)):
+        result = trainer.finish()
+        results.append(result)
+        timings.add(f"{name}.steps", result.step_seconds)
+        timings.add(f"{name}.heldout", result.heldout_seconds)
+        with timings.step(f"{name}.scoring"):
+            for k, mode in enumerate(("full", "replicas")):
+                losses = heldout_loss(
+                    result.model,
+                    half.train,
+                    half.heldout,
+                    half.depth_ratio,
+                    mode=mode,
+                    input_fraction=config.input_fraction,
+                    n_replicas=config.n_replicas,
+                    shape_scales=scales,
+                    generator=torch.Generator(device=half.train.device).manual_seed(trainer.seed),
+                )
+                by_mode[k, i] = half.loss(losses)
+        logger.debug("split %d %s: epoch %d, loss %.6g", i, config_label(config), result.best_epoch, by_mode[0, i, 0])
+        bar.update()
+    return _Score(
+        by_mode=by_mode,
+        best_epochs=np.array([result.best_epoch for result in results]),
+        heldout_curves=[half.loss(result.heldout_loss) for result, half in zip(results, halves, strict=True)],
+        train_curves=[np.asarray(result.train_loss) for result in results],
+        models=[result.model for result in results],
+    )
+
+
+def _choice(candidates: list, scores: list[_Score]) -> dict:
+    """The candidate, inference mode and shape scale of lowest mean held-out loss, its mean best epoch, the losses.
+
+    The fields of :class:`AutoencoderSelection` that the search decides.
+    """
+    losses_by_scale = np.stack([score.by_mode for score in scores], axis=2)  # (modes, splits, candidates, scales)
+    scale_index = np.argmin(losses_by_scale.mean(axis=1), axis=-1)  # (modes, candidates)
+    full, replicas = np.take_along_axis(losses_by_scale, scale_index[:, None, :, None], axis=-1)[..., 0]
+    best_epochs = np.stack([score.best_epochs for score in scores], axis=1)
+    n_splits = len(scores[0].heldout_curves)
+    best = int(np.argmin(np.minimum(full, replicas).mean(axis=0)))
+    mode = "replicas" if replicas[:, best].mean() < full[:, best].mean() else "full"
+    shape_scale = float(SHAPE_SCALES[scale_index[int(mode == "replicas"), best]]) if candidates[best].posterior else 1.0
+    return {
+        "losses_full": full,
+        "losses_replicas": replicas,
+        "best_epochs": best_epochs.astype(int),
+        "shape_scales": np.array(SHAPE_SCALES),
+        "losses_by_scale": losses_by_scale,
+        "shape_scale": shape_scale,
+        "heldout_curves": [[score.heldout_curves[i] for score in scores] for i in range(n_splits)],
+        "train_curves": [[score.train_curves[i] for score in scores] for i in range(n_splits)],
+        "best": best,
+        "mode": mode,
+        "epochs": max(1, int(np.round(best_epochs[:, best].mean()))),
+    }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -33,6 +34,7 @@ from .module import CountAutoencoder
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "Trainer",
     "encode",
     "heldout_loss",
     "predict_posterior",
@@ -54,6 +56,12 @@ class TrainConfig:
     training input. ``input_range=(low, high)``: every epoch, each cell's training molecules are split at a fraction
     drawn afresh, uniformly in ``[low, high]``, so the network learns from inputs of many depths, closer to the
     deeper inputs it is given at inference; the loss is rescaled by each cell's own ``(1 - fraction) / fraction``.
+
+    An epoch is one pass over the cells, or ``epoch_cells`` cells of it if there are more (the next epoch goes on
+    through the same permutation): ``max_epochs``, ``patience`` and the held-out evaluations that end each epoch
+    count in optimiser steps on large data, not in passes. The evaluations of early stopping score the held-out
+    molecules of a fixed random subset of ``heldout_cells`` cells when there are more (``None``: all cells,
+    ``epoch_cells=None``: an epoch is always a whole pass); the search scores every cell's.
     """
 
     hidden: int = 256
@@ -70,6 +78,8 @@ class TrainConfig:
     n_replicas: int = 8
     posterior: bool = True
     shape_learning_rate: float = 0.05
+    epoch_cells: int | None = 16384
+    heldout_cells: int | None = 16384
 
     def __post_init__(self) -> None:
         """Check every setting; a message names the setting, what it must be and what it got."""
@@ -131,6 +141,8 @@ class TrainResult:
     train_loss: list[float] = field(default_factory=list)
     heldout_loss: list[float] = field(default_factory=list)
     batch_size: int = 0
+    step_seconds: float = 0.0  # wall time of the optimiser steps (with the batches' thinning)
+    heldout_seconds: float = 0.0  # wall time of the held-out evaluations (with the copies of the best state)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -298,21 +310,24 @@ def heldout_loss(
     shape_scales: Sequence[float] | None = None,
     generator: torch.Generator | None = None,
     batch_size: int = 1024,
+    rows: np.ndarray | None = None,
 ) -> float | np.ndarray:
     """Cross-molecule loss (:mod:`scn2s.loss`) of the network on held-out molecules, mean per entry.
 
     With ``shape_scales``, an array: the loss of the posterior with the learned shapes times each scale, from one
-    pass of the network. Under ``torch.distributed``, each rank scores a contiguous share of the cells and the sum
+    pass of the network. ``rows``: score these cells only (default all). Under ``torch.distributed``, each rank
+    scores a contiguous share of the cells and the sum
     over the ranks is returned on every rank (the same number: added in rank order).
     """
     scales = (1.0,) if shape_scales is None else tuple(shape_scales)
     total = np.zeros(len(scales))
-    cells = np.arange(len(data))
+    cells = np.arange(len(data)) if rows is None else np.asarray(rows)
+    n_cells = len(cells)
     if distributed.is_distributed():
         cells = np.array_split(cells, distributed.world_size())[distributed.rank()]
     for start in range(0, len(cells), batch_size):
-        rows = cells[start : start + batch_size]
-        counts, target = data.dense(rows), torch.sqrt(heldout.dense(rows))
+        batch = cells[start : start + batch_size]
+        counts, target = data.dense(batch), torch.sqrt(heldout.dense(batch))
         library = counts.sum(dim=1, keepdim=True)
         log_freq = _network_log_frequencies(
             model, counts, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
@@ -322,7 +337,7 @@ def heldout_loss(
             total[k] += float((diff * diff).sum())
     if distributed.is_distributed():
         total = distributed.gather(total).sum(axis=0)
-    losses = total / (data.shape[0] * data.shape[1])
+    losses = total / (n_cells * data.shape[1])
     return float(losses[0]) if shape_scales is None else losses
 
 
@@ -374,59 +389,166 @@ def train(
     RuntimeError
         Under ``torch.distributed``, if the training or held-out molecules or the seed differ between ranks.
     """
-    device = resolve_device(device)
-    shared = distributed.is_distributed()
-    if shared:
-        # the held-out molecules come from the same seeds on every rank: make sure of it before any training
-        fingerprints = [distributed.fingerprint(counts), -1 if heldout is None else distributed.fingerprint(heldout)]
-        distributed.check_same("training molecules, held-out molecules or seeds", [*fingerprints, seed])
-    n_genes = counts.shape[1]
-    data = CsrBatches(counts, device)
-    held = CsrBatches(heldout, device) if heldout is not None else None
-    n_epochs = config.max_epochs if held is not None or epochs is None else epochs
-    order_rng = np.random.default_rng(seed)  # the same on every rank: the same permutation each epoch
-    generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(seed))
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        model = CountAutoencoder(
-            n_genes,
-            hidden=config.hidden,
-            bottleneck=config.bottleneck,
-            dropout=config.dropout,
-            likelihood=config.likelihood,
-            posterior=config.posterior,
-        ).to(device)
-        network = model
+    trainer = Trainer(counts, config, heldout=heldout, depth_ratio=depth_ratio, device=device, seed=seed)
+    n_epochs = config.max_epochs if heldout is not None or epochs is None else epochs
+    show = progress and distributed.is_main_process()
+    for _ in tqdm(range(n_epochs), desc="training", disable=not show, leave=False):
+        if trainer.stopped:
+            break
+        trainer.advance(1, on_epoch=on_epoch)
+    return trainer.finish()
+
+
+class Trainer:
+    """One network in training, advanced a few epochs at a time, with early stopping on held-out molecules.
+
+    :func:`train` runs one to the end; the autoencoder search advances several in turns, to stop those that cannot
+    catch the leader. Each trainer keeps its own random streams (batch order, thinning, weights and dropout), so its
+    network after ``k`` epochs is the same however the turns fell, and the same as :func:`train`'s.
+
+    Parameters are those of :func:`train`, and ``batches``: ``counts`` and ``heldout`` already on the device, as
+    :class:`~.data.CsrBatches` (trainers of one split share them). ``max_epochs`` and ``patience`` of ``config``
+    stop it (:attr:`stopped`) when there are held-out molecules; without, it runs as many epochs as it is advanced.
+    """
+
+    def __init__(
+        self,
+        counts: sparse.csr_matrix,
+        config: TrainConfig,
+        *,
+        heldout: sparse.csr_matrix | None = None,
+        depth_ratio: float = 1.0,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        batches: tuple[CsrBatches, CsrBatches | None] | None = None,
+    ) -> None:
+        device = resolve_device(device)
+        shared = distributed.is_distributed()
         if shared:
-            torch.manual_seed(distributed.rank_seed(seed))  # dropout masks of each rank's own cells
-            network = distributed.wrap(model, device)
-        optimiser = _optimiser(model, config)
-        result = TrainResult(model=model, best_epoch=0, batch_size=config.batch_size)
-        best_loss, best_state, stale = np.inf, None, 0
-        show = progress and distributed.is_main_process()
-        for epoch in tqdm(range(1, n_epochs + 1), desc="training", disable=not show, leave=False):
-            train_loss = _run_epoch(network, optimiser, data, order_rng, generator, config, result)
-            loss = np.nan
-            if held is not None:
-                loss = heldout_loss(model, data, held, depth_ratio, generator=generator)
-                if loss < best_loss:
-                    best_loss, best_state, stale, result.best_epoch = loss, copy.deepcopy(model.state_dict()), 0, epoch
-                else:
-                    stale += 1
-            result.train_loss.append(train_loss)
-            result.heldout_loss.append(loss)
-            if on_epoch is not None:
-                on_epoch(epoch, train_loss, loss)
-            if held is not None and stale >= config.patience:
-                break
-        if best_state is not None:
-            model.load_state_dict(best_state)
+            # the held-out molecules come from the same seeds on every rank: make sure of it before any training
+            fingerprints = [
+                distributed.fingerprint(counts),
+                -1 if heldout is None else distributed.fingerprint(heldout),
+            ]
+            distributed.check_same("training molecules, held-out molecules or seeds", [*fingerprints, seed])
+        self.config, self.depth_ratio, self.seed = config, depth_ratio, seed
+        if batches is None:
+            batches = CsrBatches(counts, device), CsrBatches(heldout, device) if heldout is not None else None
+        self.data, self.held = batches
+        self.epoch = 0
+        self._order_rng = np.random.default_rng(seed)  # the same on every rank: the same permutation each epoch
+        self._queue = np.zeros(0, dtype=np.int64)  # the rest of the permutation when an epoch is part of a pass
+        n = len(self.data)
+        self._heldout_rows = None
+        if config.heldout_cells is not None and n > config.heldout_cells:
+            chosen = np.random.default_rng([seed, 1]).choice(n, config.heldout_cells, replace=False)
+            self._heldout_rows = np.sort(chosen)
+        self._generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(seed))
+        self._devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=self._devices):
+            torch.manual_seed(seed)
+            model = CountAutoencoder(
+                counts.shape[1],
+                hidden=config.hidden,
+                bottleneck=config.bottleneck,
+                dropout=config.dropout,
+                likelihood=config.likelihood,
+                posterior=config.posterior,
+            ).to(device)
+            self._network = model
+            if shared:
+                torch.manual_seed(distributed.rank_seed(seed))  # dropout masks of each rank's own cells
+                self._network = distributed.wrap(model, device)
+            self._rng_states = _rng_states(self._devices)
+        self._optimiser = _optimiser(model, config)
+        self.result = TrainResult(model=model, best_epoch=0, batch_size=config.batch_size)
+        self.best_loss, self._best_state, self._stale = np.inf, None, 0
+
+    @property
+    def stopped(self) -> bool:
+        """Whether early stopping ended the training.
+
+        After ``patience`` epochs without a better held-out loss, or ``max_epochs``; never without held-out molecules.
+        """
+        config = self.config
+        return self.held is not None and (self._stale >= config.patience or self.epoch >= config.max_epochs)
+
+    def advance(self, epochs: int, on_epoch: Callable[[int, float, float], None] | None = None) -> None:
+        """Train up to ``epochs`` more epochs (fewer if it stops), each followed by its held-out loss.
+
+        ``on_epoch(epoch, train_loss, heldout_loss)`` is called after each epoch.
+        """
+        result = self.result
+        with torch.random.fork_rng(devices=self._devices):
+            _set_rng_states(self._rng_states, self._devices)
+            for _ in range(epochs):
+                if self.stopped:
+                    break
+                self.epoch += 1
+                began = time.perf_counter()
+                config, data = self.config, self.data
+                train_loss = _run_epoch(
+                    self._network, self._optimiser, data, self._cells(), self._generator, config, result
+                )
+                result.step_seconds += time.perf_counter() - began
+                loss = np.nan
+                if self.held is not None:
+                    began = time.perf_counter()
+                    loss = heldout_loss(
+                        result.model,
+                        data,
+                        self.held,
+                        self.depth_ratio,
+                        generator=self._generator,
+                        rows=self._heldout_rows,
+                    )
+                    if loss < self.best_loss:
+                        self.best_loss, self._stale, result.best_epoch = loss, 0, self.epoch
+                        self._best_state = copy.deepcopy(result.model.state_dict())
+                    else:
+                        self._stale += 1
+                    result.heldout_seconds += time.perf_counter() - began
+                result.train_loss.append(train_loss)
+                result.heldout_loss.append(loss)
+                if on_epoch is not None:
+                    on_epoch(self.epoch, train_loss, loss)
+            self._rng_states = _rng_states(self._devices)
+
+    def _cells(self) -> np.ndarray:
+        """The cells of the next epoch, in order: a permutation, or the next ``epoch_cells`` of one."""
+        n, limit = len(self.data), self.config.epoch_cells
+        if limit is None or limit >= n:
+            return self._order_rng.permutation(n)
+        parts, need = [], limit
+        while need > 0:
+            if not len(self._queue):
+                self._queue = self._order_rng.permutation(n)
+            parts.append(self._queue[:need])
+            self._queue = self._queue[need:]
+            need -= len(parts[-1])
+        return np.concatenate(parts)
+
+    def finish(self) -> TrainResult:
+        """The network at its best epoch (the last one without held-out molecules), the same on every rank."""
+        result = self.result
+        if self._best_state is not None:
+            result.model.load_state_dict(self._best_state)
         else:
-            result.best_epoch = n_epochs
-    distributed.broadcast_module(model)
-    model.eval()
-    return result
+            result.best_epoch = self.epoch
+        distributed.broadcast_module(result.model)
+        result.model.eval()
+        return result
+
+
+def _rng_states(devices: list[torch.device]) -> list[torch.Tensor]:
+    """The global torch random states (CPU, then each CUDA device): weights and dropout draw from them."""
+    return [torch.get_rng_state(), *(torch.cuda.get_rng_state(device) for device in devices)]
+
+
+def _set_rng_states(states: list[torch.Tensor], devices: list[torch.device]) -> None:
+    torch.set_rng_state(states[0])
+    for state, device in zip(states[1:], devices, strict=True):
+        torch.cuda.set_rng_state(state, device)
 
 
 def _optimiser(model: CountAutoencoder, config: TrainConfig) -> torch.optim.Optimizer:
@@ -442,17 +564,16 @@ def _run_epoch(
     model: CountAutoencoder | torch.nn.parallel.DistributedDataParallel,
     optimiser: torch.optim.Optimizer,
     data: CsrBatches,
-    order_rng: np.random.Generator,
+    order: np.ndarray,
     generator: torch.Generator,
     config: TrainConfig,
     result: TrainResult,
 ) -> float:
-    """One pass over the cells with fresh input/target splits; backs off the batch size on CUDA OOM.
+    """One epoch over the cells of ``order`` with fresh input/target splits; backs off the batch size on CUDA OOM.
 
     ``model`` wrapped in DistributedDataParallel: each batch is shared between the ranks, and a CUDA OOM is raised
     (a retry on one rank alone would leave the others waiting).
     """
-    order = order_rng.permutation(len(data))
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return _shared_epoch_pass(model, optimiser, data, order, generator, config, result.batch_size)
     while True:

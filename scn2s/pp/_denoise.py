@@ -138,8 +138,9 @@ def denoise(
     ``adata.uns[key_added]``
         The record: ``method`` (the family written), ``params``, ``best_params``, ``selection`` (per family
         searched; :func:`scn2s.pl.selection` plots it), ``comparison`` (``method="auto"``), ``version``,
-        ``versions``, ``elapsed_seconds``, ``timings``, ``keys`` (the keys written, by attribute), ``output`` and,
-        with ``output="factors"``, ``factors``.
+        ``versions``, ``elapsed_seconds``, ``timings`` (seconds per step, with the autoencoder search's per
+        candidate: ``autoencoder.<label>.steps``, ``.heldout``, ``.scoring``, and ``autoencoder.refit``), ``keys``
+        (the keys written, by attribute), ``output`` and, with ``output="factors"``, ``factors``.
 
     Raises
     ------
@@ -186,7 +187,13 @@ def denoise(
         fits.append(lowrank.select(data.blocks, options=lowrank_options, **kwargs))
     if method in ("auto", "autoencoder"):
         with timings.step("autoencoder"):
-            kwargs = {"splits": splits, "device": device, "rng": autoencoder_rng, "progress": progress}
+            kwargs = {
+                "splits": splits,
+                "device": device,
+                "rng": autoencoder_rng,
+                "progress": progress,
+                "timings": timings,
+            }
             fits.append(autoencoder.select(data.modelled, options=autoencoder_options, **kwargs))
     comparison = compare_families(fits) if len(fits) > 1 else None
     fit = next(f for f in fits if f.family == (comparison["chosen"] if comparison else method))
