@@ -43,7 +43,7 @@ def throughput(counts: sparse.csr_matrix, device: str, passes: int) -> float:
     """Training cells per second of the default candidate, whole passes, after one warm-up pass."""
     import torch
 
-    from scn2s.models.autoencoder.train import TrainConfig, Trainer
+    from scn2s.autoencoder.train import TrainConfig, Trainer
 
     trainer = Trainer(counts, TrainConfig(epoch_cells=None), device=device, seed=0)
     trainer.advance(1)

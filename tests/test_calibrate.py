@@ -216,7 +216,7 @@ def test_record_plots_summarises_and_writes_to_h5ad(sim, tmp_path):
     assert isinstance(ax, Axes)
     assert ax.get_xlabel() == "k"
     lines = selection_summary(record, key="denoised")
-    assert lines[0].startswith("model: knn_smoothing, k ")
+    assert lines[0].startswith("written: knn_smoothing, k ")
     adata.write_h5ad(tmp_path / "out.h5ad")
     back = ad.read_h5ad(tmp_path / "out.h5ad")
     np.testing.assert_allclose(back.uns["denoised"]["selection"]["knn_smoothing"]["loss_mean"], entry["loss_mean"])
@@ -300,13 +300,14 @@ def _fails_on_full_counts(counts, **params):
 )
 def test_bad_denoiser_names_the_candidate_and_writes_nothing(sim, denoiser, match):
     adata = sim.copy()
-    adata.layers["denoised"] = np.zeros(adata.shape)
-    before = adata.layers["denoised"].copy()
+    adata.layers["kept"] = np.zeros(adata.shape)
+    before = adata.layers["kept"].copy()
     with pytest.raises(DenoiserError, match=match) as error:
         scn2s.pp.calibrate(adata, denoiser, {"alpha": [0.25], "mode": ["fast"]}, progress=False)
     assert "alpha=0.25, mode='fast'" in str(error.value)
     assert isinstance(error.value, ValueError)
-    np.testing.assert_array_equal(adata.layers["denoised"], before)
+    np.testing.assert_array_equal(adata.layers["kept"], before)
+    assert "denoised" not in adata.layers
     assert "denoised" not in adata.uns
 
 

@@ -70,15 +70,15 @@ except RuntimeError as err:
 
 # 3. the command line in the same process group: only rank 0 may write
 search.DEFAULT_CONFIGS = tuple(configs)
-write = commands.write_h5ad
+write = commands.write_anndata
 
 
-def recorded_write(adata, path):
+def recorded_write(adata, path, *, force):
     (workdir / f"wrote_{rank}").touch()
-    write(adata, path)
+    write(adata, path, force=force)
 
 
-commands.write_h5ad = recorded_write
+commands.write_anndata = recorded_write
 argv = ["-q", "denoise", "--method", "autoencoder", "--n-splits", "1", "--device", "cpu"]
 code = main([*argv, str(workdir / "in.h5ad"), "-o", str(workdir / "out.h5ad")])
 

@@ -70,7 +70,7 @@ def test_split_counts_takes_a_random_state_and_records_the_seed(base):
 
 @pytest.mark.parametrize("rng", [-1, 1.5, "0", True, np.random.SeedSequence(0)])
 def test_other_seeds_are_refused_before_any_work(base, monkeypatch, rng):
-    monkeypatch.setattr(scn2s.pp._denoise, "fit_lowrank", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(scn2s.lowrank, "select", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(ValueError, match=r"^rng must be a non-negative integer seed, a numpy.random.Generator"):
         _denoise(base.copy(), rng=rng)
 
@@ -169,7 +169,7 @@ def test_autoencoder_settings_are_refused_by_name_before_any_work(base, monkeypa
         ValueError, match=rf"^(autoencoder setting )?{setting} must be .*, got {re.escape(repr(value))}"
     ):
         TrainConfig(**{setting: value})
-    monkeypatch.setattr(scn2s.pp._denoise, "fit_lowrank", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(scn2s.lowrank, "select", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(ValueError, match=rf"{setting} must be"):
         scn2s.pp.denoise(base.copy(), method="auto", autoencoder_kwds={"configs": [{setting: value}]}, progress=False)
 

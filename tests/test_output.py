@@ -298,7 +298,7 @@ def test_factors_written_to_a_view_in_place_leave_the_parent(small):
 def test_factors_cost_follows_the_non_zeros_not_cells_x_genes(monkeypatch):
     """4,000 cells x 5,000 genes with 10 non-zeros: the non-linear steps (the cell scale) see only the cells
     with molecules, at most 10 x 5,000 entries; a pass over cells x genes (2e7 entries) would be counted here."""
-    from scn2s.models import lowrank
+    from scn2s.lowrank import model as lowrank
 
     n_cells, n_genes, nnz = 4_000, 5_000, 10
     rng = np.random.default_rng(0)

@@ -140,7 +140,8 @@ def denoise(
         searched; :func:`scn2s.pl.selection` plots it), ``comparison`` (``method="auto"``), ``version``,
         ``versions``, ``elapsed_seconds``, ``timings`` (seconds per step, with the autoencoder search's per
         candidate: ``autoencoder.<label>.steps``, ``.heldout``, ``.scoring``, and ``autoencoder.refit``), ``keys``
-        (the keys written, by attribute), ``output`` and, with ``output="factors"``, ``factors``.
+        (the keys written, by attribute: ``layers``, ``obsm``, ``varm``, ``obs``, ``var``), ``output`` and, with
+        ``output="factors"``, ``factors``.
 
     Raises
     ------
