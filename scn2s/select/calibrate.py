@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
@@ -192,7 +192,6 @@ class DenoiserSelection:
     nll: np.ndarray  # (n_splits, n_candidates), Poisson NLL per entry
     seconds: np.ndarray  # (n_splits, n_candidates), time of each call of the denoiser
     best: int
-    extra: dict = field(default_factory=dict)
 
     @property
     def loss_mean(self) -> np.ndarray:
