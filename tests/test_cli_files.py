@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import signal
+import time
 from pathlib import Path
 
 import anndata as ad
@@ -172,6 +173,59 @@ def test_a_full_disk_while_writing_exits_1_with_one_line_and_leaves_nothing(
         assert out.read_bytes() == b"previous"
 
 
+@pytest.mark.skipif(not scn2s.cli._files._FORK_WRITES, reason="the write runs in a child process on Linux only")
+@pytest.mark.parametrize("signum", [signal.SIGSEGV, signal.SIGBUS, signal.SIGKILL])
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_writer_that_crashes_exits_1_with_one_line_and_leaves_nothing(
+    counts_file, workdir, capsys, monkeypatch, signum, existing
+):
+    # HDF5 crashes this way when the disk fills during a write (a real 1 MiB tmpfs in RESULTS)
+    out = workdir / "out.h5ad"
+    if existing:
+        out.write_bytes(b"previous")
+
+    def write_then_crash(self, path, **kwargs):
+        Path(path).write_bytes(b"partial")
+        os.kill(os.getpid(), signum)  # the writer's own process
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", write_then_crash)
+    assert _split(counts_file, out, "--force") == 1
+    line = _error_line(capsys)
+    assert f"the writer was stopped by {signal.Signals(signum).name}" in line
+    assert line.endswith("nothing was written")
+    assert _names(workdir) == (["out.h5ad"] if existing else [])
+    if existing:
+        assert out.read_bytes() == b"previous"
+
+
+@pytest.mark.skipif(not scn2s.cli._files._FORK_WRITES, reason="the write runs in a child process on Linux only")
+class _TwoArgs(Exception):
+    def __init__(self, a, b):  # pickled, but not rebuilt from its args
+        super().__init__(f"{a}-{b}")
+
+
+def test_a_child_writers_errors_reach_the_command(workdir):
+    class Local(Exception):  # not pickled at all
+        pass
+
+    def fails(error):
+        def write(path):
+            Path(path).write_bytes(b"partial")
+            raise error
+
+        return write
+
+    with pytest.raises(ValueError, match="bad value"):
+        scn2s.cli._files.atomic_write(workdir / "a.h5ad", fails(ValueError("bad value")))
+    with pytest.raises(scn2s.cli._files.WriteError, match="could not be passed back"):
+        scn2s.cli._files.atomic_write(workdir / "b.h5ad", fails(_TwoArgs(1, 2)))
+    with pytest.raises(RuntimeError, match="Local: its message"):
+        scn2s.cli._files.atomic_write(workdir / "b.h5ad", fails(Local("its message")))
+    scn2s.cli._files.atomic_write(workdir / "c.h5ad", lambda path: Path(path).write_bytes(b"whole"))
+    assert _names(workdir) == ["c.h5ad"]
+    assert (workdir / "c.h5ad").read_bytes() == b"whole"
+
+
 # --- 4. unwritable destination ------------------------------------------------------------------------------------
 
 
@@ -208,10 +262,12 @@ def test_sigterm_and_sighup_while_writing_leave_no_partial_file(
     if existing:
         out.write_bytes(b"previous")
     real = ad.AnnData.write_h5ad
+    command = os.getpid()  # the process running the command, which may write in a child of its own
 
     def write_then_signal(self, path, **kwargs):
         real(self, path, **kwargs)
-        os.kill(os.getpid(), signum)  # delivered here, in the middle of the write step
+        os.kill(command, signum)  # delivered in the middle of the write step
+        time.sleep(30)  # a child writer is killed by the command before it gets further
 
     monkeypatch.setattr(ad.AnnData, "write_h5ad", write_then_signal)
     before = signal.getsignal(signum)

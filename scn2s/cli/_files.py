@@ -6,8 +6,10 @@ import ctypes
 import errno
 import logging
 import os
+import pickle
 import shutil
 import signal
+import sys
 import uuid
 import warnings
 from collections.abc import Callable
@@ -43,6 +45,7 @@ ZARR_SUFFIX = ".zarr"
 _SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _HEADROOM = 1.1  # free space asked for, over the estimated size
 _RENAME_NOREPLACE = 1  # linux/fs.h
+_FORK_WRITES = sys.platform.startswith("linux") and hasattr(os, "fork")
 
 
 class InputError(Exception):
@@ -217,12 +220,14 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, replace: bool = F
     ``replace`` it never replaces anything: if ``path`` appeared while the output was computed, it is kept and
     :class:`InputError` is raised. With ``replace``, an existing ``path`` is replaced at once (a file) or swapped
     out (a folder). A write that fails for want of space raises :class:`WriteError`.
+
+    On Linux the write runs in a forked child process, so that a crash of the writing library (HDF5 can crash
+    when the disk fills during a write) is reported as :class:`WriteError` and the temporary still removed.
     """
     temporary = _temporary(path, "partial")
     try:
         try:
-            write(temporary)
-            _sync(temporary)
+            _write_apart(write, temporary, path)
         except OSError as err:
             if _is_space_error(err):
                 msg = f"no space left on the device of {path.parent} while writing {path}; nothing was written"
@@ -240,6 +245,87 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, replace: bool = F
         _remove(temporary)
         raise
     logger.info("wrote %s", path)
+
+
+def _write_apart(write: Callable[[Path], None], temporary: Path, path: Path) -> None:
+    """Run ``write(temporary)`` and sync it, in a forked child on Linux (elsewhere in this process).
+
+    An exception in the child is raised again here; a child that dies of a signal raises :class:`WriteError`. An
+    interrupt or signal of this process kills the child before it propagates.
+    """
+    if _FORK_WRITES:
+        try:
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+        except OSError as err:  # no memory or processes left to fork: write here
+            logger.debug("writing in this process: %s", err)
+        else:
+            if pid == 0:  # pragma: no cover - the child; its effects are tested from the parent
+                _child_write(write, temporary, read_end, write_end)
+            _wait_for_writer(pid, read_end, write_end, path)
+            return
+    write(temporary)
+    _sync(temporary)
+
+
+def _child_write(write: Callable[[Path], None], temporary: Path, read_end: int, write_end: int) -> None:
+    """The forked child's part of :func:`_write_apart`: write, sync, report any exception, and exit at once."""
+    code = 0
+    try:
+        os.close(read_end)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        write(temporary)
+        _sync(temporary)
+    except BaseException as err:  # every failure goes back to the parent
+        code = 1
+        try:
+            payload = pickle.dumps(err)
+        except Exception:
+            payload = pickle.dumps(RuntimeError(f"{type(err).__name__}: {err}"))
+        try:
+            os.write(write_end, payload)
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
+def _wait_for_writer(pid: int, read_end: int, write_end: int, path: Path) -> None:
+    """Wait for the child writing ``path``; raise what it raised, or :class:`WriteError` if it died of a signal."""
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            payload = pipe.read()
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        msg = f"writing {path} failed: the writer was stopped by {name}{_space_hint(path)}; nothing was written"
+        raise WriteError(msg)
+    if payload:
+        raise _loaded_error(payload)
+    if os.WEXITSTATUS(status) != 0:
+        msg = f"writing {path} failed: the writer exited with status {os.WEXITSTATUS(status)}; nothing was written"
+        raise WriteError(msg)
+
+
+def _loaded_error(payload: bytes) -> BaseException:
+    try:
+        return pickle.loads(payload)  # written by this process's own child
+    except Exception:
+        return WriteError("the writer failed with an error that could not be passed back")
+
+
+def _space_hint(path: Path) -> str:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return ""
+    return f" ({_gib(free)} free in {path.parent}; HDF5 can stop this way when the disk fills)"
 
 
 def _is_space_error(err: OSError) -> bool:
