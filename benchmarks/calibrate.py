@@ -19,7 +19,7 @@ Run from the repository root (needs the ``benchmarks`` extra)::
     python benchmarks/calibrate.py [--tasks sim pbmc1k zheng] [--denoisers knn_smoothing magic]
     python benchmarks/calibrate.py --depth [--denoisers knn_smoothing magic]
     python benchmarks/calibrate.py --sweep [--denoisers knn_smoothing magic]
-    python benchmarks/calibrate.py --denoisers magic --params back=poisson_mean  # a fixed parameter in every call
+    python benchmarks/calibrate.py --denoisers magic --params back=square  # a fixed parameter in every call
 """
 
 from __future__ import annotations

@@ -231,17 +231,24 @@ pca = Denoiser(_pca, name="pca", defaults={"n_comps": 50, "random_state": 0})
 
 
 def _magic(
-    counts: sparse.csr_matrix, *, t, knn: int, decay: float, n_pca: int, random_state: int, back: str = "square"
+    counts: sparse.csr_matrix,
+    *,
+    t,
+    knn: int,
+    decay: float,
+    n_pca: int,
+    random_state: int,
+    back: str = "poisson_mean",
 ) -> np.ndarray:
     """MAGIC (van Dijk et al. 2018) on library-normalised square-root counts, as its tutorial preprocesses them.
 
     Genes without molecules are left out (and get zero). The imputed values are clipped at zero and brought back
-    to counts: ``back="square"`` squares them (normalised expected counts, as MAGIC's users do);
-    ``back="poisson_mean"`` takes them, on each cell's own depth, as expected square roots of Poisson counts and
-    inverts that (:func:`scn2s.loss.sqrt_poisson_mean_inverse`, as scn2s's low-rank model does), which undoes the
-    bias of squaring an average of square roots (large for genes of a few molecules; ``benchmarks/RESULTS.md``,
-    "Calibrate"). The diffusion operator of the last counts and ``knn``, ``decay``, ``n_pca`` is
-    kept, so a grid over ``t`` builds the graph once per split.
+    to counts: ``back="poisson_mean"`` (the default) takes them, on each cell's own depth, as expected square roots
+    of Poisson counts and inverts that (:func:`scn2s.loss.sqrt_poisson_mean_inverse`, as scn2s's low-rank model
+    does); ``back="square"`` squares them (normalised expected counts, as MAGIC's users do), which underestimates
+    genes of a few molecules many times over, since the square of an average of square roots is far below the
+    average (``benchmarks/RESULTS.md``, "Calibrate"). The diffusion operator of the last counts and ``knn``,
+    ``decay``, ``n_pca`` is kept, so a grid over ``t`` builds the graph once per split.
     """
     magic_module = _require("magic", "magic", "magic-impute")
     expressed = np.flatnonzero(counts.getnnz(axis=0) > 0)  # MAGIC asks for genes without molecules to be removed
@@ -272,7 +279,7 @@ def _magic(
 magic = Denoiser(
     _magic,
     name="magic",
-    defaults={"t": 3, "knn": 5, "decay": 1, "n_pca": 100, "random_state": 0, "back": "square"},
+    defaults={"t": 3, "knn": 5, "decay": 1, "n_pca": 100, "random_state": 0, "back": "poisson_mean"},
 )
 
 
