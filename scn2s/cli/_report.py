@@ -61,12 +61,15 @@ def _model(record: dict, family: str, curve: SelectionCurve | None) -> str:
 
 
 def _comparison(record: dict, comparison: dict, curves: dict) -> list[str]:
-    """Both families' held-out loss on the shared splits, the margin, and which was written."""
+    """Every family's held-out loss on the shared splits, the margin, and which was written."""
     losses = {family: float(loss) for family, loss in comparison["loss"].items()}
     chosen = str(comparison["chosen"])
     n = int(comparison["n_splits"])
     shared = "the split" if n == 1 else f"the {n} splits"
-    lines = [f"why: the lower held-out loss of the two families, on {shared} both were scored on:"]
+    if len(losses) == 2:
+        lines = [f"why: the lower held-out loss of the two families, on {shared} both were scored on:"]
+    else:
+        lines = [f"why: the lowest held-out loss of the {len(losses)} families, on {shared} all were scored on:"]
     best = losses[chosen]
     what = {family: _chosen_name(curves.get(family)) for family in losses}
     width, what_width = max(map(len, losses)), max(map(len, what.values()))

@@ -47,7 +47,7 @@ def selection(
     (for ``"lowrank"``, the rank after the depth correction). A grid of named candidates (the autoencoder's) is
     drawn as points, one per candidate. Where the band is too thin to see, a zoomed inset around the choice shows
     it. After ``method="auto"``, "chosen" marks only the family written (the other's best is "best of its
-    family"), and a last panel compares the two families' best on the splits both were scored on.
+    family"), and a last panel compares the families' best on the splits all were scored on.
 
     Parameters
     ----------
@@ -233,7 +233,7 @@ def _free_corner(ax: Axes, x: np.ndarray, y: np.ndarray) -> list[float]:
 
 
 def _draw_comparison(ax: Axes, comparison: dict, curves: dict) -> None:
-    """The two families' best held-out loss on the splits both were scored on; the written one marked."""
+    """The families' best held-out loss on the splits all were scored on; the written one marked."""
     from matplotlib.lines import Line2D
 
     losses = {family: float(loss) for family, loss in comparison["loss"].items()}

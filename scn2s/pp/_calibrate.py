@@ -4,12 +4,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral, Real
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from .._memory import check_layer_fits
-from .._names import denoise_ownership
+from .._names import METHODS, denoise_ownership
 from .._sparse import canonical_csr, is_dask_array
 from .._timing import Timings
 from .._validate import (
@@ -25,6 +25,7 @@ from .._validate import (
 )
 from ..select import Splits
 from ..select.calibrate import (
+    CalibratedDenoiser,
     DenoiserSelection,
     candidate_label,
     expand_grid,
@@ -35,6 +36,7 @@ from ..select.calibrate import (
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from scipy import sparse
 
 logger = logging.getLogger(__name__)
 
@@ -179,28 +181,18 @@ def calibrate(
     splits = Splits.draw(split_rng, n_splits, p)
     counts = counts.astype(np.float64)  # what every call receives (a copy, see run_denoiser)
     logger.info("calibrating %s on %s: %d candidates x %d splits", name, source, len(candidates), n_splits)
-    try:
-        fit = search_denoiser(
-            denoiser, counts, candidates, splits=splits, name=name, progress=progress, timings=timings
-        )
-        chosen = fit.best_params
-        ratio = 1 / splits.fractions[0]
-        transfer = getattr(denoiser, "transfer", None) if depth_correction else None
-        applied = dict(transfer(chosen, ratio)) if callable(transfer) else chosen
-        if applied != chosen:
-            logger.info(
-                "%s chosen at depth p=%g, %s at full depth", candidate_label(chosen), p, candidate_label(applied)
-            )
-        with timings.step("fit"):
-            estimate = run_denoiser(denoiser, counts, applied, what="the full counts")
-    finally:
-        clear = getattr(denoiser, "clear", None)  # what a denoiser of scn2s.denoisers keeps between calls
-        if callable(clear):
-            clear()
+    fit = calibrate_family(
+        denoiser,
+        counts,
+        candidates,
+        splits=splits,
+        name=name,
+        depth_correction=depth_correction,
+        progress=progress,
+        timings=timings,
+    )
     with timings.step("output"):
-        library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-        layer_values = scale_to_library(estimate, library).astype(np.float32)
-        del estimate
+        layer_values = fit.values.astype(np.float32)
     params = {
         "denoiser": name,
         "grid": _grid_params(grid),
@@ -211,12 +203,11 @@ def calibrate(
         "seed": seed,
         "output": "layer",
     }
-    entry = _selection_record(fit, applied, ratio=ratio) | {"p": p, "n_splits": n_splits, "seed": seed}
     record = {
         "method": name,
         "params": params,
-        "best_params": {k: _storable(v) for k, v in applied.items()},
-        "selection": {name: entry},
+        "best_params": fit.best_params(),
+        "selection": {name: fit.record() | {"p": p, "seed": seed}},
         "version": _version(),
         "versions": versions(),
         "elapsed_seconds": time.perf_counter() - start,
@@ -227,9 +218,60 @@ def calibrate(
         adata = adata.copy()
     write_results(adata, record=record, **owner, layers={key_added: layer_values})
     logger.info(
-        "wrote layers[%r] (%s, %s) in %.1f s", key_added, name, candidate_label(applied), record["elapsed_seconds"]
+        "wrote layers[%r] (%s, %s) in %.1f s", key_added, name, candidate_label(fit.params), record["elapsed_seconds"]
     )
     return adata if copy else None
+
+
+def calibrate_family(
+    denoiser: Callable,
+    counts: sparse.csr_matrix,
+    candidates: Sequence[Mapping],
+    *,
+    splits: Splits,
+    name: str,
+    depth_correction: bool = True,
+    progress: bool = False,
+    timings: Timings | None = None,
+) -> CalibratedDenoiser:
+    """Score ``denoiser``'s candidates on ``splits`` and apply the best to the full ``counts`` (float64 CSR).
+
+    The choice is carried to the full depth by the denoiser's ``transfer`` rule, if it has one and
+    ``depth_correction``; its estimate on the full counts is brought to each cell's library size. A denoiser's
+    ``clear()`` (what the denoisers of :mod:`scn2s.denoisers` keep between calls) is called at the end.
+
+    Raises
+    ------
+    scn2s.select.calibrate.DenoiserError
+        If a call fails or returns a bad estimate.
+    """
+    timings = Timings() if timings is None else timings
+    try:
+        fit = search_denoiser(
+            denoiser, counts, candidates, splits=splits, name=name, progress=progress, timings=timings
+        )
+        chosen = fit.best_params
+        ratio = 1 / splits.fractions[0]
+        transfer = getattr(denoiser, "transfer", None) if depth_correction else None
+        applied = dict(transfer(chosen, ratio)) if callable(transfer) else chosen
+        if applied != chosen:
+            logger.info(
+                "%s chosen at depth p=%g, %s at full depth",
+                candidate_label(chosen),
+                splits.fractions[0],
+                candidate_label(applied),
+            )
+        with timings.step("fit"):
+            estimate = run_denoiser(denoiser, counts, applied, what="the full counts")
+    finally:
+        clear = getattr(denoiser, "clear", None)
+        if callable(clear):
+            clear()
+    library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    values = scale_to_library(estimate, library)
+    entry = _selection_record(fit, applied, ratio=ratio) | {"n_splits": len(splits)}
+    params = {k: _storable(v) for k, v in applied.items()}
+    return CalibratedDenoiser(family=name, search=fit, params=params, values=values, entry=entry)
 
 
 def _name(denoiser: Callable, name: str | None) -> str:
@@ -311,3 +353,78 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
+
+
+class ExtraDenoiser(NamedTuple):
+    """A denoiser that :func:`scn2s.pp.denoise` calibrates beside its own families (``denoisers=``)."""
+
+    name: str
+    denoiser: Callable
+    candidates: list[dict]
+    grid: dict  # as the record stores it
+
+
+def extra_denoisers(denoisers: Mapping | None, *, output: str, lazy: bool) -> list[ExtraDenoiser]:
+    """The ``denoisers`` argument of :func:`scn2s.pp.denoise`, checked before any work.
+
+    A mapping of names to a denoiser (its defaults, one candidate) or a ``(denoiser, grid)`` pair. Each name becomes
+    the family's key in the record and cannot be one of scn2s's own families.
+    """
+    if denoisers is None:
+        return []
+    if not isinstance(denoisers, Mapping):
+        msg = (
+            "denoisers must be a mapping of names to a denoiser or a (denoiser, grid) pair, e.g. "
+            f'{{"magic": (scn2s.denoisers.magic, {{"t": [1, 2, 3]}})}}; got {type(denoisers).__name__}.'
+        )
+        raise TypeError(msg)
+    if denoisers and output != "layer":
+        msg = f'denoisers= compares denoisers by their layers and needs output="layer", got output={output!r}.'
+        raise ValueError(msg)
+    if denoisers and lazy:
+        msg = "denoisers= needs the counts in memory; they are a dask array, which only the low-rank family reads."
+        raise ValueError(msg)
+    out = []
+    for name, spec in denoisers.items():
+        if not isinstance(name, str) or not name.isidentifier() or name in METHODS:
+            msg = (
+                f"denoisers: {name!r} cannot name a denoiser; use an identifier other than scn2s's own families "
+                f"{METHODS}."
+            )
+            raise ValueError(msg)
+        denoiser, grid = spec if isinstance(spec, tuple) and len(spec) == 2 else (spec, [{}])
+        if not callable(denoiser):
+            msg = (
+                f"denoisers[{name!r}] must be a function denoiser(counts, **params) or a (denoiser, grid) pair, "
+                f"got {spec!r}."
+            )
+            raise TypeError(msg)
+        out.append(ExtraDenoiser(name, denoiser, expand_grid(grid), _grid_params(grid)))
+    return out
+
+
+def calibrate_extras(
+    extras: Sequence[ExtraDenoiser], counts: sparse.csr_matrix, *, splits: Splits, progress: bool, timings: Timings
+) -> list[CalibratedDenoiser]:
+    """Calibrate each of ``denoise``'s extra denoisers on ``counts`` (the modelled genes) and ``splits``.
+
+    ``timings`` gets each one's total under its name and its steps as ``<name>.split``, ``.selection``, ``.fit``.
+    """
+    counts = counts.astype(np.float64)  # what every call receives (a copy, see run_denoiser)
+    fits = []
+    for extra in extras:
+        steps = Timings()
+        with timings.step(extra.name):
+            fit = calibrate_family(
+                extra.denoiser,
+                counts,
+                extra.candidates,
+                splits=splits,
+                name=extra.name,
+                progress=progress,
+                timings=steps,
+            )
+        fits.append(fit)
+        for step, seconds in steps.as_dict().items():
+            timings.add(f"{extra.name}.{step}", seconds)
+    return fits

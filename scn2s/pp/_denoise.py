@@ -25,6 +25,7 @@ from .._validate import (
     write_results,
 )
 from ..select import Splits, compare_families
+from ._calibrate import calibrate_extras, extra_denoisers
 from ._counts import check_modelled, is_lazy, read_counts
 from ._output import check_uncertainty, output_entries
 
@@ -46,6 +47,7 @@ def denoise(
     sample_ratio: float | None = None,
     lowrank_kwds: Mapping | None = None,
     autoencoder_kwds: Mapping | None = None,
+    denoisers: Mapping | None = None,
     device: str | None = None,
     output: Literal["layer", "factors"] = "layer",
     uncertainty: bool = False,
@@ -95,6 +97,13 @@ def denoise(
         Options of the autoencoder family (:class:`~scn2s.autoencoder.AutoencoderOptions`): ``configs`` (the
         candidates, dicts of :class:`~scn2s.autoencoder.train.TrainConfig` fields; default
         :data:`scn2s.autoencoder.DEFAULT_CONFIGS`), ``n_splits`` (splits the candidates are trained on, 1).
+    denoisers
+        Other denoisers to calibrate and compare beside the families of ``method``, on the same splits and by the
+        same loss: a mapping of names to a denoiser ``denoiser(counts, **params)`` (see :func:`scn2s.pp.calibrate`;
+        run at its defaults) or to a ``(denoiser, grid)`` pair, e.g. ``{"magic": (scn2s.denoisers.magic, {"t":
+        [1, 2, 3]})}``. Each gets the counts of the modelled genes (``mask_var``) and is scored on every split
+        (``n_splits``); if one has the lowest held-out loss, its chosen parameters are applied to the full counts
+        and written (no embedding). ``output="layer"`` and counts in memory only.
     device
         Torch device of the autoencoder; ``None`` picks CUDA when available.
     output
@@ -169,6 +178,7 @@ def denoise(
         adata, denoise_keys(key_added, output, method=method, uncertainty=uncertainty), **owner
     )  # before any work: write only keys scn2s owns
     lazy = is_lazy(adata, layer, method)
+    extras = extra_denoisers(denoisers, output=output, lazy=lazy)
     if output == "layer" and not lazy:
         check_layer_fits(adata.shape, key_added=key_added)  # before any work
     rng, seed = boundary_rng(rng)  # one integer seed reproduces the run: the record holds it
@@ -196,6 +206,9 @@ def denoise(
                 "timings": timings,
             }
             fits.append(autoencoder.select(data.modelled, options=autoencoder_options, **kwargs))
+    if extras:
+        modelled = data.modelled if data.modelled is not None else data.blocks.to_csr()
+        fits += calibrate_extras(extras, modelled, splits=splits, progress=progress, timings=timings)
     comparison = compare_families(fits) if len(fits) > 1 else None
     fit = next(f for f in fits if f.family == (comparison["chosen"] if comparison else method))
     with timings.step("output"):
@@ -212,6 +225,8 @@ def denoise(
     options = {"lowrank_options": lowrank_options, "autoencoder_options": autoencoder_options}
     params = _params(requested, layer, mask_var, p, n_splits, sample_ratio, device, output, seed, **options)
     params["uncertainty"] = uncertainty
+    if extras:
+        params["denoisers"] = {extra.name: extra.grid for extra in extras}
     record = {
         "method": fit.family,
         "params": params,

@@ -162,7 +162,10 @@ def embedding_entries(fit: Selection, n_vars: int, genes: np.ndarray | None, *, 
     (:meth:`scn2s.autoencoder.AutoencoderSelection.embedding`). Either is for ``sc.pp.neighbors(use_rep=...)``.
     """
     keys = factor_keys(key_added)
-    entries = {"obsm": {keys["scores"][1]: fit.embedding()}}
+    embedding = fit.embedding()
+    if embedding is None:  # a denoiser calibrated beside the families
+        return {}
+    entries = {"obsm": {keys["scores"][1]: embedding}}
     if hasattr(fit, "loadings"):
         loadings = np.zeros((n_vars, fit.rank), dtype=np.float64)
         loadings[slice(None) if genes is None else genes] = fit.loadings
@@ -196,7 +199,12 @@ def sd_entries(
     """
     key = f"{key_added}_sd"
     if not getattr(fit, "has_posterior", False):
-        what = "the low-rank family was chosen" if hasattr(fit, "loadings") else "the chosen network has no posterior"
+        if hasattr(fit, "loadings"):
+            what = "the low-rank family was chosen"
+        elif fit.family == "autoencoder":
+            what = "the chosen network has no posterior"
+        else:
+            what = f"the denoiser {fit.family!r} was chosen"
         msg = (
             f"uncertainty=True: {what}, so there is no posterior standard deviation and layers[{key!r}] is not "
             'written. Fix the family with method="autoencoder" and posterior=True in the autoencoder\'s configs to '

@@ -14,6 +14,7 @@ import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy import sparse
@@ -24,6 +25,7 @@ from ..loss import heldout_sqrt_mse, poisson_nll, sqrt_poisson_mean
 from .splits import Splits
 
 __all__ = [
+    "CalibratedDenoiser",
     "DenoiserError",
     "DenoiserSelection",
     "candidate_label",
@@ -207,6 +209,44 @@ class DenoiserSelection:
     def best_params(self) -> dict:
         """The parameters of the candidate with the lowest mean held-out loss."""
         return dict(self.candidates[self.best])
+
+
+@dataclass(frozen=True)
+class CalibratedDenoiser:
+    """A denoiser calibrated on the splits, as a family of :func:`scn2s.pp.denoise` (:class:`~.family.Selection`).
+
+    ``search`` scored its candidates on the held-out molecules of the splits every family is scored on; ``params``
+    (the choice, carried to the full depth by the denoiser's own rule if it has one) was then applied to the full
+    counts, giving ``values``: expected counts, each cell on its own library size (cells x modelled genes).
+    """
+
+    family: str
+    search: DenoiserSelection
+    params: dict
+    values: np.ndarray
+    entry: dict
+    has_posterior: ClassVar[bool] = False
+
+    @property
+    def heldout_losses(self) -> np.ndarray:
+        """Held-out loss of the chosen candidate, per split."""
+        return self.search.losses[:, self.search.best]
+
+    def reconstruct(self, rows: slice) -> np.ndarray:
+        """The denoised expected counts of the cells ``rows``."""
+        return self.values[rows]
+
+    def embedding(self) -> None:
+        """A denoiser offers no cell embedding."""
+        return
+
+    def best_params(self) -> dict:
+        """The parameters applied to the full counts."""
+        return dict(self.params)
+
+    def record(self) -> dict:
+        """The selection entry (the calibration's schema: :func:`scn2s.pp.calibrate`)."""
+        return dict(self.entry)
 
 
 def search_denoiser(
