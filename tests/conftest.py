@@ -19,6 +19,15 @@ def _data_file(name: str) -> Path:
     return path
 
 
+@pytest.fixture
+def close_figures():
+    """Close every matplotlib figure after the test (``pytestmark = pytest.mark.usefixtures("close_figures")``)."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 @pytest.fixture(scope="session")
 def data_file():
     """Path to a file of ../shared/data: skips when absent, fails when SCN2S_REQUIRE_DATA=1."""

@@ -7,7 +7,6 @@ import matplotlib
 matplotlib.use("Agg")
 
 import anndata as ad
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
@@ -21,11 +20,7 @@ from scn2s.loss import sqrt_poisson_mean
 from scn2s.select import Splits
 from scn2s.select.calibrate import DenoiserError, expand_grid, scale_to_library
 
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 @pytest.fixture(scope="module")

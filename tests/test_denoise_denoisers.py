@@ -7,7 +7,6 @@ import matplotlib
 matplotlib.use("Agg")
 
 import anndata as ad
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -19,10 +18,7 @@ from scn2s.select.calibrate import DenoiserError, scale_to_library
 GRID = {"k": [1, 5, 20]}
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,7 @@ from matplotlib.collections import LineCollection, PolyCollection
 import scn2s
 from scn2s.datasets import simulate
 
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 @pytest.fixture(scope="module")
