@@ -11,6 +11,10 @@ Run from the repository root (needs the ``benchmarks`` extra)::
 
     python benchmarks/speed.py --tasks pbmc1k zheng --seeds 0 1 2 --trees /path/to/base .
     python benchmarks/speed.py --tasks sim1000 sim10000 --seeds 0 --trees .
+    python benchmarks/speed.py --tasks pbmc1k zheng --seeds 0 1 2 --trees /path/to/base . scvi
+
+``scvi`` in ``--trees`` adds scVI's default training (scvi-tools, ``benchmarks/common.py``; its own seed 0 whatever
+the seed) on the same task at the same time, timed and scored alike.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+SCVI = "scvi"  # in --trees: scVI's default training on the task, timed beside the checkouts
 SCORES = (
     ("heldout_sqrt_loss", "held-out loss", ".5f"),
     ("poisson_nll", "Poisson NLL", ".4f"),
@@ -42,6 +47,9 @@ def worker(task_name: str, seed: int, data_dir: Path, out: Path) -> None:
 
     import scn2s
 
+    if os.environ.get("SPEED_METHOD") == SCVI:
+        scvi_worker(task_name, data_dir, out)
+        return
     if task_name.startswith("sim"):
         sim = scn2s.datasets.simulate(int(task_name[3:]), 2000, depth=1500, rng=0)
         counts, target = sparse.csr_matrix(sim.X), None
@@ -70,12 +78,33 @@ def worker(task_name: str, seed: int, data_dir: Path, out: Path) -> None:
     out.write_text(json.dumps(entry))
 
 
+def scvi_worker(task_name: str, data_dir: Path, out: Path) -> None:
+    """scVI's default training on the task (``benchmarks/common.py``'s ``scvi`` method, seed 0), timed and scored."""
+    from common import run_method
+    from peers import Reference, load_task, score
+
+    task = load_task(task_name, data_dir)
+    start = time.perf_counter()
+    estimate, info = run_method("scvi", task)
+    seconds = time.perf_counter() - start
+    scores = score(estimate, task, Reference.of(task))
+    entry = {
+        "seconds": seconds,
+        "family": "scvi",
+        "best_params": info,
+        "timings": {},
+        "scores": {key: scores.get(key) for key, _, _ in SCORES},
+    }
+    out.write_text(json.dumps(entry))
+
+
 def run(trees: list[Path], task: str, seed: int, data_dir: Path, threads: int | None) -> list[dict]:
     """One run per checkout, all at once (the load falls on all alike); each entry with its process's CPU seconds."""
     with tempfile.TemporaryDirectory() as scratch:
         running = {}
         for k, tree in enumerate(trees):
-            env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
+            source = trees[0] if str(tree) == SCVI else tree  # scVI's run imports the first checkout's scn2s
+            env = dict(os.environ, PYTHONPATH=str(source.resolve()), SPEED_METHOD=SCVI if str(tree) == SCVI else "")
             if threads:
                 env |= {"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             out = Path(scratch) / f"{k}.json"
