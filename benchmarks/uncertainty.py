@@ -7,6 +7,12 @@ true expected count on the cell's observed library size (the true frequencies ti
 the layer estimates). Also by bins of the true value, and the share of misses below and above the interval.
 
     python benchmarks/uncertainty.py --cells 800 --genes 300 --epochs 150
+
+``--factors``: the coverage again with the sd times a factor per gene ``c_g`` (the gamma's shape divided by
+``c_g**2``, its mean kept): ``c_g`` from the truth (an oracle, ``c_g**2 = mean_i (truth - mean)**2 / mean_i sd**2``),
+and from the held-out half of one split, by a network of the same settings trained on the training half
+(``c_g**2 = sum_i [(x'' - d mu')**2 - x''] / (d**2 sum_i sd'**2)``, clipped to [0.25, 25]: ``(x'' - d mu')**2 - x''``
+is unbiased for ``d**2 (truth' - mu')**2``).
 """
 
 from __future__ import annotations
@@ -40,6 +46,33 @@ def coverage(mean: np.ndarray, sd: np.ndarray, truth: np.ndarray) -> dict:
     return out
 
 
+def scaled(mean: np.ndarray, sd: np.ndarray, truth: np.ndarray, factor2: np.ndarray) -> dict:
+    """:func:`coverage` with each gene's sd times ``sqrt(factor2)``."""
+    return {k: v for k, v in coverage(mean, sd * np.sqrt(factor2)[None, :], truth).items() if "quintile" not in k}
+
+
+def heldout_factors(adata, config: dict, seed: int) -> np.ndarray:
+    """``c_g**2`` from the held-out half of one split (``p=0.5``), by a network trained on its training half."""
+    import torch
+    from scipy import sparse
+
+    from scn2s.autoencoder.data import CsrBatches
+    from scn2s.autoencoder.train import TrainConfig, predict_posterior, train
+    from scn2s.select import Splits
+
+    counts = sparse.csr_matrix(adata.X, dtype=np.float64)
+    splits = Splits.draw(np.random.default_rng(seed), 1, 0.5)
+    half, heldout = splits.get(0, counts)
+    result = train(half, TrainConfig(**config), heldout=heldout, depth_ratio=splits.depth_ratio, device="cpu", seed=0)
+    generator = torch.Generator().manual_seed(0)
+    rows = np.arange(half.shape[0])
+    mu, sd = predict_posterior(result.model, CsrBatches(half, "cpu"), rows, mode="replicas", generator=generator)
+    mu, sd = mu.numpy().astype(np.float64), sd.numpy().astype(np.float64)
+    held, d = heldout.toarray(), splits.depth_ratio
+    moments = ((held - d * mu) ** 2 - held).sum(axis=0)
+    return np.clip(moments / np.maximum(d**2 * (sd**2).sum(axis=0), 1e-300), 0.25, 25.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     import scn2s
 
@@ -50,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=150, help="max_epochs of the candidate")
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulation")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--factors", action="store_true", help="also with a variance factor per gene (see above)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         import torch
@@ -75,6 +109,21 @@ def main(argv: list[str] | None = None) -> int:
             adata.layers["denoised"].astype(np.float64), adata.layers["denoised_sd"].astype(np.float64), truth
         ),
     }
+    if args.factors:
+        mean = adata.layers["denoised"].astype(np.float64)
+        sd = adata.layers["denoised_sd"].astype(np.float64)
+        oracle = ((truth - mean) ** 2).mean(axis=0) / np.maximum((sd**2).mean(axis=0), 1e-300)
+        held = heldout_factors(adata, config, args.seed)
+        result["factors"] = {
+            "oracle": {
+                "quartiles": np.quantile(np.sqrt(oracle), [0, 0.25, 0.5, 0.75, 1]),
+                **scaled(mean, sd, truth, oracle),
+            },
+            "heldout": {
+                "quartiles": np.quantile(np.sqrt(held), [0, 0.25, 0.5, 0.75, 1]),
+                **scaled(mean, sd, truth, held),
+            },
+        }
     print(json.dumps(result, indent=1, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
     return 0
 
