@@ -8,9 +8,9 @@ any output or record entry, of its dtype or of its type, fails here.
 
 Floating-point results depend on the platform (the CPU's vector instructions, the BLAS and torch builds and their
 thread counts), so the hashes are compared only where ``golden.json`` was recorded: the same machine type, CPU
-model, core count and versions of Python, numpy, scipy, anndata, torch and dask. Elsewhere the test skips and
-says so. After a deliberate change of output, record again with ``python tests/test_golden.py`` and say why in
-the commit.
+model, core count, torch's thread count and versions of Python, numpy, scipy, anndata, torch and dask. Elsewhere
+the test skips and says so. After a deliberate change of output, record again with ``python tests/test_golden.py``
+and say why in the commit.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
+import torch
 from scipy import sparse
 
 import scn2s
@@ -46,6 +47,7 @@ def _fingerprint() -> dict:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),  # reductions are summed in another order with other thread counts
         **{name: version(name) for name in names},
     }
 
