@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._batches import read_batches
 from .._memory import check_layer_fits
 from .._names import denoise_keys, denoise_ownership, split_ownership
 from .._validate import check_writable, describe_source, gene_mask, get_counts
@@ -68,6 +69,15 @@ def denoise(args: argparse.Namespace) -> int:
         get_counts(adata, args.layer)
         if args.genes is not None:
             gene_mask(adata, args.genes)
+        read_batches(
+            adata,
+            args.batch_key,
+            args.transform_batch,
+            method=args.method,
+            output=args.output,
+            lazy=False,
+            stacklevel=2,
+        )
         planned = denoise_keys(args.key_added, args.output, method=args.method, uncertainty=args.uncertainty)
         check_writable(adata, planned, **denoise_ownership(args.key_added, args.layer))
     layer_size = adata.n_obs * adata.n_vars * 4 if args.output == "layer" else 0
@@ -84,6 +94,8 @@ def denoise(args: argparse.Namespace) -> int:
             layer=args.layer,
             key_added=args.key_added,
             mask_var=args.genes,
+            batch_key=args.batch_key,
+            transform_batch=args.transform_batch,
             p=args.p,
             n_splits=args.n_splits,
             lowrank_kwds={"max_rank": args.max_rank, "rank": args.rank},

@@ -152,6 +152,17 @@ def _parser() -> argparse.ArgumentParser:
     den.add_argument(
         "--genes", metavar="VAR_COLUMN", help="model only the genes of this boolean var column, e.g. highly_variable"
     )
+    den.add_argument(
+        "--batch-key",
+        metavar="OBS_COLUMN",
+        help="obs column of each cell's batch: the low-rank family centres each cell on its batch's gene means if "
+        "that lowers the held-out loss (the record says by how much); not with --method autoencoder",
+    )
+    den.add_argument(
+        "--transform-batch",
+        metavar="BATCH",
+        help="with --batch-key: write every cell's expression as if measured in this batch",
+    )
     den.add_argument("--p", type=_fraction, default=default("p"), help="training fraction of each split (%(default)s)")
     den.add_argument("--n-splits", type=_positive, default=default("n_splits"), help="splits averaged (%(default)s)")
     den.add_argument(

@@ -17,6 +17,8 @@ FLAGS = {
     "max_rank": "--max-rank",
     "n_splits": "--n-splits",
     "device": "--device",
+    "batch_key": "--batch-key",
+    "transform_batch": "--transform-batch",
 }
 _NAMES = "|".join(sorted(FLAGS, key=len, reverse=True))
 _NONE = re.compile(rf"\b(pass )?({_NAMES})=None\b")

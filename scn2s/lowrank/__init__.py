@@ -8,6 +8,7 @@ counts on dask's workers.
 """
 
 from .search import (
+    Batches,
     LowRankOptions,
     LowRankSelection,
     clamp_rank,
@@ -18,6 +19,7 @@ from .search import (
 )
 
 __all__ = [
+    "Batches",
     "LowRankOptions",
     "LowRankSelection",
     "clamp_rank",

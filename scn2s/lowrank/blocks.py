@@ -71,9 +71,12 @@ class BlockCounts:
         return parts
 
     @staticmethod
-    def operator(parts: list) -> CentredOperator:
-        """The centred operator of normalised blocks, for :func:`~scn2s.lowrank.model.randomized_svd`."""
-        return BlockOperator(parts)
+    def operator(parts: list, groups: np.ndarray | None = None) -> CentredOperator:
+        """The centred operator of normalised blocks, for :func:`~scn2s.lowrank.model.randomized_svd`.
+
+        ``groups``: each cell's batch code, to centre each cell on its batch's means.
+        """
+        return BlockOperator(parts, groups)
 
     @staticmethod
     def heldout_loss_per_rank(

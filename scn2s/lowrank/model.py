@@ -42,17 +42,31 @@ __all__ = [
 
 @dataclass
 class LowRankFactors:
-    """A centred truncated SVD, ``Y ~ 1 mean^T + U diag(s) Vt``."""
+    """A centred truncated SVD, ``Y ~ 1 mean^T + U diag(s) Vt``.
 
-    mean: np.ndarray  # (n_genes,)
+    With ``groups`` (each cell's batch, codes ``0..b-1``), ``mean`` holds one row per batch and each cell is
+    centred on its batch's means: ``Y ~ G mean + U diag(s) Vt`` (``G`` the cells' one-hot batches).
+    """
+
+    mean: np.ndarray  # (n_genes,), or (n_batches, n_genes) with groups
     U: np.ndarray  # (n_cells, k), orthonormal columns
     s: np.ndarray  # (k,), descending
     Vt: np.ndarray  # (k, n_genes), orthonormal rows
+    groups: np.ndarray | None = None  # (n_cells,) each cell's batch code, or None: one mean for all cells
 
     @property
     def max_rank(self) -> int:
         """Number of components."""
         return len(self.s)
+
+    def row_means(self, rows: slice | np.ndarray = slice(None), groups: np.ndarray | None = None) -> np.ndarray:
+        """The centre of the cells ``rows``: ``mean`` itself ``(genes,)``, or each cell's batch means.
+
+        ``groups`` (codes of the cells ``rows``) replaces their own batches, e.g. one reference batch for all.
+        """
+        if self.groups is None:
+            return self.mean
+        return self.mean[self.groups[rows] if groups is None else groups]
 
 
 Blocks = Sequence[sparse.csr_matrix]
@@ -144,35 +158,61 @@ class BlockOperator:
 
     tall = NumpyTall
 
-    def __init__(self, blocks: Sequence) -> None:
+    def __init__(self, blocks: Sequence, groups: np.ndarray | None = None) -> None:
         self.blocks = list(blocks)
         self.rows = _block_rows(self.blocks)
         n = self.rows[-1].stop
         self.shape = (n, self.blocks[0].shape[1])
-        self.mean = sum(np.asarray(block.sum(axis=0, dtype=np.float64)).ravel() for block in self.blocks) / max(n, 1)
+        self.groups = None if groups is None else np.asarray(groups, dtype=np.intp)
+        if self.groups is None:
+            sums = sum(np.asarray(block.sum(axis=0, dtype=np.float64)).ravel() for block in self.blocks)
+            self.mean = sums / max(n, 1)
+        else:
+            indicator = _indicator(self.groups)  # batches x cells
+            sums = np.zeros((indicator.shape[0], self.shape[1]))
+            for r, block in zip(self.rows, self.blocks, strict=True):
+                part = indicator[:, r] @ block
+                sums += part.toarray() if sparse.issparse(part) else np.asarray(part)
+            self.mean = sums / np.maximum(np.bincount(self.groups, minlength=indicator.shape[0]), 1)[:, None]
+            self._indicator = indicator
 
     def right(self, M: np.ndarray) -> np.ndarray:
-        """``(Y - 1 mean^T) @ M``, block by block."""
+        """``(Y - 1 mean^T) @ M`` (each cell less its batch's means, with groups), block by block."""
         out = np.empty((self.shape[0], M.shape[1]))
         for r, block in zip(self.rows, self.blocks, strict=True):
             out[r] = block @ M.astype(block.dtype, copy=False)
-        out -= self.mean @ M
+        if self.groups is None:
+            out -= self.mean @ M
+        else:
+            out -= (self.mean @ M)[self.groups]
         return out
 
     def left(self, Q: np.ndarray) -> np.ndarray:
-        """``(Y - 1 mean^T).T @ Q``, accumulated over the blocks."""
+        """``(Y - 1 mean^T).T @ Q`` (each cell less its batch's means, with groups), accumulated over the blocks."""
         out = np.zeros((self.shape[1], Q.shape[1]))
         for r, block in zip(self.rows, self.blocks, strict=True):
             out += block.T @ Q[r].astype(block.dtype, copy=False)
-        out -= np.outer(self.mean, Q.sum(axis=0))
+        if self.groups is None:
+            out -= np.outer(self.mean, Q.sum(axis=0))
+        else:
+            out -= self.mean.T @ (self._indicator @ Q)
         return out
 
 
-def centred_operator(Y) -> CentredOperator:
-    """``Y`` (a matrix, a sequence of row blocks or already an operator) as a :class:`CentredOperator`."""
+def _indicator(groups: np.ndarray) -> sparse.csr_matrix:
+    """The batches x cells one-hot matrix of the cells' batch codes."""
+    n = len(groups)
+    return sparse.csr_matrix((np.ones(n), (groups, np.arange(n))), shape=(int(groups.max()) + 1, n))
+
+
+def centred_operator(Y, groups: np.ndarray | None = None) -> CentredOperator:
+    """``Y`` (a matrix, a sequence of row blocks or already an operator) as a :class:`CentredOperator`.
+
+    ``groups``: each cell's batch code, to centre each cell on its batch's means (not with an operator).
+    """
     if hasattr(Y, "right") and hasattr(Y, "left"):
         return Y
-    return BlockOperator(_as_blocks(Y))
+    return BlockOperator(_as_blocks(Y), groups)
 
 
 def randomized_svd(
@@ -218,7 +258,7 @@ def _randomized_svd(
     B = op.left(Q).T  # (width, g) = Q^T (Y - 1 mean^T)
     Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
     U = tall.gather(Q @ Ub[:, :rank])
-    return LowRankFactors(mean=op.mean, U=U, s=s[:rank], Vt=Vt[:rank])
+    return LowRankFactors(mean=op.mean, U=U, s=s[:rank], Vt=Vt[:rank], groups=getattr(op, "groups", None))
 
 
 def orthonormalize(A, *, overwrite: bool = False, ops: type = NumpyTall):
@@ -288,7 +328,10 @@ def heldout_loss_per_rank(
     blocks = _as_blocks(heldout)
     loss = np.zeros(factors.max_rank + 1)
     for rows, block in zip(_block_rows(blocks), blocks, strict=True):
-        loss += block_loss_per_rank(factors, cell_scale[rows], factors.U[rows], block, depth_ratio, chunk_size)
+        groups = None if factors.groups is None else factors.groups[rows]
+        loss += block_loss_per_rank(
+            factors, cell_scale[rows], factors.U[rows], block, depth_ratio, chunk_size, groups=groups
+        )
     return loss
 
 
@@ -299,45 +342,60 @@ def block_loss_per_rank(
     heldout: sparse.csr_matrix,
     depth_ratio: float = 1.0,
     chunk_size: int = 2048,
+    *,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """The summed held-out loss of every rank on one block of cells (:func:`heldout_loss_per_rank`'s terms).
 
-    ``a`` and ``U`` are the block's rows of the cell scale and of ``factors.U`` (whose own ``U`` is not read), so
-    a block is scored from its own rows alone, wherever it lives.
+    ``a`` and ``U`` are the block's rows of the cell scale and of ``factors.U`` (whose own ``U`` is not read), and
+    ``groups`` its rows of ``factors.groups`` (with batches), so a block is scored from its own rows alone,
+    wherever it lives.
     """
     heldout = canonical_csr(heldout)
     if depth_ratio == 1.0:
-        return _loss_per_rank_linear(factors, a, U, heldout)
-    return _loss_per_rank_converted(factors, a, U, heldout, depth_ratio, chunk_size)
+        return _loss_per_rank_linear(factors, a, U, heldout, groups)
+    return _loss_per_rank_converted(factors, a, U, heldout, depth_ratio, chunk_size, groups)
 
 
 def _loss_per_rank_linear(
-    factors: LowRankFactors, a: np.ndarray, U: np.ndarray, heldout: sparse.csr_matrix
+    factors: LowRankFactors, a: np.ndarray, U: np.ndarray, heldout: sparse.csr_matrix, groups: np.ndarray | None
 ) -> np.ndarray:
     mean, s, Vt = factors.mean, factors.s, factors.Vt
     T = heldout.astype(np.float64)
     T.data = np.sqrt(T.data)
     target_sq = float(np.sum(T.data**2))
-    # <T, P_k> = sum_i a_i (T mean)_i + sum_{j<=k} s_j sum_i a_i U_ij (T V)_ij
-    cross0 = float(a @ (T @ mean))
-    cross = s * np.einsum("i,ij,ij->j", a, U, np.asarray(T @ Vt.T))
-    # |P_k|^2 = sum_i a_i^2 (|mean|^2 + 2 sum_{j<=k} s_j U_ij (Vt mean)_j + sum_{j<=k} s_j^2 U_ij^2)
     a2 = a**2
-    pred0 = float(a2.sum() * (mean @ mean))
-    pred = 2 * s * (Vt @ mean) * (a2 @ U) + s**2 * (a2 @ U**2)
+    cross = s * np.einsum("i,ij,ij->j", a, U, np.asarray(T @ Vt.T))
+    if groups is None:
+        # <T, P_k> = sum_i a_i (T mean)_i + sum_{j<=k} s_j sum_i a_i U_ij (T V)_ij
+        cross0 = float(a @ (T @ mean))
+        # |P_k|^2 = sum_i a_i^2 (|mean|^2 + 2 sum_{j<=k} s_j U_ij (Vt mean)_j + sum_{j<=k} s_j^2 U_ij^2)
+        pred0 = float(a2.sum() * (mean @ mean))
+        pred = 2 * s * (Vt @ mean) * (a2 @ U) + s**2 * (a2 @ U**2)
+    else:  # the same with each cell's batch means m_i = mean[groups[i]]
+        cells = np.arange(len(groups))
+        cross0 = float(a @ np.asarray(T @ mean.T)[cells, groups])
+        pred0 = float(a2 @ np.einsum("bg,bg->b", mean, mean)[groups])
+        pred = 2 * s * np.einsum("i,ij,ij->j", a2, U, (Vt @ mean.T).T[groups]) + s**2 * (a2 @ U**2)
     loss = target_sq - 2 * np.concatenate([[cross0], cross0 + np.cumsum(cross)])
     return loss + np.concatenate([[pred0], pred0 + np.cumsum(pred)])
 
 
 def _loss_per_rank_converted(
-    factors: LowRankFactors, a: np.ndarray, U: np.ndarray, heldout: sparse.csr_matrix, ratio: float, chunk_size: int
+    factors: LowRankFactors,
+    a: np.ndarray,
+    U: np.ndarray,
+    heldout: sparse.csr_matrix,
+    ratio: float,
+    chunk_size: int,
+    groups: np.ndarray | None,
 ) -> np.ndarray:
     mean, s, Vt = factors.mean, factors.s, factors.Vt
     loss = np.zeros(len(s) + 1)
     for start in range(0, heldout.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         target = np.sqrt(heldout[rows].toarray().astype(np.float64))
-        pred = a[rows, None] * mean[None, :]
+        pred = a[rows, None] * (mean[None, :] if groups is None else mean[groups[rows]])
         for k in range(len(s) + 1):
             if k > 0:
                 pred += np.outer(a[rows] * U[rows, k - 1] * s[k - 1], Vt[k - 1])
@@ -354,6 +412,7 @@ def reconstruct_counts(
     *,
     rows: slice | np.ndarray = slice(None),
     genes: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Denoised expected counts of the rank-``rank`` reconstruction for a block of cells.
 
@@ -376,6 +435,9 @@ def reconstruct_counts(
         Which cells to reconstruct.
     genes
         Optional gene indices to return (the rescaling still uses all genes).
+    groups
+        With batches: the batch codes to centre the cells ``rows`` on, instead of their own (e.g. one reference
+        batch for every cell).
 
     Returns
     -------
@@ -383,7 +445,7 @@ def reconstruct_counts(
     """
     scores = factors.U[rows, :rank] * factors.s[:rank]
     s = library_size[rows]
-    counts = unscaled_counts(factors.mean, scores, factors.Vt[:rank].T, s, target_sum)
+    counts = unscaled_counts(factors.row_means(rows, groups), scores, factors.Vt[:rank].T, s, target_sum)
     counts *= library_scale(counts.sum(axis=1), s)[:, None]
     return counts if genes is None else counts[:, genes]
 
@@ -400,7 +462,8 @@ def unscaled_counts(
     Parameters
     ----------
     mean
-        The genes' means in normalised square-root space, ``(genes,)``.
+        The genes' means in normalised square-root space, ``(genes,)``, or each cell's own (its batch's),
+        ``(cells, genes)``; a gene whose mean is zero for a cell (no molecule in its batch) stays zero there.
     scores
         The cells' scores ``U[:, :k] * s[:k]``, ``(cells, k)``.
     loadings
@@ -414,10 +477,13 @@ def unscaled_counts(
     -------
     Dense float64 array, ``cells x genes``.
     """
-    y_hat = mean[None, :] + scores @ loadings.T
+    y_hat = (mean[None, :] if mean.ndim == 1 else mean) + scores @ loadings.T
     y_hat *= np.sqrt(library_size / target_sum)[:, None]
     counts = sqrt_poisson_mean_inverse(y_hat)
-    counts[:, mean == 0] = 0.0
+    if mean.ndim == 1:
+        counts[:, mean == 0] = 0.0
+    else:
+        counts[mean == 0] = 0.0
     return counts
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from .._batches import Batches
 from .._blocks import RowBlocks
 from .._sparse import canonical_csr, is_dask_array
 from .._timing import Timings
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from .dask import DaskRowBlocks
 
 __all__ = [
+    "Batches",
     "LowRankOptions",
     "LowRankSelection",
     "as_row_blocks",
@@ -101,6 +104,8 @@ class LowRankSelection:
     library_size: np.ndarray
     target_sum: float
     n_splits: int  # the splits drawn (none scored with a fixed rank)
+    batches: dict | None = None  # with batch codes: the comparison with and without per-batch means (the record's)
+    reference: int | None = None  # a batch code: every cell reconstructed as if in that batch (transform_batch)
 
     family = "lowrank"
 
@@ -129,8 +134,15 @@ class LowRankSelection:
         return self.losses[:, self.split_rank]
 
     def reconstruct(self, rows: slice) -> np.ndarray:
-        """Denoised expected counts of a block of cells (all modelled genes)."""
-        return reconstruct_counts(self.factors, self.rank, self.library_size, self.target_sum, rows=rows)
+        """Denoised expected counts of a block of cells (all modelled genes).
+
+        With per-batch means and a ``reference`` batch, each cell is centred on that batch's means instead of its
+        own: its expression as if measured in the reference batch.
+        """
+        groups = None
+        if self.reference is not None and self.factors.groups is not None:
+            groups = np.full(len(range(*rows.indices(len(self.library_size)))), self.reference)
+        return reconstruct_counts(self.factors, self.rank, self.library_size, self.target_sum, rows=rows, groups=groups)
 
     def best_params(self) -> dict:
         """The choice: ``{"rank": k}``."""
@@ -149,6 +161,8 @@ class LowRankSelection:
             }
             if np.isfinite(self.noise_ratio):
                 record["noise_ratio"] = self.noise_ratio
+        if self.batches is not None:
+            record["batches"] = dict(self.batches)
         return record | {"n_splits": self.n_splits}
 
 
@@ -219,12 +233,14 @@ def search_lowrank(
     rng: np.random.Generator,
     progress: bool = False,
     timings: Timings | None = None,
+    groups: np.ndarray | None = None,
 ) -> RankLosses:
     """Held-out loss of every rank ``0..max_rank`` on every split.
 
     Each split's training half is factorised once; its held-out half scores all ranks. The counts are read
     block by block, once per split; the two halves of a split are held in memory (as sparse blocks whose
-    non-zeros are at most those of the counts) while it is scored.
+    non-zeros are at most those of the counts) while it is scored. ``groups``: each cell's batch code, to centre
+    each cell on its batch's means (rank 0 is then the batches' means).
 
     Returns
     -------
@@ -246,7 +262,7 @@ def search_lowrank(
             expressed = library > 0
             target_sum = float(np.median(library[expressed])) / train_frac if expressed.any() else 1.0
             train = blocks.normalised(library, target_sum, train)
-            factors = randomized_svd(blocks.operator(train), max_rank, rng=svd_rngs[i])
+            factors = randomized_svd(_operator(blocks, train, groups), max_rank, rng=svd_rngs[i])
             del train
             cell_scale = np.sqrt(library / target_sum)
             losses[i] = blocks.heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=splits.depth_ratio)
@@ -255,6 +271,11 @@ def search_lowrank(
         spectra[i] = factors.s
         logger.debug("split %d: best rank %d", i, int(np.argmin(losses[i])))
     return RankLosses(losses, spectra)
+
+
+def _operator(blocks: BlockCounts | DaskRowBlocks, parts: list, groups: np.ndarray | None):
+    """The data path's centred operator of ``parts``, on each batch's means with ``groups`` (in memory only)."""
+    return blocks.operator(parts) if groups is None else blocks.operator(parts, groups)
 
 
 def normalised_blocks(blocks: BlockCounts | DaskRowBlocks) -> NormalisedCounts:
@@ -280,6 +301,7 @@ def fit_lowrank(
     rng: np.random.Generator,
     progress: bool = False,
     timings: Timings | None = None,
+    groups: np.ndarray | None = None,
 ) -> LowRankSelection:
     """Choose a rank by held-out molecules and fit it on the full counts.
 
@@ -308,6 +330,9 @@ def fit_lowrank(
     timings
         Records the seconds spent splitting (``"split"``), scoring ranks (``"selection"``) and in the
         full-depth fit (``"fit"``).
+    groups
+        Each cell's batch code (``0..b-1``, counts in memory): every cell is centred on its batch's gene means
+        instead of the means of all cells, so that shifts between batches do not use up rank.
     """
     blocks = as_row_blocks(counts)
     timings = Timings() if timings is None else timings
@@ -322,11 +347,11 @@ def fit_lowrank(
     if rank is None:
         # the search first: its halves are freed before the full counts are normalised
         losses, spectra = search_lowrank(
-            blocks, max_rank=K, splits=splits, rng=search_rng, progress=progress, timings=timings
+            blocks, max_rank=K, splits=splits, rng=search_rng, progress=progress, timings=timings, groups=groups
         )
     with timings.step("fit"):
         normalised, library, target_sum = normalised_blocks(blocks)
-        factors = randomized_svd(blocks.operator(normalised), K, rng=fit_rng)
+        factors = randomized_svd(_operator(blocks, normalised, groups), K, rng=fit_rng)
         del normalised
     if rank is not None:
         return LowRankSelection(
@@ -375,6 +400,41 @@ def select(
     rng: np.random.Generator,
     progress: bool = False,
     timings: Timings | None = None,
+    batches: Batches | None = None,
 ) -> LowRankSelection:
-    """The family interface (:mod:`scn2s.select.family`): :func:`fit_lowrank` with ``options``."""
-    return fit_lowrank(counts, splits=splits, rng=rng, progress=progress, timings=timings, **asdict(options))
+    """The family interface (:mod:`scn2s.select.family`): :func:`fit_lowrank` with ``options``.
+
+    With ``batches``, the rank search runs twice from the same random state, with each cell centred on its batch's
+    gene means and on the means of all cells; the variant with the lower held-out loss (at its chosen rank, over
+    the splits) is fit, and its record says which won and by how much. With a fixed rank nothing is compared: the
+    batches' means are used. ``batches.reference``: reconstruct every cell as if in that batch.
+    """
+    kwargs = {"splits": splits, "progress": progress, "timings": timings, **asdict(options)}
+    if batches is None:
+        return fit_lowrank(counts, rng=rng, **kwargs)
+    with_rng = copy.deepcopy(rng)
+    with_batches = fit_lowrank(counts, rng=with_rng, groups=batches.codes, **kwargs)
+    record = {"key": batches.key, "levels": np.asarray(batches.levels, dtype=str), "compared": options.rank is None}
+    chosen = with_batches
+    if options.rank is None:
+        without = fit_lowrank(counts, rng=rng, **kwargs)
+        used = float(with_batches.heldout_losses.mean()) <= float(without.heldout_losses.mean())
+        record |= {
+            "loss_with": float(with_batches.heldout_losses.mean()),
+            "loss_without": float(without.heldout_losses.mean()),
+            "rank_with": with_batches.rank,
+            "rank_without": without.rank,
+        }
+        chosen = with_batches if used else without
+        logger.info(
+            "per-batch means %s: held-out loss %.6g with, %.6g without",
+            "used" if used else "not used",
+            record["loss_with"],
+            record["loss_without"],
+        )
+    record["used"] = chosen is with_batches
+    reference = batches.reference if chosen is with_batches else None
+    if batches.reference is not None:
+        record["reference"] = str(batches.levels[batches.reference])
+        record["transformed"] = reference is not None
+    return replace(chosen, batches=record, reference=reference)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .. import autoencoder, lowrank
+from .._batches import read_batches
 from .._memory import check_layer_fits
 from .._names import METHODS, OUTPUTS, denoise_keys, denoise_ownership
 from .._timing import Timings
@@ -42,6 +43,8 @@ def denoise(
     layer: str | None = None,
     key_added: str = "denoised",
     mask_var: str | np.ndarray | None = None,
+    batch_key: str | None = None,
+    transform_batch: str | None = None,
     p: float = 0.5,
     n_splits: int = 3,
     sample_ratio: float | None = None,
@@ -82,6 +85,17 @@ def denoise(
     mask_var
         Genes to model: a boolean array, or the name of a boolean ``var`` column such as
         ``"highly_variable"``. ``None`` models every gene. Genes outside the mask keep their raw counts.
+    batch_key
+        Column of ``adata.obs`` holding each cell's batch (sample, donor, chemistry). The low-rank family then
+        centres each cell on its batch's gene means, so that shifts between batches do not use up rank, and
+        compares this with the means of all cells on the same held-out molecules: the record
+        (``selection["lowrank"]["batches"]``) says which won and by how much, and the winner is written. The layer
+        stays denoising, not integration: each cell keeps its own batch's expression. ``method="lowrank"`` or
+        ``"auto"`` (the autoencoder runs without the batches and competes as usual), with ``output="layer"`` and
+        counts in memory.
+    transform_batch
+        With ``batch_key``: a batch whose means every cell is centred on, so the layer holds each cell's
+        expression as if measured in that batch (scVI's name). Applied only if the per-batch means win.
     p
         Fraction of the molecules in each split's training half.
     n_splits
@@ -178,6 +192,7 @@ def denoise(
         adata, denoise_keys(key_added, output, method=method, uncertainty=uncertainty), **owner
     )  # before any work: write only keys scn2s owns
     lazy = is_lazy(adata, layer, method)
+    batches = read_batches(adata, batch_key, transform_batch, method=method, output=output, lazy=lazy, stacklevel=3)
     extras = extra_denoisers(denoisers, output=output, lazy=lazy)
     if output == "layer" and not lazy:
         check_layer_fits(adata.shape, key_added=key_added)  # before any work
@@ -194,7 +209,7 @@ def denoise(
     logger.info("denoising %s: %d cells x %d genes", source, *data.blocks.shape)
     fits = []
     if method in ("auto", "lowrank"):
-        kwargs = {"splits": splits, "rng": lowrank_rng, "progress": progress, "timings": timings}
+        kwargs = {"splits": splits, "rng": lowrank_rng, "progress": progress, "timings": timings, "batches": batches}
         fits.append(lowrank.select(data.blocks, options=lowrank_options, **kwargs))
     if method in ("auto", "autoencoder"):
         with timings.step("autoencoder"):
@@ -227,6 +242,10 @@ def denoise(
     params["uncertainty"] = uncertainty
     if extras:
         params["denoisers"] = {extra.name: extra.grid for extra in extras}
+    if batch_key is not None:
+        params["batch_key"] = batch_key
+    if transform_batch is not None:
+        params["transform_batch"] = str(transform_batch)
     record = {
         "method": fit.family,
         "params": params,
