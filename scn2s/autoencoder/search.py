@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .._timing import Timings
 from .._validate import check_integer
-from ..select.family import options_from
+from ..select.family import SplitLosses, options_from
 from ..select.splits import Splits
 
 __all__ = [
@@ -115,7 +115,7 @@ def config_label(config) -> str:
 
 
 @dataclass(frozen=True)
-class AutoencoderSelection:
+class AutoencoderSelection(SplitLosses):
     """Outcome of the autoencoder search and the fit it chose: a :class:`~scn2s.select.family.Selection`."""
 
     configs: list
@@ -144,16 +144,6 @@ class AutoencoderSelection:
     def losses(self) -> np.ndarray:
         """Held-out loss of each candidate under its better inference mode, ``(n_splits_used, n_configs)``."""
         return np.minimum(self.losses_full, self.losses_replicas)
-
-    @property
-    def loss_mean(self) -> np.ndarray:
-        """Mean held-out loss of each candidate over the splits used."""
-        return self.losses.mean(axis=0)
-
-    @property
-    def loss_std(self) -> np.ndarray:
-        """Standard deviation of each candidate's held-out loss over the splits used (0 for one split)."""
-        return self.losses.std(axis=0, ddof=1) if len(self.losses) > 1 else np.zeros(self.losses.shape[1])
 
     @property
     def heldout_losses(self) -> np.ndarray:

@@ -18,7 +18,7 @@ from .._blocks import RowBlocks
 from .._sparse import canonical_csr, is_dask_array
 from .._timing import Timings
 from .._validate import check_integer
-from ..select.family import options_from
+from ..select.family import SplitLosses, options_from
 from ..select.splits import Splits
 from .blocks import BlockCounts
 from .model import LowRankFactors, randomized_svd, reconstruct_counts, transfer_rank
@@ -91,7 +91,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LowRankSelection:
+class LowRankSelection(SplitLosses):
     """Outcome of the rank search, and the full-depth fit it chose (a :class:`~scn2s.select.family.Selection`)."""
 
     ranks: np.ndarray
@@ -109,11 +109,6 @@ class LowRankSelection:
 
     family = "lowrank"
 
-    @property
-    def loss_mean(self) -> np.ndarray:
-        """Mean held-out loss of each rank over splits."""
-        return self.losses.mean(axis=0)
-
     def embedding(self) -> np.ndarray:
         """The cells' scores of the applied rank, ``U[:, :rank] * s[:rank]`` (float64, cells x rank)."""
         return self.factors.U[:, : self.rank] * self.factors.s[: self.rank]
@@ -122,11 +117,6 @@ class LowRankSelection:
     def loadings(self) -> np.ndarray:
         """The modelled genes' loadings of the applied rank, ``Vt[:rank].T`` (genes x rank)."""
         return self.factors.Vt[: self.rank].T
-
-    @property
-    def loss_std(self) -> np.ndarray:
-        """Standard deviation of each rank's held-out loss over splits."""
-        return self.losses.std(axis=0, ddof=1) if len(self.losses) > 1 else np.zeros(self.losses.shape[1])
 
     @property
     def heldout_losses(self) -> np.ndarray:

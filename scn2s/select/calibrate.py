@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .._timing import Timings
 from ..loss import heldout_sqrt_mse, poisson_nll, sqrt_poisson_mean
+from .family import SplitLosses
 from .splits import Splits
 
 __all__ = [
@@ -185,7 +186,7 @@ def score_estimate(
 
 
 @dataclass
-class DenoiserSelection:
+class DenoiserSelection(SplitLosses):
     """Outcome of a search over a denoiser's parameters: the held-out scores of every candidate."""
 
     name: str
@@ -194,16 +195,6 @@ class DenoiserSelection:
     nll: np.ndarray  # (n_splits, n_candidates), Poisson NLL per entry
     seconds: np.ndarray  # (n_splits, n_candidates), time of each call of the denoiser
     best: int
-
-    @property
-    def loss_mean(self) -> np.ndarray:
-        """Mean held-out loss of each candidate over splits."""
-        return self.losses.mean(axis=0)
-
-    @property
-    def loss_std(self) -> np.ndarray:
-        """Standard deviation of each candidate's held-out loss over splits."""
-        return self.losses.std(axis=0, ddof=1) if len(self.losses) > 1 else np.zeros(self.losses.shape[1])
 
     @property
     def best_params(self) -> dict:

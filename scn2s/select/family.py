@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-__all__ = ["Selection", "options_from"]
+__all__ = ["Selection", "SplitLosses", "options_from"]
 
 T = TypeVar("T")
 
@@ -60,3 +60,17 @@ def options_from(cls: type[T], kwds: Mapping | None, name: str) -> T:
         msg = f"{name} has unknown key(s) {unknown}; valid: {valid}."
         raise ValueError(msg)
     return cls(**kwds)
+
+
+class SplitLosses:
+    """``loss_mean`` and ``loss_std`` of a search's held-out ``losses`` (splits x candidates), for its selection."""
+
+    @property
+    def loss_mean(self) -> np.ndarray:
+        """Mean held-out loss of each candidate over the splits."""
+        return self.losses.mean(axis=0)
+
+    @property
+    def loss_std(self) -> np.ndarray:
+        """Standard deviation of each candidate's held-out loss over the splits (0 for one split)."""
+        return self.losses.std(axis=0, ddof=1) if len(self.losses) > 1 else np.zeros(self.losses.shape[1])
