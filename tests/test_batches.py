@@ -158,3 +158,24 @@ def test_odd_batch_columns_are_refused_before_any_work(batched, change, kwargs, 
         scn2s.pp.denoise(adata, **arguments)
     assert "denoised" not in adata.layers
     assert "denoised" not in adata.uns
+
+
+def test_the_command_line_takes_the_batch_column_and_says_what_it_did(batched, tmp_path, capsys):
+    from scn2s.cli import main
+
+    source = tmp_path / "in.h5ad"
+    batched.write_h5ad(source)
+    out = str(tmp_path / "out.h5ad")
+    assert main(["denoise", str(source), "-o", out, "--method", "lowrank", "--batch-key", "batch"]) == 0
+    assert "per-batch gene means (obs['batch'], 3 batches): used, held-out loss" in capsys.readouterr().out
+    assert ad.read_h5ad(out).uns["denoised"]["params"]["batch_key"] == "batch"
+    refused = [
+        (["--method", "autoencoder", "--batch-key", "batch"], "--method autoencoder"),
+        (["--batch-key", "nope"], "is not a column of adata.obs"),
+        (["--batch-key", "batch", "--transform-batch", "b9"], "--transform-batch b9 is not a batch"),
+    ]
+    for i, (flags, message) in enumerate(refused):
+        assert main(["-q", "denoise", str(source), "-o", str(tmp_path / f"x{i}.h5ad"), *flags]) == 2
+        error = capsys.readouterr().err
+        assert message in error, error
+        assert not (tmp_path / f"x{i}.h5ad").exists()

@@ -131,7 +131,7 @@ class LowRankSelection(SplitLosses):
         """
         groups = None
         if self.reference is not None and self.factors.groups is not None:
-            groups = np.full(len(range(*rows.indices(len(self.library_size)))), self.reference)
+            groups = np.full(len(self.library_size[rows]), self.reference)
         return reconstruct_counts(self.factors, self.rank, self.library_size, self.target_sum, rows=rows, groups=groups)
 
     def best_params(self) -> dict:
