@@ -179,3 +179,28 @@ def test_the_command_line_takes_the_batch_column_and_says_what_it_did(batched, t
         error = capsys.readouterr().err
         assert message in error, error
         assert not (tmp_path / f"x{i}.h5ad").exists()
+
+
+def test_the_command_line_warns_once_about_a_single_batch(batched, tmp_path):
+    from scn2s.cli import main
+
+    adata = batched.copy()
+    adata.obs["one"] = "all"
+    source = tmp_path / "in.h5ad"
+    adata.write_h5ad(source)
+    with pytest.warns(UserWarning, match="holds one batch") as caught:
+        code = main(
+            [
+                "-q",
+                "denoise",
+                str(source),
+                "-o",
+                str(tmp_path / "out.h5ad"),
+                "--method",
+                "lowrank",
+                "--batch-key",
+                "one",
+            ]
+        )
+    assert code == 0
+    assert sum("holds one batch" in str(w.message) for w in caught) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,15 +70,17 @@ def denoise(args: argparse.Namespace) -> int:
         get_counts(adata, args.layer)
         if args.genes is not None:
             gene_mask(adata, args.genes)
-        read_batches(
-            adata,
-            args.batch_key,
-            args.transform_batch,
-            method=args.method,
-            output=args.output,
-            lazy=False,
-            stacklevel=2,
-        )
+        with warnings.catch_warnings():  # checked here for the exit code; denoise gives the warnings
+            warnings.simplefilter("ignore")
+            read_batches(
+                adata,
+                args.batch_key,
+                args.transform_batch,
+                method=args.method,
+                output=args.output,
+                lazy=False,
+                stacklevel=2,
+            )
         planned = denoise_keys(args.key_added, args.output, method=args.method, uncertainty=args.uncertainty)
         check_writable(adata, planned, **denoise_ownership(args.key_added, args.layer))
     layer_size = adata.n_obs * adata.n_vars * 4 if args.output == "layer" else 0
