@@ -1,13 +1,26 @@
-"""``batch_key`` on four PBMC samples of three chemistries: held-out loss with and without, and the embedding.
+"""``batch_key`` on four PBMC samples of three chemistries: held-out NLL per batch, batch mixing, labels, time.
 
 Data: ``../shared/data/pbmc_4batches_3chemistries.h5ad`` (``obs["batch"]``; ``obs["cell_type"]`` for the pbmc3k
-cells). Genes: the 2,000 most variable (``seurat_v3`` on the counts, per batch). ``scn2s.pp.denoise(method=
-"lowrank")`` with and without ``batch_key="batch"`` (``rng=0``); the record of the first holds both variants'
-held-out losses on the same splits. For each run's embedding (``obsm["X_denoised"]``): the batch entropy of each
-cell's 30 nearest neighbours (mean over cells, divided by ``log(4)``: 1 is perfect mixing), and, on the labelled
-cells, the labels' silhouette and the ARI of Leiden clusters (resolution 1) against them.
+cells). Genes: the 2,000 most variable (``seurat_v3`` on the counts, per batch).
 
-    python benchmarks/batches.py [--data ../shared/data]
+Each method runs twice, with and without the batches:
+
+* **held-out**: fit on a binomial half of the molecules (``p=0.5``, seed 0, the same half for every method) and
+  score the other half: the Poisson NLL per entry, for all cells and for each batch (the estimate rescaled to
+  each cell's held-out total, as ``benchmarks/peers.py`` does), and scn2s's held-out square-root loss;
+* **embedding**: fit on all the molecules, as a user would, and take the cell embedding (scn2s:
+  ``obsm["X_denoised"]``; scVI: its latent): the batch entropy of each cell's 30 nearest neighbours (mean over
+  cells, divided by ``log(4)``: 1 is perfect mixing), and, on the labelled cells, the labels' silhouette and the
+  ARI of Leiden clusters (resolution 1) against them.
+
+``per batch`` (``--variants "per batch"``, scn2s only): each batch's cells denoised alone, held-out scores only.
+
+Methods: ``lowrank`` and ``autoencoder`` (``scn2s.pp.denoise(method=..., rng=0)`` with and without
+``batch_key="batch"``; the record of the run with it holds both variants' held-out losses on scn2s's own splits),
+``scvi`` (``scvi.model.SCVI`` with and without ``batch_key``, defaults, the mean of 25 samples of the normalised
+expression). Results are cached in ``--out`` per method, so ``--methods scvi`` reruns only scVI.
+
+    python benchmarks/batches.py [--data ../shared/data] [--methods lowrank autoencoder scvi] [--tables]
 """
 
 from __future__ import annotations
@@ -18,9 +31,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 FILE = "pbmc_4batches_3chemistries.h5ad"
+OUT = Path(__file__).resolve().parent / "results" / "batches.json"
+VARIANTS = (("with", True), ("without", False), ("per batch", None))
 
 
 def batch_entropy(rep: np.ndarray, batches: np.ndarray, k: int = 30) -> float:
@@ -49,43 +65,163 @@ def labels_agreement(rep: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def main() -> None:
+def load(data: Path):
     import anndata as ad
     import scanpy as sc
 
-    import scn2s
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DATA)
-    args = parser.parse_args()
-    adata = ad.read_h5ad(args.data / FILE)
+    adata = ad.read_h5ad(data / FILE)
     sc.pp.filter_genes(adata, min_cells=3)
     sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat_v3", batch_key="batch")
     adata = adata[:, adata.var["highly_variable"].to_numpy()].copy()
-    batches = adata.obs["batch"].astype(str).to_numpy()
+    adata.X = sparse.csr_matrix(adata.X)
+    adata.obs["batch"] = adata.obs["batch"].astype(str).astype("category")
+    return adata
+
+
+def heldout_scores(estimate: np.ndarray, target: sparse.csr_matrix, batches: np.ndarray) -> dict:
+    """Poisson NLL per entry (all cells and per batch) and scn2s's square-root loss of an estimate's rescaled rates."""
+    from scn2s.loss import heldout_sqrt_mse, poisson_nll, sqrt_poisson_mean
+
+    held = np.asarray(target.sum(axis=1), dtype=np.float64).ravel()
+    total = estimate.sum(axis=1)
+    rates = estimate * np.divide(held, total, out=np.zeros_like(total), where=total > 0)[:, None]
+    rates = np.maximum(rates, 1e-4)
+    scores = {
+        "nll": poisson_nll(target, rates),
+        "sqrt_loss": heldout_sqrt_mse(target, sqrt_poisson_mean(rates)) / (target.shape[0] * target.shape[1]),
+    }
+    scores["nll_per_batch"] = {
+        str(level): poisson_nll(target[batches == level], rates[batches == level]) for level in np.unique(batches)
+    }
+    return scores
+
+
+def run_scn2s(adata, method: str, batch: bool | None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    import scn2s
+
+    if batch is None:  # a separate fit of each batch's cells; their embeddings are not comparable: none
+        layer = np.zeros(adata.shape)
+        for level in adata.obs["batch"].cat.categories:
+            cells = (adata.obs["batch"] == level).to_numpy()
+            layer[cells] = run_scn2s(adata[cells].copy(), method, False)[0]
+        return layer, None, {}
+    run = adata.copy()
+    kwargs = {"batch_key": "batch"} if batch else {}
+    scn2s.pp.denoise(run, method=method, progress=False, rng=0, **kwargs)
+    record = run.uns["denoised"]
+    info = {"best_params": {k: _plain(v) for k, v in record["best_params"].items()}}
+    family = record["selection"].get(record["method"], {})
+    if "batches" in family:
+        info["batches"] = {k: _plain(v) for k, v in family["batches"].items() if k != "levels"}
+    layer = run.layers["denoised"]
+    layer = layer.toarray() if sparse.issparse(layer) else np.asarray(layer)
+    return np.asarray(layer, dtype=np.float64), np.asarray(run.obsm["X_denoised"]), info
+
+
+def run_scvi(adata, batch: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    import scvi
+
+    scvi.settings.seed = 0
+    run = adata.copy()
+    run.X = run.X.astype(np.float32)
+    scvi.model.SCVI.setup_anndata(run, batch_key="batch" if batch else None)
+    model = scvi.model.SCVI(run)
+    model.train(accelerator="cpu")
+    frequencies = np.asarray(model.get_normalized_expression(library_size=1.0, n_samples=25, return_mean=True))
+    latent = model.get_latent_representation()
+    return frequencies.astype(np.float64), latent, {"epochs": len(model.history["elbo_train"])}
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def run_method(adata, method: str, batch: bool | None) -> dict:
+    from scn2s.split import binomial_split
+
+    batches = adata.obs["batch"].to_numpy().astype(str)
     labelled = adata.obs["cell_type"].notna().to_numpy()
     labels = adata.obs["cell_type"].astype(str).to_numpy()[labelled]
-    sizes = {str(level): int(size) for level, size in zip(*np.unique(batches, return_counts=True), strict=True)}
-    print(f"{adata.n_obs} cells x {adata.n_vars} genes; batches {sizes}")
-    result = {}
-    for name, kwargs in (("with batch_key", {"batch_key": "batch"}), ("without", {})):
-        run = adata.copy()
-        start = time.perf_counter()
-        scn2s.pp.denoise(run, method="lowrank", progress=False, **kwargs)
-        seconds = time.perf_counter() - start
-        record = run.uns["denoised"]
-        rep = run.obsm["X_denoised"]
-        entry = {
-            "seconds": seconds,
-            "rank": int(record["best_params"]["rank"]),
-            "heldout_loss": float(record["selection"]["lowrank"]["loss_mean"].min()),
-            "batch_entropy": batch_entropy(rep, batches),
-            **labels_agreement(rep[labelled], labels),
-        }
-        if "batches" in record["selection"]["lowrank"]:
-            entry["batches"] = {k: v for k, v in record["selection"]["lowrank"]["batches"].items() if k != "levels"}
-        result[name] = entry
-        print(name, json.dumps(entry, default=float), flush=True)
+    fit = run_scvi if method == "scvi" else lambda a, b: run_scn2s(a, method, b)
+
+    train, target = binomial_split(adata.X, 0.5, rng=0)
+    half = adata.copy()
+    half.X = train
+    start = time.perf_counter()
+    estimate, _, half_info = fit(half, batch)
+    half_seconds = time.perf_counter() - start
+    entry = {"heldout": {**heldout_scores(estimate, target, batches), "seconds": half_seconds, **half_info}}
+
+    if batch is None:
+        return entry
+    start = time.perf_counter()
+    _, rep, info = fit(adata, batch)
+    seconds = time.perf_counter() - start
+    entry["embedding"] = {
+        "batch_entropy": batch_entropy(rep, batches),
+        **labels_agreement(rep[labelled], labels),
+        "seconds": seconds,
+        **info,
+    }
+    return entry
+
+
+def tables(results: dict) -> str:
+    levels = sorted({b for m in results.values() for v in m.values() for b in v["heldout"]["nll_per_batch"]})
+    head = "| method | batches | held-out NLL | " + " | ".join(levels) + " | sqrt loss | seconds (half) |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for method, variants in results.items():
+        for name, entry in variants.items():
+            held = entry["heldout"]
+            per = " | ".join(f"{held['nll_per_batch'][b]:.5f}" for b in levels)
+            lines.append(
+                f"| {method} | {name} | {held['nll']:.5f} | {per} | {held['sqrt_loss']:.6f} | {held['seconds']:.0f} |"
+            )
+    lines += ["", "| method | batches | batch entropy | ARI | silhouette | seconds (all) |", "|---" * 6 + "|"]
+    for method, variants in results.items():
+        for name, entry in variants.items():
+            if "embedding" not in entry:
+                continue
+            emb = entry["embedding"]
+            lines.append(
+                f"| {method} | {name} | {emb['batch_entropy']:.3f} | {emb['ari']:.3f} | {emb['silhouette']:.3f} "
+                f"| {emb['seconds']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--methods", nargs="+", default=["lowrank", "autoencoder", "scvi"])
+    parser.add_argument("--variants", nargs="+", default=["with", "without"], choices=["with", "without", "per batch"])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--tables", action="store_true", help="print the tables of --out and exit")
+    args = parser.parse_args()
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if args.tables:
+        print(tables(results))
+        return
+    adata = load(args.data)
+    sizes = adata.obs["batch"].value_counts().to_dict()
+    print(f"{adata.n_obs} cells x {adata.n_vars} genes; batches {sizes}", flush=True)
+    for method in args.methods:
+        for name, batch in VARIANTS:
+            if name not in args.variants or (batch is None and method == "scvi"):
+                continue
+            entry = run_method(adata, method, batch)
+            print(method, name, json.dumps(entry, default=float), flush=True)
+            results = json.loads(args.out.read_text()) if args.out.exists() else {}
+            results.setdefault(method, {})[name] = entry
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    print(tables(results))
 
 
 if __name__ == "__main__":

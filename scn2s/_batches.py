@@ -14,7 +14,7 @@ __all__ = ["Batches", "read_batches"]
 
 
 class Batches(NamedTuple):
-    """Each cell's batch for :func:`scn2s.lowrank.select`: codes ``0..b-1``, names, and a reference batch or None."""
+    """Each cell's batch for the families' ``select``: codes ``0..b-1``, names, and a reference batch or None."""
 
     key: str
     codes: np.ndarray
@@ -27,15 +27,14 @@ def read_batches(
     batch_key: str | None,
     transform_batch: str | None,
     *,
-    method: str,
     output: str,
     lazy: bool,
     stacklevel: int,
 ) -> Batches | None:
     """Each cell's batch from ``adata.obs[batch_key]``, checked before any work; ``None`` without a key.
 
-    Raises if the column is missing or has missing values, a batch has a single cell, ``method="autoencoder"``,
-    ``output="factors"`` or counts in a dask array (the low-rank family in memory models batches), or
+    Raises if the column is missing or has missing values, a batch has a single cell, ``output="factors"`` or counts
+    in a dask array (both families model batches in memory), or
     ``transform_batch`` is not one of the batches. A column with one batch changes nothing: a warning, and ``None``.
     """
     if batch_key is None:
@@ -49,15 +48,9 @@ def read_batches(
     if batch_key not in adata.obs:
         msg = f"batch_key={batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:10]})."
         raise KeyError(msg)
-    if method == "autoencoder" or output == "factors" or lazy:
-        if method == "autoencoder":
-            what = "method='autoencoder'"
-        else:
-            what = "output='factors'" if output == "factors" else "counts in a dask array"
-        msg = (
-            f"batch_key is modelled by the low-rank family with the counts in memory and output='layer'; got {what}. "
-            "Pass method='lowrank' or 'auto' (where the autoencoder runs without the batches and competes as usual)."
-        )
+    if output == "factors" or lazy:
+        what = "output='factors'" if output == "factors" else "counts in a dask array"
+        msg = f"batch_key needs the counts in memory and output='layer'; got {what}."
         raise ValueError(msg)
     column = adata.obs[batch_key]
     missing = int(column.isna().sum())

@@ -1,4 +1,4 @@
-"""``batch_key``: each cell centred on its batch's gene means in the low-rank family, decided by held-out molecules."""
+"""``batch_key``: per-batch gene means (low-rank), a batch covariate (autoencoder), decided by held-out molecules."""
 
 from __future__ import annotations
 
@@ -112,14 +112,113 @@ def test_transform_batch_writes_every_cell_as_if_in_the_reference(batched):
     assert shift(adata.layers["denoised"]) < 0.5 * shift(own.layers["denoised"])
 
 
-def test_auto_models_batches_in_the_lowrank_family_only(batched):
+AE_CONFIG = {"hidden": 64, "bottleneck": 8, "max_epochs": 60}
+
+
+@pytest.fixture(scope="module")
+def autoencoded(batched):
+    """The autoencoder on the batched simulation: with the batches, without, and with ``transform_batch="b0"``."""
+    runs = {}
+    for name, kwargs in (
+        ("with", {"batch_key": "batch"}),
+        ("without", {}),
+        ("b0", {"batch_key": "batch", "transform_batch": "b0"}),
+    ):
+        adata = batched.copy()
+        options = {"method": "autoencoder", "autoencoder_kwds": {"configs": [AE_CONFIG]}, "progress": False}
+        scn2s.pp.denoise(adata, **options, **kwargs)
+        runs[name] = adata
+    return runs
+
+
+def _sqrt_error(adata) -> float:
+    truth = np.asarray(adata.layers["rates"])
+    truth = truth / truth.sum(axis=1, keepdims=True) * np.asarray(adata.X.sum(axis=1))
+    return float(np.mean((np.sqrt(adata.layers["denoised"]) - np.sqrt(truth)) ** 2))
+
+
+def test_the_autoencoder_is_told_the_batch_if_it_lowers_the_heldout_loss(autoencoded):
+    record = autoencoded["with"].uns["denoised"]
+    selection = record["selection"]["autoencoder"]
+    batches = selection["batches"]
+    assert batches["compared"]
+    assert batches["used"]
+    assert batches["loss_with"] < batches["loss_without"]
+    assert batches["config_with"] == "h64-b8-d0.1-batch"
+    assert record["best_params"]["batch_covariate"]
+    assert "h64-b8-d0.1-batch" in list(selection["grid"]["config"])
+    # the candidates without the covariate are those of a run without batch_key, on the same molecules
+    plain = autoencoded["without"].uns["denoised"]["selection"]["autoencoder"]
+    np.testing.assert_allclose(plain["loss_mean"].min(), batches["loss_without"])
+    assert "batches" not in plain
+    # each cell keeps its own batch's expression, closer to the truth
+    assert _sqrt_error(autoencoded["with"]) < 0.9 * _sqrt_error(autoencoded["without"])
+
+
+def test_the_autoencoders_transform_batch_and_embedding_are_free_of_the_batches(autoencoded):
+    own, moved = autoencoded["with"], autoencoded["b0"]
+    batches = moved.uns["denoised"]["selection"]["autoencoder"]["batches"]
+    assert batches["reference"] == "b0"
+    assert batches["transformed"]
+    in_b0 = (own.obs["batch"] == "b0").to_numpy()
+    np.testing.assert_allclose(moved.layers["denoised"][in_b0], own.layers["denoised"][in_b0], rtol=1e-3, atol=1e-4)
+
+    def shift(layer):
+        return np.abs(np.log1p(layer[~in_b0].mean(axis=0)) - np.log1p(layer[in_b0].mean(axis=0))).mean()
+
+    assert shift(moved.layers["denoised"]) < 0.3 * shift(own.layers["denoised"])
+    # neighbours in the code: from every batch with the covariate, from the cell's own batch without it
+    from sklearn.neighbors import NearestNeighbors
+
+    def mixing(adata) -> float:
+        rep = adata.obsm["X_denoised"]
+        _, index = NearestNeighbors(n_neighbors=16).fit(rep).kneighbors(rep)
+        codes = adata.obs["batch"].cat.codes.to_numpy()
+        return float((codes[index[:, 1:]] != codes[:, None]).mean())
+
+    assert mixing(own) > 0.3
+    assert mixing(autoencoded["without"]) < 0.1
+
+
+def test_a_network_with_batches_needs_them_and_its_own_batch_as_reference_changes_nothing():
+    import torch
+
+    from scn2s.autoencoder.data import CsrBatches
+    from scn2s.autoencoder.module import CountAutoencoder
+    from scn2s.autoencoder.train import predict_rates
+
+    torch.manual_seed(0)
+    model = CountAutoencoder(30, hidden=16, bottleneck=4, n_batches=2).eval()
+    with torch.no_grad():
+        model.batch_logits.normal_()
+    counts = sparse.csr_matrix(np.random.default_rng(0).poisson(3.0, (10, 30)).astype(np.float32))
+    with pytest.raises(ValueError, match="models 2 batches"):
+        model(torch.zeros(3, 30))
+    groups = np.array([0, 1] * 5)
+    data = CsrBatches(counts, "cpu", groups=groups, n_groups=2)
+    rows = np.arange(10)
+    own = predict_rates(model, data, rows)
+    np.testing.assert_allclose(own.sum(axis=1), counts.sum(axis=1).A1, rtol=1e-5)
+    to_own = predict_rates(model, CsrBatches(counts[::2], "cpu", groups=groups[::2], n_groups=2), rows[:5], reference=0)
+    np.testing.assert_allclose(to_own, own[::2], rtol=1e-5)
+    moved = predict_rates(model, data, rows, reference=0)
+    assert not torch.allclose(moved[1::2], own[1::2])
+    with pytest.raises(ValueError, match="batch_covariate=True needs each cell's batch"):
+        scn2s.autoencoder.train.train(counts, scn2s.autoencoder.train.TrainConfig(batch_covariate=True), epochs=1)
+
+
+def test_auto_models_batches_in_both_families(batched):
     adata = batched.copy()
     config = {"hidden": 16, "bottleneck": 4, "max_epochs": 2}
     scn2s.pp.denoise(adata, batch_key="batch", autoencoder_kwds={"configs": [config]}, progress=False)
     selection = adata.uns["denoised"]["selection"]
     assert "batches" in selection["lowrank"]
-    assert "batches" not in selection["autoencoder"]
+    assert selection["autoencoder"]["batches"]["compared"]
     assert set(adata.uns["denoised"]["comparison"]["loss"]) == {"lowrank", "autoencoder"}
+    plain = batched.copy()
+    with pytest.raises(ValueError, match="batch_covariate=True needs each cell's batch"):
+        scn2s.pp.denoise(plain, autoencoder_kwds={"configs": [{**config, "batch_covariate": True}]}, progress=False)
+    assert "denoised" not in plain.uns
 
 
 def test_one_batch_changes_nothing(batched):
@@ -139,7 +238,6 @@ def test_one_batch_changes_nothing(batched):
         ("missing", {}, ValueError, "has 1 missing values"),
         ("single", {}, ValueError, "batches of a single cell"),
         (None, {"batch_key": "nope"}, KeyError, "is not a column of adata.obs"),
-        (None, {"method": "autoencoder"}, ValueError, "method='autoencoder'"),
         (None, {"output": "factors"}, ValueError, "output='factors'"),
         (None, {"transform_batch": "b9"}, ValueError, "is not a batch"),
         (None, {"batch_key": None, "transform_batch": "b0"}, ValueError, "needs batch_key"),
@@ -170,7 +268,6 @@ def test_the_command_line_takes_the_batch_column_and_says_what_it_did(batched, t
     assert "per-batch gene means (obs['batch'], 3 batches): used, held-out loss" in capsys.readouterr().out
     assert ad.read_h5ad(out).uns["denoised"]["params"]["batch_key"] == "batch"
     refused = [
-        (["--method", "autoencoder", "--batch-key", "batch"], "--method autoencoder"),
         (["--batch-key", "nope"], "is not a column of adata.obs"),
         (["--batch-key", "batch", "--transform-batch", "b9"], "--transform-batch b9 is not a batch"),
     ]

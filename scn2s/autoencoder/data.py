@@ -25,12 +25,31 @@ class CsrBatches:
         Cells x genes counts.
     device
         Where batches are densified.
+    groups
+        Each row's batch (sample, donor: ``batch_key``), codes ``0..n_groups-1``, or ``None``.
+    n_groups
+        Number of batches (default: the largest code plus one).
     """
 
-    def __init__(self, counts: sparse.csr_matrix, device: torch.device) -> None:
+    def __init__(
+        self,
+        counts: sparse.csr_matrix,
+        device: torch.device,
+        *,
+        groups: np.ndarray | None = None,
+        n_groups: int | None = None,
+    ) -> None:
         counts = sparse.csr_matrix(counts)
         self.shape = counts.shape
         self.device = torch.device(device)
+        self.groups = None if groups is None else np.asarray(groups, dtype=np.int64)
+        if self.groups is not None and len(self.groups) != self.shape[0]:
+            msg = f"groups has {len(self.groups)} entries for {self.shape[0]} rows."
+            raise ValueError(msg)
+        if self.groups is None:
+            self.n_groups = 0
+        else:
+            self.n_groups = int(self.groups.max(initial=-1)) + 1 if n_groups is None else int(n_groups)
         self._indptr = torch.from_numpy(counts.indptr.astype(np.int64))
         self._indices = torch.from_numpy(counts.indices.astype(np.int64))
         self._data = torch.from_numpy(counts.data.astype(np.float32))
@@ -38,6 +57,16 @@ class CsrBatches:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def one_hot(self, rows: np.ndarray, *, reference: int | None = None) -> torch.Tensor | None:
+        """The rows' batches, one-hot (``len(rows) x n_groups``, float32, on the device), or ``None`` without batches.
+
+        ``reference``: every row in that batch instead of its own.
+        """
+        if self.groups is None:
+            return None
+        codes = np.full(len(rows), reference) if reference is not None else self.groups[np.asarray(rows)]
+        return torch.nn.functional.one_hot(torch.from_numpy(codes).to(self.device), self.n_groups).float()
 
     def dense(self, rows: np.ndarray) -> torch.Tensor:
         """Dense ``len(rows) x genes`` float32 tensor of the given rows, on the device."""

@@ -52,6 +52,11 @@ class CountAutoencoder(nn.Module):
         ``"poisson"`` or ``"nb"`` (adds the ``log_theta`` parameter).
     posterior
         Output the gamma-Poisson posterior mean given the cell's counts (adds the ``log_shape`` parameter).
+    n_batches
+        Number of batches the decoder is told each cell's batch of (0: none): one-hot beside the code, and a learned
+        log-efficiency per batch and gene added to the output logits (``batch_logits``), the shape of a chemistry's or
+        sample's capture differences. The encoder sees each cell's counts divided by its batch's efficiencies
+        (:meth:`encode`), so that the decoder, not the code, carries the shifts between batches.
     """
 
     def __init__(
@@ -63,8 +68,10 @@ class CountAutoencoder(nn.Module):
         dropout: float = 0.1,
         likelihood: Literal["poisson", "nb"] = "poisson",
         posterior: bool = True,
+        n_batches: int = 0,
     ) -> None:
         super().__init__()
+        self.n_batches = n_batches
         self.encoder = nn.Sequential(
             nn.Linear(n_genes, hidden),
             nn.LayerNorm(hidden),
@@ -73,26 +80,57 @@ class CountAutoencoder(nn.Module):
             nn.Linear(hidden, bottleneck),
         )
         self.decoder = nn.Sequential(
-            nn.Linear(bottleneck, hidden),
+            nn.Linear(bottleneck + n_batches, hidden),
             nn.LayerNorm(hidden),
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, n_genes),
         )
         self.likelihood = likelihood
+        # each batch's own log capture efficiency of each gene, added to the logits (zero-initialised)
+        self.batch_logits = nn.Parameter(torch.zeros(n_batches, n_genes)) if n_batches else None
         self.log_theta = nn.Parameter(torch.zeros(n_genes)) if likelihood == "nb" else None
         self.log_shape = nn.Parameter(torch.full((n_genes,), _INITIAL_LOG_SHAPE)) if posterior else None
 
-    def forward(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, counts: torch.Tensor | None = None, batch: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Log-frequencies for transformed counts ``x`` (cells x genes).
 
         Without ``counts``, or with ``posterior=False``, the network's (log-softmax over genes); with the cells'
-        ``counts`` and ``posterior=True``, the posterior's (:meth:`posterior`).
+        ``counts`` and ``posterior=True``, the posterior's (:meth:`posterior`). ``batch``: each cell's batch, one-hot
+        (cells x ``n_batches``), required if the network has batches and ignored otherwise.
         """
-        log_freq = torch.log_softmax(self.decoder(self.encoder(x)).float(), dim=-1)
+        log_freq = self.decode(self.encode(x, batch), batch)
         if counts is None or self.log_shape is None:
             return log_freq
         return self.posterior(log_freq, counts)
+
+    def encode(self, x: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+        """The code of transformed counts ``x``; with batches, of the counts divided by their batch's efficiencies.
+
+        ``x`` is ``log1p`` of counts per 10,000 (:func:`~scn2s.autoencoder.data.input_transform`). A network with
+        batches divides each cell's counts by its batch's learned efficiencies (``exp(batch_logits)``) and scales them
+        back to 10,000 before the encoder, so that the code need not carry what the batch explains.
+        """
+        if self.n_batches:
+            if batch is None:
+                msg = f"This network models {self.n_batches} batches: give each cell's batch (one-hot)."
+                raise ValueError(msg)
+            scaled = torch.expm1(x.float()) * torch.exp(-(batch.float() @ self.batch_logits))
+            total = scaled.sum(dim=1, keepdim=True)
+            x = torch.log1p(scaled * torch.where(total > 0, 1e4 / total.clamp_min(1e-12), torch.zeros_like(total)))
+        return self.encoder(x)
+
+    def decode(self, code: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's log-frequencies (log-softmax over genes) of codes, in the given batches (one-hot)."""
+        if self.n_batches:
+            if batch is None:
+                msg = f"This network models {self.n_batches} batches: give each cell's batch (one-hot)."
+                raise ValueError(msg)
+            logits = self.decoder(torch.cat([code, batch.to(code.dtype)], dim=1)).float()
+            return torch.log_softmax(logits + batch.float() @ self.batch_logits, dim=-1)
+        return torch.log_softmax(self.decoder(code).float(), dim=-1)
 
     def posterior(
         self,

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from .._batches import Batches
 from .._timing import Timings
 from .._validate import check_integer
 from ..select.family import SplitLosses, options_from
@@ -68,6 +69,11 @@ class AutoencoderOptions:
         if self.configs is not None:
             make_configs(self.configs)  # each setting checked, by name, before any work
 
+    @property
+    def needs_batches(self) -> bool:
+        """Whether a candidate sets ``batch_covariate=True`` (it then needs each cell's batch)."""
+        return any(bool(config.get("batch_covariate", False)) for config in self.configs or ())
+
     @classmethod
     def from_kwds(cls, kwds: Mapping | None) -> AutoencoderOptions:
         """The options of an ``autoencoder_kwds`` mapping (``None``: the defaults); unknown keys raise."""
@@ -102,8 +108,8 @@ def make_configs(configs: Sequence[Mapping] | None, **overrides):
 def config_label(config) -> str:
     """Short name of a candidate, e.g. ``h256-b32-d0.1``.
 
-    ``-noposterior`` is appended without the posterior, and the training input fractions where they differ from
-    the default: ``-f0.5`` for a fixed fraction, ``-f0.2:0.8`` for a range.
+    ``-noposterior`` is appended without the posterior, ``-batch`` with the batch covariate, and the training input
+    fractions where they differ from the default: ``-f0.5`` for a fixed fraction, ``-f0.2:0.8`` for a range.
     """
     from .train import TrainConfig
 
@@ -111,7 +117,9 @@ def config_label(config) -> str:
     if config.input_range != TrainConfig.input_range:
         low, high = config.input_bounds
         label += f"-f{low:g}" if config.input_range is None else f"-f{low:g}:{high:g}"
-    return label if config.posterior else f"{label}-noposterior"
+    if not config.posterior:
+        label += "-noposterior"
+    return f"{label}-batch" if config.batch_covariate else label
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,10 @@ class AutoencoderSelection(SplitLosses):
     seed: int
     batch_size: int
     world_size: int  # processes that trained together (torch.distributed)
+    groups: np.ndarray | None = None  # each cell's batch (codes), where the chosen network models batches
+    n_groups: int = 0
+    reference: int | None = None  # transform_batch: every cell decoded in this batch
+    batches: dict | None = None  # with batch codes: the comparison with and without the covariate (the record's)
 
     family = "autoencoder"
 
@@ -181,7 +193,7 @@ class AutoencoderSelection(SplitLosses):
         from .data import CsrBatches
         from .train import encode
 
-        data = CsrBatches(self.counts[:, self.genes], self.device)
+        data = CsrBatches(self.counts[:, self.genes], self.device, groups=self.groups, n_groups=self.n_groups or None)
         n = self.counts.shape[0]
         parts = [encode(self.model, data, np.arange(i, min(i + chunk_size, n))) for i in range(0, n, chunk_size)]
         return np.concatenate([part.cpu().numpy() for part in parts]).astype(np.float32, copy=False)
@@ -195,7 +207,8 @@ class AutoencoderSelection(SplitLosses):
         n_genes = self.counts.shape[1]
         block = self.counts[rows]
         out = np.zeros((block.shape[0], n_genes))
-        data = CsrBatches(block[:, self.genes], self.device)
+        groups = None if self.groups is None else self.groups[rows]
+        data = CsrBatches(block[:, self.genes], self.device, groups=groups, n_groups=self.n_groups or None)
         generator = torch.Generator(device=self.device).manual_seed(self.seed + (rows.start or 0))
         config = self.configs[self.best]
         predict = predict_posterior if sd else predict_rates
@@ -208,6 +221,7 @@ class AutoencoderSelection(SplitLosses):
             n_replicas=config.n_replicas,
             shape_scale=self.shape_scale,
             generator=generator,
+            reference=self.reference,
         )
         out[:, self.genes] = (values[1] if sd else values).cpu().numpy()
         return out
@@ -224,6 +238,7 @@ class AutoencoderSelection(SplitLosses):
             "shape_scale": self.shape_scale,
             "epochs": self.epochs,
             "inference": self.mode,
+            **({"batch_covariate": True} if config.batch_covariate else {}),
         }
 
     def record(self) -> dict:
@@ -262,6 +277,7 @@ class AutoencoderSelection(SplitLosses):
             "batch_size": self.batch_size,
             "world_size": self.world_size,
             "n_splits": int(self.losses.shape[0]),
+            **({"batches": dict(self.batches)} if self.batches is not None else {}),
         }
 
 
@@ -276,6 +292,7 @@ def fit_autoencoder(
     progress: bool = False,
     timings: Timings | None = None,
     refit: bool = True,
+    batches: Batches | None = None,
 ) -> AutoencoderSelection:
     """Choose autoencoder hyperparameters by held-out molecules and train the choice on the full counts.
 
@@ -291,6 +308,9 @@ def fit_autoencoder(
     posterior switched off (on, if it was off), and that variant competes on the same held-out molecules: the
     posterior helps where cells vary gene by gene beyond what the code explains, and costs a little where they do
     not; it stops at the first rung where its held-out loss so far is above that candidate's at the same epoch.
+    With ``batches``, the best candidate so far is also trained with the batch covariate (the decoder told each
+    cell's batch), stopped as the posterior's switch is, and competes on the same held-out molecules; the record's
+    ``batches`` says which won and by how much.
     The choice is then trained on the full counts for the chosen number of epochs.
 
     Parameters
@@ -314,6 +334,9 @@ def fit_autoencoder(
     refit
         Train the choice afresh on the full counts; ``False``: keep the network the first split trained (on its
         training half) where it models the same genes, and save that training.
+    batches
+        Each cell's batch (``batch_key``) and, with ``reference``, the batch every cell is written as if measured in
+        (if the covariate wins).
     timings
         Where the seconds of the search's steps are added: per candidate (its label ``L``)
         ``autoencoder.L.steps`` (optimiser steps), ``autoencoder.L.heldout`` (held-out evaluations during
@@ -332,19 +355,25 @@ def fit_autoencoder(
     device = resolve_device(device)
     timings = Timings() if timings is None else timings
     candidates = make_configs(configs)
+    if batches is None and any(config.batch_covariate for config in candidates):
+        msg = "autoencoder setting batch_covariate=True needs each cell's batch: pass batch_key."
+        raise ValueError(msg)
+    groups = None if batches is None else np.asarray(batches.codes)
+    n_groups = 0 if batches is None else len(batches.levels)
     # the candidates that leave ``posterior`` to its default: the best of them is also tried with it switched
     raw = DEFAULT_CONFIGS if configs is None else configs
     open_posterior = [j for j, config in enumerate(raw) if "posterior" not in config]
     used = min(n_splits, len(splits))
     seeds = [int(s) for s in rng.integers(2**31, size=used + 1)]
-    halves = [_Half.of(splits, i, counts, device) for i in range(used)]
+    halves = [_Half.of(splits, i, counts, device, groups=groups, n_groups=n_groups) for i in range(used)]
     main = distributed.is_main_process()
     if progress or logger.isEnabledFor(logging.INFO):
         seconds = _timed_pass(halves[0], candidates, depth_ratio=splits.depth_ratio, device=device, seed=seeds[-1])
         if main:
-            _log_estimate(seconds, candidates, open_posterior, n_splits=used, shape=halves[0].train_counts.shape)
+            switches = bool(open_posterior) + (batches is not None)
+            _log_estimate(seconds, candidates, switches, n_splits=used, shape=halves[0].train_counts.shape)
     bar = tqdm(
-        total=used * (len(candidates) + bool(open_posterior)),
+        total=used * (len(candidates) + bool(open_posterior) + (batches is not None)),
         desc="autoencoder search",
         disable=not progress or not main,
     )
@@ -365,10 +394,21 @@ def fit_autoencoder(
             runs = [half.trainer(switched, seeds[i], shown(switched, i)) for i, half in enumerate(halves)]
             _race([runs], leader=race[leader])
             candidates.append(switched)
+            race.append(runs)
+            scores.append(_score(switched, runs, halves, timings, bar))
+    if batches is not None:
+        leader = int(np.argmin([score.mean_loss for score in scores]))
+        switched = replace(candidates[leader], batch_covariate=not candidates[leader].batch_covariate)
+        if switched not in candidates:
+            runs = [half.trainer(switched, seeds[i], shown(switched, i)) for i, half in enumerate(halves)]
+            _race([runs], leader=race[leader])
+            candidates.append(switched)
+            race.append(runs)
             scores.append(_score(switched, runs, halves, timings, bar))
     bar.close()
     choice = _choice(candidates, scores)
     config = candidates[choice["best"]]
+    record = None if batches is None else _batches_record(batches, candidates, scores, config)
     logger.info(
         "autoencoder %s chosen: %d epochs, %s inference, shape scale %g",
         config_label(config),
@@ -388,6 +428,8 @@ def fit_autoencoder(
                 device=device,
                 seed=seeds[-1],
                 progress=progress and main,
+                groups=groups,
+                n_groups=n_groups or None,
             )
         model, batch_size = final.model, final.batch_size
     return AutoencoderSelection(
@@ -400,7 +442,28 @@ def fit_autoencoder(
         seed=seeds[-1],
         batch_size=batch_size,
         world_size=distributed.world_size(),
+        groups=groups if config.batch_covariate else None,
+        n_groups=n_groups if config.batch_covariate else 0,
+        reference=batches.reference if batches is not None and config.batch_covariate else None,
+        batches=record,
     )
+
+
+def _batches_record(batches: Batches, candidates: list, scores: list, chosen) -> dict:
+    """The comparison with and without the batch covariate: the best held-out loss and candidate of each side."""
+    record = {"key": batches.key, "levels": np.asarray(batches.levels, dtype=str)}
+    for side, flag in (("with", True), ("without", False)):
+        sides = [j for j, config in enumerate(candidates) if config.batch_covariate == flag]
+        if sides:
+            best = min(sides, key=lambda j: scores[j].mean_loss)
+            record[f"loss_{side}"] = scores[best].mean_loss
+            record[f"config_{side}"] = config_label(candidates[best])
+    record["compared"] = "loss_with" in record and "loss_without" in record
+    record["used"] = bool(chosen.batch_covariate)
+    if batches.reference is not None:
+        record["reference"] = str(batches.levels[batches.reference])
+        record["transformed"] = record["used"]
+    return record
 
 
 def select(
@@ -412,6 +475,7 @@ def select(
     rng: np.random.Generator,
     progress: bool = False,
     timings: Timings | None = None,
+    batches: Batches | None = None,
 ) -> AutoencoderSelection:
     """The family interface (:mod:`scn2s.select.family`): :func:`fit_autoencoder` with ``options``."""
     return fit_autoencoder(
@@ -423,6 +487,7 @@ def select(
         rng=rng,
         progress=progress,
         timings=timings,
+        batches=batches,
     )
 
 
@@ -454,6 +519,8 @@ def _timed_pass(half, candidates: list, *, depth_ratio: float, device, seed: int
     from .train import heldout_loss, train
 
     train_part, held_part = half.train_counts[:_TIMED_CELLS], half.heldout_counts[:_TIMED_CELLS]
+    groups = None if half.groups is None else half.groups[:_TIMED_CELLS]
+    n_groups = half.n_groups or None
     scale = half.train_counts.shape[0] / train_part.shape[0]
     seconds = []
     for config in candidates:
@@ -470,9 +537,12 @@ def _timed_pass(half, candidates: list, *, depth_ratio: float, device, seed: int
             device=device,
             seed=seed,
             on_epoch=timed,
+            groups=groups,
+            n_groups=n_groups,
         )
         start = time.perf_counter()
-        data, held = CsrBatches(train_part, device), CsrBatches(held_part, device)
+        data = CsrBatches(train_part, device, groups=groups, n_groups=n_groups)
+        held = CsrBatches(held_part, device)
         for mode in ("full", "replicas"):
             heldout_loss(
                 result.model,
@@ -493,7 +563,7 @@ def _timed_pass(half, candidates: list, *, depth_ratio: float, device, seed: int
 def _log_estimate(
     seconds: list[tuple[float, float]],
     candidates: list,
-    open_posterior: list[int],
+    switches: int,
     *,
     n_splits: int,
     shape: tuple[int, int],
@@ -501,16 +571,15 @@ def _log_estimate(
     """Log the estimated longest duration of the search (a warning above :data:`LONG_SEARCH_S`); return it.
 
     Every training of the search runs ``max_epochs`` at most and is then scored, and the final training on the full
-    counts runs as many epochs at most; the candidate trained with its posterior switched is counted at the mean
-    cost of the candidates it may come from.
+    counts runs as many epochs at most; each of the ``switches`` candidates trained with a setting switched (the
+    posterior, the batch covariate) is counted at the mean cost of the candidates.
     """
     training = [epoch * config.max_epochs for (epoch, _), config in zip(seconds, candidates, strict=True)]
     cost = [t + scoring for t, (_, scoring) in zip(training, seconds, strict=True)]
     total = sum(cost) * n_splits
     trainings = len(candidates) * n_splits
-    if open_posterior:
-        total += float(np.mean([cost[j] for j in open_posterior])) * n_splits
-        trainings += n_splits
+    total += switches * float(np.mean(cost)) * n_splits
+    trainings += switches * n_splits
     total += max(training)  # the final training, on the full counts
     epochs = sorted({config.max_epochs for config in candidates})
     up_to = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]} to {epochs[-1]}"
@@ -554,9 +623,11 @@ class _Half:
     gene_share: float  # modelled genes / all genes: the loss is per entry of the full matrix
     genes: np.ndarray  # the genes of the training half with a molecule
     unseen: float  # held-out molecules of genes absent from the training half (predicted as zero), per entry
+    groups: np.ndarray | None = None  # each cell's batch (codes)
+    n_groups: int = 0
 
     @classmethod
-    def of(cls, splits: Splits, i: int, counts: sparse.csr_matrix, device) -> _Half:
+    def of(cls, splits: Splits, i: int, counts: sparse.csr_matrix, device, *, groups=None, n_groups: int = 0) -> _Half:
         from .data import CsrBatches
 
         n, g = counts.shape
@@ -565,7 +636,7 @@ class _Half:
         unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
         train_half, heldout_half = train_half[:, genes], heldout_half[:, genes]
         return cls(
-            CsrBatches(train_half, device),
+            CsrBatches(train_half, device, groups=groups, n_groups=n_groups or None),
             CsrBatches(heldout_half, device),
             train_half,
             heldout_half,
@@ -573,6 +644,8 @@ class _Half:
             len(genes) / g,
             genes,
             unseen / (n * g),
+            groups,
+            n_groups,
         )
 
     def trainer(self, config, seed: int, on_epoch=None):

@@ -62,6 +62,9 @@ class TrainConfig:
     count in optimiser steps on large data, not in passes. The evaluations of early stopping score the held-out
     molecules of a fixed random subset of ``heldout_cells`` cells when there are more (``None``: all cells,
     ``epoch_cells=None``: an epoch is always a whole pass); the search scores every cell's.
+
+    ``batch_covariate=True``: the decoder is told each cell's batch (``batch_key``; one-hot beside the code), so that
+    shifts between batches need not be carried by the code. The training data must then hold each cell's batch.
     """
 
     hidden: int = 256
@@ -80,6 +83,7 @@ class TrainConfig:
     shape_learning_rate: float = 0.05
     epoch_cells: int | None = 16384
     heldout_cells: int | None = 16384
+    batch_covariate: bool = False
 
     def __post_init__(self) -> None:
         """Check every setting; a message names the setting, what it must be and what it got."""
@@ -112,9 +116,10 @@ class TrainConfig:
         if self.likelihood not in ("poisson", "nb"):
             msg = f"autoencoder setting likelihood must be 'poisson' or 'nb', got {self.likelihood!r}."
             raise ValueError(msg)
-        if not isinstance(self.posterior, (bool, np.bool_)):
-            msg = f"autoencoder setting posterior must be True or False, got {self.posterior!r}."
-            raise ValueError(msg)
+        for name in ("posterior", "batch_covariate"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                msg = f"autoencoder setting {name} must be True or False, got {getattr(self, name)!r}."
+                raise ValueError(msg)
         if self.input_range is None:
             return
         try:
@@ -208,6 +213,7 @@ def predict_rates(
     n_replicas: int = 8,
     shape_scale: float = 1.0,
     generator: torch.Generator | None = None,
+    reference: int | None = None,
 ) -> torch.Tensor:
     """Expected counts of the given cells at their own depth.
 
@@ -215,12 +221,24 @@ def predict_rates(
     averages the predicted frequencies over ``n_replicas`` thinnings to ``input_fraction``. Either
     way the frequencies are scaled by the cell's full library size. With a posterior, the network's frequencies
     are the prior and all the cell's molecules update it, with the learned shapes times ``shape_scale``.
+
+    ``reference`` (a network with batches, ``data`` with each cell's batch): every cell as if measured in that
+    batch. Each cell's output frequencies are multiplied by the ratio of the network's frequencies decoded in the
+    reference batch to those in its own (from the same code), then normalised again, so that the cell keeps what
+    its own molecules say and loses its batch's shift.
     """
     counts = data.dense(rows)
-    log_freq = _network_log_frequencies(
-        model, counts, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
+    log_freq, shift = _network_log_frequencies(
+        model,
+        counts,
+        data.one_hot(rows),
+        data.one_hot(rows, reference=reference) if reference is not None else None,
+        mode=mode,
+        input_fraction=input_fraction,
+        n_replicas=n_replicas,
+        generator=generator,
     )
-    return _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale)
+    return _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale, shift)
 
 
 @torch.inference_mode()
@@ -234,13 +252,15 @@ def predict_posterior(
     n_replicas: int = 8,
     shape_scale: float = 1.0,
     generator: torch.Generator | None = None,
+    reference: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Posterior means (as :func:`predict_rates`) and posterior standard deviations of the cells' expected counts.
 
     Given the prior of shape :math:`a_g` (the learned shape times ``shape_scale``) and a cell's count :math:`x_{ig}`,
     the posterior of the expected count is a gamma distribution of shape :math:`x_{ig} + a_g` whose mean is the
     output :math:`\mu_{ig}` (after the normalisation over genes, a common factor per cell), so its standard deviation
-    is :math:`\mu_{ig} / \sqrt{x_{ig} + a_g}`.
+    is :math:`\mu_{ig} / \sqrt{x_{ig} + a_g}`. ``reference``: as :func:`predict_rates`; the shift between batches is
+    taken as known, so the standard deviations scale with the means.
 
     Raises
     ------
@@ -251,49 +271,86 @@ def predict_posterior(
         msg = "The network was trained without a posterior (posterior=False): it has no posterior standard deviation."
         raise ValueError(msg)
     counts = data.dense(rows)
-    log_freq = _network_log_frequencies(
-        model, counts, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
+    log_freq, shift = _network_log_frequencies(
+        model,
+        counts,
+        data.one_hot(rows),
+        data.one_hot(rows, reference=reference) if reference is not None else None,
+        mode=mode,
+        input_fraction=input_fraction,
+        n_replicas=n_replicas,
+        generator=generator,
     )
-    rates = _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale)
+    rates = _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale, shift)
     shape = counts + torch.exp(model.log_shape.float()) * shape_scale
     return rates, rates * torch.rsqrt(shape)
 
 
 @torch.inference_mode()
 def encode(model: CountAutoencoder, data: CsrBatches, rows: np.ndarray) -> torch.Tensor:
-    """The network's code (the bottleneck) of the cells, from all their molecules (``len(rows) x bottleneck``)."""
+    """The network's code (the bottleneck) of the cells, from all their molecules (``len(rows) x bottleneck``).
+
+    A network with batches takes each cell's batch from ``data``.
+    """
     model.eval()
     counts = data.dense(rows)
     with _autocast(counts.device):
-        return model.encoder(input_transform(counts)[0]).float()
+        return model.encode(input_transform(counts)[0], data.one_hot(rows)).float()
 
 
 def _network_log_frequencies(
     model: CountAutoencoder,
     counts: torch.Tensor,
+    batch: torch.Tensor | None,
+    reference: torch.Tensor | None = None,
     *,
     mode: InferenceMode,
     input_fraction: float,
     n_replicas: int,
     generator: torch.Generator | None,
-) -> torch.Tensor:
-    """The network's log frequencies of the cells: from all their molecules, or of the mean over thinned replicas."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The network's log frequencies of the cells: from all their molecules, or of the mean over thinned replicas.
+
+    ``batch``: the cells' batches (one-hot) for a network with batches. With ``reference`` (one-hot, every cell in
+    the reference batch), also the log ratio of the frequencies decoded in the reference batch to those in the
+    cell's own, from the same codes; ``None`` otherwise.
+    """
     model.eval()
     with _autocast(counts.device):
         if mode == "full":
-            return model(input_transform(counts)[0]).float()
+            code = model.encode(input_transform(counts)[0], batch)
+            log_freq = model.decode(code, batch)
+            if reference is None or not model.n_batches:
+                return log_freq, None
+            return log_freq, model.decode(code, reference) - log_freq
         freq = torch.zeros_like(counts)
+        moved = torch.zeros_like(counts) if reference is not None and model.n_batches else None
         for _ in range(n_replicas):
-            freq += torch.exp(model(input_transform(thin(counts, input_fraction, generator)[0])[0])).float()
-        return torch.log(freq / n_replicas)
+            code = model.encode(input_transform(thin(counts, input_fraction, generator)[0])[0], batch)
+            freq += torch.exp(model.decode(code, batch))
+            if moved is not None:
+                moved += torch.exp(model.decode(code, reference))
+        log_freq = torch.log(freq / n_replicas)
+        return log_freq, None if moved is None else torch.log(moved / n_replicas) - log_freq
 
 
 def _rates(
-    model: CountAutoencoder, log_freq: torch.Tensor, counts: torch.Tensor, library: torch.Tensor, shape_scale: float
+    model: CountAutoencoder,
+    log_freq: torch.Tensor,
+    counts: torch.Tensor,
+    library: torch.Tensor,
+    shape_scale: float,
+    shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Expected counts: the network's frequencies, or the posterior's given all the cell's molecules."""
+    """Expected counts: the network's frequencies, or the posterior's given all the cell's molecules.
+
+    ``shift``: log ratios of frequencies (a reference batch's over the cell's own) applied to the output before it
+    is normalised again.
+    """
     if model.log_shape is not None:
         log_freq = model.posterior(log_freq, counts, shape_scale, library=library)
+    if shift is not None:
+        log_freq = torch.log_softmax(log_freq + shift, dim=-1)
     return torch.exp(log_freq) * library
 
 
@@ -329,8 +386,14 @@ def heldout_loss(
         batch = cells[start : start + batch_size]
         counts, target = data.dense(batch), torch.sqrt(heldout.dense(batch))
         library = counts.sum(dim=1, keepdim=True)
-        log_freq = _network_log_frequencies(
-            model, counts, mode=mode, input_fraction=input_fraction, n_replicas=n_replicas, generator=generator
+        log_freq, _ = _network_log_frequencies(
+            model,
+            counts,
+            data.one_hot(batch),
+            mode=mode,
+            input_fraction=input_fraction,
+            n_replicas=n_replicas,
+            generator=generator,
         )
         for k, scale in enumerate(scales):
             diff = target - sqrt_poisson_mean_torch(_rates(model, log_freq, counts, library, scale) * depth_ratio)
@@ -352,6 +415,8 @@ def train(
     seed: int = 0,
     progress: bool = False,
     on_epoch: Callable[[int, float, float], None] | None = None,
+    groups: np.ndarray | None = None,
+    n_groups: int | None = None,
 ) -> TrainResult:
     """Train a :class:`CountAutoencoder` across molecules of ``counts``.
 
@@ -378,6 +443,10 @@ def train(
         Show a progress bar over epochs.
     on_epoch
         Called as ``on_epoch(epoch, train_loss, heldout_loss)`` after each epoch.
+    groups
+        Each cell's batch, codes ``0..n_groups-1`` (needed with ``config.batch_covariate``).
+    n_groups
+        Number of batches (default: the largest code plus one).
 
     Returns
     -------
@@ -389,7 +458,16 @@ def train(
     RuntimeError
         Under ``torch.distributed``, if the training or held-out molecules or the seed differ between ranks.
     """
-    trainer = Trainer(counts, config, heldout=heldout, depth_ratio=depth_ratio, device=device, seed=seed)
+    trainer = Trainer(
+        counts,
+        config,
+        heldout=heldout,
+        depth_ratio=depth_ratio,
+        device=device,
+        seed=seed,
+        groups=groups,
+        n_groups=n_groups,
+    )
     n_epochs = config.max_epochs if heldout is not None or epochs is None else epochs
     show = progress and distributed.is_main_process()
     for _ in tqdm(range(n_epochs), desc="training", disable=not show, leave=False):
@@ -407,8 +485,9 @@ class Trainer:
     network after ``k`` epochs is the same however the turns fell, and the same as :func:`train`'s.
 
     Parameters are those of :func:`train`, and ``batches``: ``counts`` and ``heldout`` already on the device, as
-    :class:`~.data.CsrBatches` (trainers of one split share them). ``max_epochs`` and ``patience`` of ``config``
-    stop it (:attr:`stopped`) when there are held-out molecules; without, it runs as many epochs as it is advanced.
+    :class:`~.data.CsrBatches` (trainers of one split share them; the cells' batches are then those of the first).
+    ``max_epochs`` and ``patience`` of ``config`` stop it (:attr:`stopped`) when there are held-out molecules;
+    without, it runs as many epochs as it is advanced.
     """
 
     def __init__(
@@ -421,6 +500,8 @@ class Trainer:
         device: str | torch.device | None = None,
         seed: int = 0,
         batches: tuple[CsrBatches, CsrBatches | None] | None = None,
+        groups: np.ndarray | None = None,
+        n_groups: int | None = None,
     ) -> None:
         device = resolve_device(device)
         shared = distributed.is_distributed()
@@ -433,8 +514,12 @@ class Trainer:
             distributed.check_same("training molecules, held-out molecules or seeds", [*fingerprints, seed])
         self.config, self.depth_ratio, self.seed = config, depth_ratio, seed
         if batches is None:
-            batches = CsrBatches(counts, device), CsrBatches(heldout, device) if heldout is not None else None
+            data = CsrBatches(counts, device, groups=groups, n_groups=n_groups)
+            batches = data, CsrBatches(heldout, device) if heldout is not None else None
         self.data, self.held = batches
+        if config.batch_covariate and self.data.n_groups < 1:
+            msg = "autoencoder setting batch_covariate=True needs each cell's batch (batch_key)."
+            raise ValueError(msg)
         self.epoch = 0
         self._order_rng = np.random.default_rng(seed)  # the same on every rank: the same permutation each epoch
         self._queue = np.zeros(0, dtype=np.int64)  # the rest of the permutation when an epoch is part of a pass
@@ -454,6 +539,7 @@ class Trainer:
                 dropout=config.dropout,
                 likelihood=config.likelihood,
                 posterior=config.posterior,
+                n_batches=self.data.n_groups if config.batch_covariate else 0,
             ).to(device)
             self._network = model
             if shared:
@@ -552,11 +638,15 @@ def _set_rng_states(states: list[torch.Tensor], devices: list[torch.device]) -> 
 
 
 def _optimiser(model: CountAutoencoder, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; the per-gene prior shapes (one number per gene, on a log scale) take larger steps, undecayed."""
-    network = [p for name, p in model.named_parameters() if name != "log_shape"]
+    """AdamW; the per-gene prior shapes and batch efficiencies (numbers per gene, on a log scale) take larger steps.
+
+    Those take ``shape_learning_rate``, undecayed.
+    """
+    per_gene = [p for p in (model.log_shape, model.batch_logits) if p is not None]
+    network = [p for p in model.parameters() if all(p is not q for q in per_gene)]
     groups = [{"params": network}]
-    if model.log_shape is not None:
-        groups.append({"params": [model.log_shape], "lr": config.shape_learning_rate, "weight_decay": 0.0})
+    if per_gene:
+        groups.append({"params": per_gene, "lr": config.shape_learning_rate, "weight_decay": 0.0})
     return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
@@ -613,8 +703,9 @@ def _epoch_pass(model, optimiser, data, order, generator, config, batch_size) ->
         keep = library[:, 0] > 0
         if not bool(keep.any()):
             continue
+        batch = data.one_hot(rows)
         with _autocast(data.device):
-            log_freq = model(x[keep], inputs[keep])
+            log_freq = model(x[keep], inputs[keep], None if batch is None else batch[keep])
         loss = _nll(log_freq, (torch.log(library) + log_ratio)[keep], target[keep], model)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -643,8 +734,9 @@ def _shared_epoch_pass(network, optimiser, data, order, generator, config, batch
         kept = int(distributed.gather(int(keep.sum())).sum())
         if kept == 0:
             continue
+        batch = data.one_hot(rows)
         with _autocast(data.device):
-            log_freq = network(x[keep], inputs[keep])
+            log_freq = network(x[keep], inputs[keep], None if batch is None else batch[keep])
         per_cell = _nll_per_cell(log_freq, (torch.log(library) + log_ratio)[keep], target[keep], model)
         loss = per_cell.sum() * (world / kept)
         optimiser.zero_grad(set_to_none=True)

@@ -76,7 +76,6 @@ def denoise(args: argparse.Namespace) -> int:
                 adata,
                 args.batch_key,
                 args.transform_batch,
-                method=args.method,
                 output=args.output,
                 lazy=False,
                 stacklevel=2,

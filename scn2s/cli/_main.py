@@ -155,8 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     den.add_argument(
         "--batch-key",
         metavar="OBS_COLUMN",
-        help="obs column of each cell's batch: the low-rank family centres each cell on its batch's gene means if "
-        "that lowers the held-out loss (the record says by how much); not with --method autoencoder",
+        help="obs column of each cell's batch: the low-rank family centres each cell on its batch's gene means, the "
+        "autoencoder tells its decoder each cell's batch, each if that lowers the held-out loss (the record says "
+        "by how much)",
     )
     den.add_argument(
         "--transform-batch",

@@ -42,27 +42,29 @@ def selection_summary(record: dict, *, key: str, n_best: int = 5) -> list[str]:
         if family == "autoencoder" and curve is not None:
             lines.append(_autoencoder_output(record["selection"][family]))
         if "batches" in record["selection"][family]:
-            lines.append(_batches(record["selection"][family]["batches"]))
+            lines.append(_batches(record["selection"][family]["batches"], family))
         if curve is not None:
             names = candidate_names(record["selection"][family]) if family == "autoencoder" else None
             lines.extend(_table(curve, n_best, names=names, written=family == written))
     return lines
 
 
-def _batches(batches: dict) -> str:
-    """The low-rank family's per-batch means: used or not, and the held-out losses with and without them."""
+def _batches(batches: dict, family: str) -> str:
+    """A family's use of the batches: used or not, and the held-out losses with and without them."""
+    what = "per-batch gene means" if family == "lowrank" else "batch covariate"
     where = f"obs[{str(batches['key'])!r}], {len(batches['levels'])} batches"
     used = bool(batches["used"])
     if not bool(batches["compared"]):
-        line = f"  per-batch gene means ({where}): used (a fixed rank: not compared)"
+        chosen = "used (a fixed rank: not compared)" if family == "lowrank" else f"{'used' if used else 'not used'}"
+        line = f"  {what} ({where}): {chosen}"
     else:
         with_, without = float(batches["loss_with"]), float(batches["loss_without"])
         line = (
-            f"  per-batch gene means ({where}): {'used' if used else 'not used'}, held-out loss {with_:.6g} with, "
+            f"  {what} ({where}): {'used' if used else 'not used'}, held-out loss {with_:.6g} with, "
             f"{without:.6g} without ({100 * (with_ / without - 1):+.2f}%)"
         )
     if "reference" in batches:
-        state = "written" if bool(batches["transformed"]) else "not applied (the batches' means lost)"
+        state = "written" if bool(batches["transformed"]) else f"not applied (the {what} lost)"
         line += f"; every cell as if in batch {batches['reference']!r}: {state}"
     return line
 

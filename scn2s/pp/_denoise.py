@@ -87,15 +87,17 @@ def denoise(
         ``"highly_variable"``. ``None`` models every gene. Genes outside the mask keep their raw counts.
     batch_key
         Column of ``adata.obs`` holding each cell's batch (sample, donor, chemistry). The low-rank family then
-        centres each cell on its batch's gene means, so that shifts between batches do not use up rank, and
-        compares this with the means of all cells on the same held-out molecules: the record
-        (``selection["lowrank"]["batches"]``) says which won and by how much, and the winner is written. The layer
-        stays denoising, not integration: each cell keeps its own batch's expression. ``method="lowrank"`` or
-        ``"auto"`` (the autoencoder runs without the batches and competes as usual), with ``output="layer"`` and
+        centres each cell on its batch's gene means, so that shifts between batches do not use up rank; the
+        autoencoder's best candidate is also trained with the batch as a covariate (its decoder learns each batch's
+        log efficiency per gene, and its encoder sees the counts divided by them). Each family compares this with
+        its model without the batches on the same held-out molecules: the record
+        (``selection[family]["batches"]``) says which won and by how much, and the winner is written. The layer
+        stays denoising, not integration: each cell keeps its own batch's expression. Needs ``output="layer"`` and
         counts in memory.
     transform_batch
-        With ``batch_key``: a batch whose means every cell is centred on, so the layer holds each cell's
-        expression as if measured in that batch (scVI's name). Applied only if the per-batch means win.
+        With ``batch_key``: a batch in which every cell is written as if measured (scVI's name): the low-rank family
+        centres every cell on that batch's means, the autoencoder decodes every cell's code in that batch and moves
+        the cell's output by the ratio. Applied only where the batches won.
     p
         Fraction of the molecules in each split's training half.
     n_splits
@@ -192,7 +194,10 @@ def denoise(
         adata, denoise_keys(key_added, output, method=method, uncertainty=uncertainty), **owner
     )  # before any work: write only keys scn2s owns
     lazy = is_lazy(adata, layer, method)
-    batches = read_batches(adata, batch_key, transform_batch, method=method, output=output, lazy=lazy, stacklevel=3)
+    batches = read_batches(adata, batch_key, transform_batch, output=output, lazy=lazy, stacklevel=3)
+    if batches is None and method != "lowrank" and autoencoder_options.needs_batches:
+        msg = "autoencoder setting batch_covariate=True needs each cell's batch: pass batch_key (an obs column)."
+        raise ValueError(msg)
     extras = extra_denoisers(denoisers, output=output, lazy=lazy)
     if output == "layer" and not lazy:
         check_layer_fits(adata.shape, key_added=key_added)  # before any work
@@ -219,6 +224,7 @@ def denoise(
                 "rng": autoencoder_rng,
                 "progress": progress,
                 "timings": timings,
+                "batches": batches,
             }
             fits.append(autoencoder.select(data.modelled, options=autoencoder_options, **kwargs))
     if extras:
