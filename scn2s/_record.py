@@ -129,7 +129,7 @@ def candidate_names(entry: dict) -> list[str]:
 
     For example ``"256 hidden, 32 bottleneck, dropout 0.1, posterior"`` beside the label ``h256-b32-d0.1``; the
     training input fractions are named where they differ from the default. Labels alone where the record lacks
-    the settings.
+    the settings. A candidate with the batch covariate is named so (``"..., batch covariate"``).
     """
     labels = [str(_scalar(label)) for label in np.asarray(entry["grid"]["config"])]
     if not all(name in entry for name in ("hidden", "bottleneck", "dropout", "posterior")):
@@ -147,5 +147,7 @@ def candidate_names(entry: dict) -> list[str]:
             low, high = (float(v) for v in np.asarray(entry["input_range"])[i])
             if (low, high) != _DEFAULT_INPUT_RANGE:
                 parts.append(f"inputs {low:g} of the molecules" if low == high else f"inputs {low:g} to {high:g}")
+        if "batch_covariate" in entry and bool(entry["batch_covariate"][i]):
+            parts.append("batch covariate")
         names.append(", ".join(parts))
     return names

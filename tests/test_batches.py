@@ -153,6 +153,13 @@ def test_the_autoencoder_is_told_the_batch_if_it_lowers_the_heldout_loss(autoenc
     assert "batches" not in plain
     # each cell keeps its own batch's expression, closer to the truth
     assert _sqrt_error(autoencoded["with"]) < 0.9 * _sqrt_error(autoencoded["without"])
+    # the record names it, and the command line's summary says it
+    from scn2s._record import candidate_names
+    from scn2s.cli._report import selection_summary
+
+    assert candidate_names(selection)[-1].endswith(", batch covariate")
+    lines = selection_summary(record, key="denoised")
+    assert any(line.startswith("  batch covariate (obs['batch'], 3 batches): used, held-out loss") for line in lines)
 
 
 def test_the_autoencoders_transform_batch_and_embedding_are_free_of_the_batches(autoencoded):

@@ -277,7 +277,11 @@ class AutoencoderSelection(SplitLosses):
             "batch_size": self.batch_size,
             "world_size": self.world_size,
             "n_splits": int(self.losses.shape[0]),
-            **({"batches": dict(self.batches)} if self.batches is not None else {}),
+            **(
+                {"batch_covariate": np.array([c.batch_covariate for c in self.configs]), "batches": dict(self.batches)}
+                if self.batches is not None
+                else {}
+            ),
         }
 
 
