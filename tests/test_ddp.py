@@ -93,12 +93,18 @@ distributed.broadcast_module = lambda module: None
 data_module.CsrBatches.thinned = halved
 train_half, held_half = splits.get(0, counts)
 exact = train(train_half, TrainConfig(**configs[0], input_range=None), heldout=held_half, device="cpu", seed=3)
+# 5. the same with the batch covariate: each cell's batch goes with its rows to its rank
+groups = np.arange(counts.shape[0]) % 3
+config = TrainConfig(**configs[0], input_range=None, batch_covariate=True)
+batched = train(train_half, config, heldout=held_half, device="cpu", seed=3, groups=groups)
 
 np.savez(
     workdir / f"rank_{rank}.npz",
     exact_heldout=exact.heldout_loss,
     exact_train=exact.train_loss,
     **{f"exact:{name}": value.numpy() for name, value in exact.model.state_dict().items()},
+    batched_heldout=batched.heldout_loss,
+    **{f"batched:{name}": value.numpy() for name, value in batched.model.state_dict().items()},
     code=code,
     world_size=distributed.world_size(),
     best=fit.best,
@@ -212,6 +218,22 @@ def test_with_a_deterministic_thinning_two_processes_follow_one(torchrun, monkey
     for name, value in one.model.state_dict().items():
         np.testing.assert_array_equal(first[f"exact:{name}"], second[f"exact:{name}"])
         np.testing.assert_allclose(first[f"exact:{name}"], value.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_with_batches_two_processes_follow_one(torchrun, monkeypatch):
+    """As above, with the batch covariate: each rank's cells take their own batches into the decoder."""
+    _, (first, second) = torchrun
+    monkeypatch.setattr(CsrBatches, "thinned", halved)
+    counts = simulate(N_CELLS, N_GENES, n_types=3, rank=2, depth=600, rng=1).X.tocsr()
+    train_half, held_half = Splits.draw(np.random.default_rng(0), 1, 0.5).get(0, counts)
+    config = TrainConfig(**CONFIGS[0], input_range=None, batch_covariate=True)
+    groups = np.arange(N_CELLS) % 3
+    one = train(train_half, config, heldout=held_half, device="cpu", seed=3, groups=groups)
+    assert one.model.batch_logits.shape == (3, N_GENES)
+    np.testing.assert_allclose(first["batched_heldout"], one.heldout_loss, rtol=1e-5)
+    for name, value in one.model.state_dict().items():
+        np.testing.assert_array_equal(first[f"batched:{name}"], second[f"batched:{name}"])
+        np.testing.assert_allclose(first[f"batched:{name}"], value.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_only_rank_0_writes_the_output_file(torchrun):
