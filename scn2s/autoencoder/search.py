@@ -391,24 +391,23 @@ def fit_autoencoder(
     ]
     _race(race)
     scores = [_score(config, runs, halves, timings, bar) for config, runs in zip(candidates, race, strict=True)]
+
+    def switch(among: list[int], setting: str) -> None:
+        """Train the best of ``among`` with ``setting`` switched, raced against it, as one more candidate."""
+        leader = among[int(np.argmin([scores[j].mean_loss for j in among]))]
+        switched = replace(candidates[leader], **{setting: not getattr(candidates[leader], setting)})
+        if switched in candidates:
+            return
+        runs = [half.trainer(switched, seeds[i], shown(switched, i)) for i, half in enumerate(halves)]
+        _race([runs], leader=race[leader])
+        candidates.append(switched)
+        race.append(runs)
+        scores.append(_score(switched, runs, halves, timings, bar))
+
     if open_posterior:
-        leader = open_posterior[int(np.argmin([scores[j].mean_loss for j in open_posterior]))]
-        switched = replace(candidates[leader], posterior=not candidates[leader].posterior)
-        if switched not in candidates:
-            runs = [half.trainer(switched, seeds[i], shown(switched, i)) for i, half in enumerate(halves)]
-            _race([runs], leader=race[leader])
-            candidates.append(switched)
-            race.append(runs)
-            scores.append(_score(switched, runs, halves, timings, bar))
+        switch(open_posterior, "posterior")
     if batches is not None:
-        leader = int(np.argmin([score.mean_loss for score in scores]))
-        switched = replace(candidates[leader], batch_covariate=not candidates[leader].batch_covariate)
-        if switched not in candidates:
-            runs = [half.trainer(switched, seeds[i], shown(switched, i)) for i, half in enumerate(halves)]
-            _race([runs], leader=race[leader])
-            candidates.append(switched)
-            race.append(runs)
-            scores.append(_score(switched, runs, halves, timings, bar))
+        switch(list(range(len(candidates))), "batch_covariate")
     bar.close()
     choice = _choice(candidates, scores)
     config = candidates[choice["best"]]

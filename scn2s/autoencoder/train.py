@@ -227,18 +227,7 @@ def predict_rates(
     reference batch to those in its own (from the same code), then normalised again, so that the cell keeps what
     its own molecules say and loses its batch's shift.
     """
-    counts = data.dense(rows)
-    log_freq, shift = _network_log_frequencies(
-        model,
-        counts,
-        data.one_hot(rows),
-        data.one_hot(rows, reference=reference) if reference is not None else None,
-        mode=mode,
-        input_fraction=input_fraction,
-        n_replicas=n_replicas,
-        generator=generator,
-    )
-    return _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale, shift)
+    return _predict(model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference)[0]
 
 
 @torch.inference_mode()
@@ -270,6 +259,15 @@ def predict_posterior(
     if model.log_shape is None:
         msg = "The network was trained without a posterior (posterior=False): it has no posterior standard deviation."
         raise ValueError(msg)
+    rates, counts = _predict(model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference)
+    shape = counts + torch.exp(model.log_shape.float()) * shape_scale
+    return rates, rates * torch.rsqrt(shape)
+
+
+def _predict(
+    model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cells' expected counts (as :func:`predict_rates`) and their counts, dense on the device."""
     counts = data.dense(rows)
     log_freq, shift = _network_log_frequencies(
         model,
@@ -281,9 +279,7 @@ def predict_posterior(
         n_replicas=n_replicas,
         generator=generator,
     )
-    rates = _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale, shift)
-    shape = counts + torch.exp(model.log_shape.float()) * shape_scale
-    return rates, rates * torch.rsqrt(shape)
+    return _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale, shift), counts
 
 
 @torch.inference_mode()
