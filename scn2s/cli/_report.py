@@ -55,7 +55,7 @@ def _batches(batches: dict, family: str) -> str:
     where = f"obs[{str(batches['key'])!r}], {len(batches['levels'])} batches"
     used = bool(batches["used"])
     if not bool(batches["compared"]):
-        chosen = "used (a fixed rank: not compared)" if family == "lowrank" else f"{'used' if used else 'not used'}"
+        chosen = "used (a fixed rank: not compared)" if family == "lowrank" else ("used" if used else "not used")
         line = f"  {what} ({where}): {chosen}"
     else:
         with_, without = float(batches["loss_with"]), float(batches["loss_without"])
