@@ -16,13 +16,21 @@ Each method runs twice, with and without the batches:
 ``per batch`` (``--variants "per batch"``, scn2s only): each batch's cells denoised alone, held-out scores only.
 ``transform`` (scn2s only): ``transform_batch="pbmc3k_v1"`` on all the molecules, and the batch mixing and label
 agreement of the written layer (``normalize_total``, ``log1p``, PCA with 30 components).
+``integrated``: the embedding with the batches removed, on all the molecules: scn2s's
+``obsm["X_denoised_integrated"]`` (``batch_key="batch", integrate=True``; the embedding it corrects is scored
+too), scVI's latent with ``batch_key``; the ARI for Leiden seeds 0 to 4 and their median.
 
 Methods: ``lowrank`` and ``autoencoder`` (``scn2s.pp.denoise(method=..., rng=0)`` with and without
 ``batch_key="batch"``; the record of the run with it holds both variants' held-out losses on scn2s's own splits),
 ``scvi`` (``scvi.model.SCVI`` with and without ``batch_key``, defaults, the mean of 25 samples of the normalised
-expression). Results are cached in ``--out`` per method, so ``--methods scvi`` reruns only scVI.
+expression), and two denoisers of :mod:`scn2s.denoisers` calibrated by ``scn2s.pp.calibrate`` over a grid
+(``magic``: ``t`` 1 to 4; ``knn_smoothing``: ``k`` 5 to 200), with ``batch_key`` (each candidate run on all
+cells together and on each batch alone, the lower held-out loss applied; the record holds both) and without (held-out
+scores only: they have no embedding). Results are cached in ``--out`` per method, so ``--methods scvi`` reruns only
+scVI.
 
-    python benchmarks/batches.py [--data ../shared/data] [--methods lowrank autoencoder scvi] [--tables]
+    python benchmarks/batches.py [--data ../shared/data] [--methods lowrank autoencoder scvi magic knn_smoothing]
+        [--variants with without "per batch" transform integrated] [--tables]
 """
 
 from __future__ import annotations
@@ -38,8 +46,16 @@ from scipy import sparse
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 FILE = "pbmc_4batches_3chemistries.h5ad"
 OUT = Path(__file__).resolve().parent / "results" / "batches.json"
-VARIANTS = (("with", True), ("without", False), ("per batch", None), ("transform", "transform"))
+VARIANTS = (
+    ("with", True),
+    ("without", False),
+    ("per batch", None),
+    ("transform", "transform"),
+    ("integrated", "integrated"),
+)
+LEIDEN_SEEDS = (0, 1, 2, 3, 4)
 REFERENCE = "pbmc3k_v1"
+DENOISERS = {"magic": {"t": [1, 2, 3, 4]}, "knn_smoothing": {"k": [5, 10, 20, 50, 100, 200]}}
 
 
 def batch_entropy(rep: np.ndarray, batches: np.ndarray, k: int = 30) -> float:
@@ -54,18 +70,23 @@ def batch_entropy(rep: np.ndarray, batches: np.ndarray, k: int = 30) -> float:
     return float(entropy.mean() / np.log(len(levels)))
 
 
-def labels_agreement(rep: np.ndarray, labels: np.ndarray) -> dict:
+def labels_agreement(rep: np.ndarray, labels: np.ndarray, seeds: tuple[int, ...] = (0,)) -> dict:
+    """ARI of Leiden clusters (resolution 1, ``random_state=0``) and the labels' silhouette; with more ``seeds``,
+    also the ARI of each Leiden seed and their median."""
     import anndata as ad
     import scanpy as sc
     from sklearn.metrics import adjusted_rand_score, silhouette_score
 
     adata = ad.AnnData(X=np.zeros((len(labels), 1)), obsm={"rep": rep})
     sc.pp.neighbors(adata, n_neighbors=15, use_rep="rep")
-    sc.tl.leiden(adata, resolution=1.0, flavor="igraph", n_iterations=2, random_state=0)
-    return {
-        "ari": float(adjusted_rand_score(labels, adata.obs["leiden"])),
-        "silhouette": float(silhouette_score(rep, labels, random_state=0)),
-    }
+    aris = []
+    for seed in seeds:
+        sc.tl.leiden(adata, resolution=1.0, flavor="igraph", n_iterations=2, random_state=seed)
+        aris.append(float(adjusted_rand_score(labels, adata.obs["leiden"])))
+    scores = {"ari": aris[0], "silhouette": float(silhouette_score(rep, labels, random_state=0))}
+    if len(seeds) > 1:
+        scores |= {"ari_seeds": aris, "ari_median": float(np.median(aris))}
+    return scores
 
 
 def load(data: Path):
@@ -99,7 +120,10 @@ def heldout_scores(estimate: np.ndarray, target: sparse.csr_matrix, batches: np.
     return scores
 
 
-def run_scn2s(adata, method: str, batch: bool | None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def run_scn2s(
+    adata, method: str, batch: bool | None, *, integrate: bool = False
+) -> tuple[np.ndarray, np.ndarray | dict | None, dict]:
+    """The layer, the embedding (with ``integrate``: ``{"integrated": ..., "plain": ...}``) and the choice."""
     import scn2s
 
     if batch is None:  # a separate fit of each batch's cells; their embeddings are not comparable: none
@@ -109,7 +133,7 @@ def run_scn2s(adata, method: str, batch: bool | None) -> tuple[np.ndarray, np.nd
             layer[cells] = run_scn2s(adata[cells].copy(), method, False)[0]
         return layer, None, {}
     run = adata.copy()
-    kwargs = {"batch_key": "batch"} if batch else {}
+    kwargs = {"batch_key": "batch", "integrate": integrate} if batch else {}
     scn2s.pp.denoise(run, method=method, progress=False, rng=0, **kwargs)
     record = run.uns["denoised"]
     info = {"best_params": {k: _plain(v) for k, v in record["best_params"].items()}}
@@ -118,7 +142,11 @@ def run_scn2s(adata, method: str, batch: bool | None) -> tuple[np.ndarray, np.nd
         info["batches"] = {k: _plain(v) for k, v in family["batches"].items() if k != "levels"}
     layer = run.layers["denoised"]
     layer = layer.toarray() if sparse.issparse(layer) else np.asarray(layer)
-    return np.asarray(layer, dtype=np.float64), np.asarray(run.obsm["X_denoised"]), info
+    rep = np.asarray(run.obsm["X_denoised"])
+    if integrate:
+        info["integration"] = {k: _plain(v) for k, v in record["integration"].items()}
+        rep = {"integrated": np.asarray(run.obsm["X_denoised_integrated"]), "plain": rep}
+    return np.asarray(layer, dtype=np.float64), rep, info
 
 
 def run_scvi(adata, batch: bool) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -133,6 +161,22 @@ def run_scvi(adata, batch: bool) -> tuple[np.ndarray, np.ndarray, dict]:
     frequencies = np.asarray(model.get_normalized_expression(library_size=1.0, n_samples=25, return_mean=True))
     latent = model.get_latent_representation()
     return frequencies.astype(np.float64), latent, {"epochs": len(model.history["elbo_train"])}
+
+
+def run_calibrated(adata, name: str, batch: bool) -> tuple[np.ndarray, None, dict]:
+    """``scn2s.pp.calibrate`` of a denoiser of :mod:`scn2s.denoisers` over ``DENOISERS[name]``, with ``batch_key``
+    (all cells together or each batch alone, by held-out loss) or without."""
+    import scn2s
+
+    run = adata.copy()
+    kwargs = {"batch_key": "batch"} if batch else {}
+    scn2s.pp.calibrate(run, getattr(scn2s.denoisers, name), DENOISERS[name], progress=False, rng=0, **kwargs)
+    record = run.uns["denoised"]
+    entry = record["selection"][name]
+    info = {"best_params": _plain(record["best_params"]), "loss_mean": _plain(entry["loss_mean"])}
+    if "batches" in entry:
+        info["batches"] = {k: _plain(v) for k, v in entry["batches"].items() if k != "levels"}
+    return np.asarray(run.layers["denoised"], dtype=np.float64), None, info
 
 
 def _plain(value):
@@ -174,15 +218,44 @@ def transformed(adata, method: str) -> dict:
     }
 
 
+def integrated(adata, method: str) -> dict:
+    """The embedding with the batches removed, on all molecules: scn2s's ``integrate=True`` (with the embedding it
+    corrects), scVI's latent with ``batch_key``; batch mixing, labels (ARI over the Leiden seeds) and time."""
+    batches = adata.obs["batch"].to_numpy().astype(str)
+    labelled = adata.obs["cell_type"].notna().to_numpy()
+    labels = adata.obs["cell_type"].astype(str).to_numpy()[labelled]
+    start = time.perf_counter()
+    if method == "scvi":
+        _, reps, info = run_scvi(adata, True)
+        reps = {"integrated": reps}
+    else:
+        _, reps, info = run_scn2s(adata, method, True, integrate=True)
+    seconds = time.perf_counter() - start
+
+    def scores(rep: np.ndarray) -> dict:
+        return {"batch_entropy": batch_entropy(rep, batches), **labels_agreement(rep[labelled], labels, LEIDEN_SEEDS)}
+
+    return {"embedding": {**scores(reps.pop("integrated")), "seconds": seconds, **info}} | {
+        f"embedding ({name})": scores(rep) for name, rep in reps.items()
+    }
+
+
 def run_method(adata, method: str, batch: bool | None) -> dict:
     from scn2s.split import binomial_split
 
     if batch == "transform":
         return transformed(adata, method)
+    if batch == "integrated":
+        return integrated(adata, method)
     batches = adata.obs["batch"].to_numpy().astype(str)
     labelled = adata.obs["cell_type"].notna().to_numpy()
     labels = adata.obs["cell_type"].astype(str).to_numpy()[labelled]
-    fit = run_scvi if method == "scvi" else lambda a, b: run_scn2s(a, method, b)
+    if method == "scvi":
+        fit = run_scvi
+    elif method in DENOISERS:
+        fit = lambda a, b: run_calibrated(a, method, b)  # noqa: E731
+    else:
+        fit = lambda a, b: run_scn2s(a, method, b)  # noqa: E731
 
     train, target = binomial_split(adata.X, 0.5, rng=0)
     half = adata.copy()
@@ -192,7 +265,7 @@ def run_method(adata, method: str, batch: bool | None) -> dict:
     half_seconds = time.perf_counter() - start
     entry = {"heldout": {**heldout_scores(estimate, target, batches), "seconds": half_seconds, **half_info}}
 
-    if batch is None:
+    if batch is None or method in DENOISERS:  # no embedding
         return entry
     start = time.perf_counter()
     _, rep, info = fit(adata, batch)
@@ -223,12 +296,24 @@ def tables(results: dict) -> str:
     lines += ["", "| method | batches | batch entropy | ARI | silhouette | seconds (all) |", "|---" * 6 + "|"]
     for method, variants in results.items():
         for name, entry in variants.items():
-            if "embedding" not in entry:
+            if "embedding" not in entry or name == "integrated":
                 continue
             emb = entry["embedding"]
             lines.append(
                 f"| {method} | {name} | {emb['batch_entropy']:.3f} | {emb['ari']:.3f} | {emb['silhouette']:.3f} "
                 f"| {emb['seconds']:.0f} |"
+            )
+    head = "| method | embedding | batch entropy | ARI (seed 0) | ARI (median of 5 seeds) | silhouette | seconds |"
+    lines += ["", head, "|---" * 7 + "|"]
+    for method, variants in results.items():
+        entry = variants.get("integrated", {})
+        for name, emb in entry.items():
+            plain = "latent" if method == "scvi" else "integrated"
+            what = name[len("embedding (") : -1] if name != "embedding" else plain
+            seconds = f"{emb['seconds']:.0f}" if "seconds" in emb else ""
+            lines.append(
+                f"| {method} | {what} | {emb['batch_entropy']:.3f} | {emb['ari']:.3f} | {emb['ari_median']:.3f} "
+                f"| {emb['silhouette']:.3f} | {seconds} |"
             )
     return "\n".join(lines)
 
@@ -250,7 +335,8 @@ def main() -> None:
     print(f"{adata.n_obs} cells x {adata.n_vars} genes; batches {sizes}", flush=True)
     for method in args.methods:
         for name, batch in VARIANTS:
-            if name not in args.variants or (method == "scvi" and name in ("per batch", "transform")):
+            allowed = ("with", "without") + (("integrated",) if method == "scvi" else ())
+            if name not in args.variants or (method in (*DENOISERS, "scvi") and name not in allowed):
                 continue
             entry = run_method(adata, method, batch)
             print(method, name, json.dumps(entry, default=float), flush=True)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "OUTPUTS", "SPLIT_RECORD", "denoise_keys", "denoise_ownership", "factor_keys", "split_ownership"]
+__all__ = [
+    "METHODS",
+    "OUTPUTS",
+    "SPLIT_RECORD",
+    "denoise_keys",
+    "denoise_ownership",
+    "factor_keys",
+    "integrated_key",
+    "split_ownership",
+]
 
 METHODS = ("auto", "lowrank", "autoencoder")
 """The values of ``method`` of :func:`scn2s.pp.denoise`."""
@@ -24,24 +33,32 @@ def factor_keys(key_added: str) -> dict[str, tuple[str, str]]:
 
 
 def denoise_keys(
-    key_added: str, output: str, *, method: str = "auto", uncertainty: bool = False
+    key_added: str, output: str, *, method: str = "auto", uncertainty: bool = False, integrate: bool = False
 ) -> dict[str, list[str]]:
     """The keys a :func:`~scn2s.pp.denoise` run may write, by attribute (the ``uns`` record too).
 
-    The layer output writes the layer and the cells' embedding, the low-rank family's loadings (unless
-    ``method="autoencoder"``) and, with ``uncertainty``, the posterior standard deviations; ``output="factors"``
-    writes the factors (:func:`factor_keys`).
+    The layer output writes the layer and the cells' embedding (with ``integrate``, also the embedding with the
+    batches removed, :func:`integrated_key`), the low-rank family's loadings (unless ``method="autoencoder"``) and,
+    with ``uncertainty``, the posterior standard deviations; ``output="factors"`` writes the factors
+    (:func:`factor_keys`).
     """
     keys: dict[str, list[str]] = {"uns": [key_added]}
     if output == "layer":
         keys["layers"] = [key_added, f"{key_added}_sd"] if uncertainty else [key_added]
         keys["obsm"] = [factor_keys(key_added)["scores"][1]]
+        if integrate:
+            keys["obsm"].append(integrated_key(key_added))
         if method != "autoencoder":
             keys["varm"] = [factor_keys(key_added)["loadings"][1]]
         return keys
     for attribute, key in factor_keys(key_added).values():
         keys.setdefault(attribute, []).append(key)
     return keys
+
+
+def integrated_key(key_added: str) -> str:
+    """The ``obsm`` key of the embedding with the batches removed: ``f"X_{key_added}_integrated"``."""
+    return f"{factor_keys(key_added)['scores'][1]}_integrated"
 
 
 def denoise_ownership(key_added: str, layer: str | None) -> dict:

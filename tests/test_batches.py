@@ -9,6 +9,8 @@ import pytest
 from scipy import sparse
 
 import scn2s
+import scn2s.select.calibrate
+from scn2s.cli._report import selection_summary
 from scn2s.loss import convert_sqrt_mean
 from scn2s.lowrank.model import BlockOperator, heldout_loss_per_rank, randomized_svd, reconstruct_counts
 
@@ -308,3 +310,80 @@ def test_the_command_line_warns_once_about_a_single_batch(batched, tmp_path):
         )
     assert code == 0
     assert sum("holds one batch" in str(w.message) for w in caught) == 1
+
+
+def gene_means(counts, *, weight: float = 1.0):
+    """Every cell's frequencies pulled (by ``weight``) to the mean frequencies of the cells it was given."""
+    dense = counts.toarray() if sparse.issparse(counts) else np.asarray(counts, dtype=np.float64)
+    library = dense.sum(axis=1, keepdims=True)
+    frequencies = dense / np.maximum(library, 1)
+    return (1 - weight) * frequencies + weight * frequencies.mean(axis=0)
+
+
+def test_calibrate_denoises_each_batch_alone_where_that_lowers_the_heldout_loss(batched):
+    adata = batched.copy()
+    scn2s.pp.calibrate(adata, gene_means, {"weight": [0.5, 1.0]}, batch_key="batch", progress=False)
+    record = adata.uns["denoised"]
+    entry = record["selection"]["gene_means"]
+    batches = entry["batches"]
+    assert batches["used"]
+    assert batches["loss_with"] < batches["loss_without"]
+    assert list(batches["levels"]) == ["b0", "b1", "b2"]
+    assert record["params"]["batch_key"] == "batch"
+    np.testing.assert_allclose(entry["loss_mean"], batches["loss_mean_with"])
+    # all cells together is exactly a run without batch_key, on the same splits
+    plain = batched.copy()
+    scn2s.pp.calibrate(plain, gene_means, {"weight": [0.5, 1.0]}, progress=False)
+    together = plain.uns["denoised"]["selection"]["gene_means"]["loss_mean"]
+    np.testing.assert_allclose(together, batches["loss_mean_without"])
+    # the layer: each batch's own mean frequencies, on each cell's library size
+    weight = record["best_params"]["weight"]
+    counts = batched.X.toarray().astype(np.float64)
+    library = counts.sum(axis=1)
+    expected = np.empty_like(counts)
+    for level in ["b0", "b1", "b2"]:
+        cells = (batched.obs["batch"] == level).to_numpy()
+        values = gene_means(counts[cells], weight=weight)
+        expected[cells] = values / values.sum(axis=1, keepdims=True) * library[cells, None]
+    np.testing.assert_allclose(adata.layers["denoised"], expected, rtol=1e-5, atol=1e-4)
+    lines = selection_summary(record, key="denoised")
+    assert any("each batch alone (obs['batch'], 3 batches): used" in line for line in lines)
+
+
+def test_a_denoiser_failing_on_one_batch_is_named(batched):
+    def needs_250_cells(counts):
+        if counts.shape[0] < 250:
+            raise ValueError("fewer cells than neighbours")
+        return counts.toarray()
+
+    adata = batched.copy()
+    with pytest.raises(scn2s.select.calibrate.DenoiserError, match=r"of batch 'b\d' alone: ValueError: fewer cells"):
+        scn2s.pp.calibrate(adata, needs_250_cells, [{}], batch_key="batch", progress=False)
+    assert "denoised" not in adata.uns
+
+
+def test_denoise_scores_a_users_denoiser_per_batch_beside_the_families(batched):
+    adata = batched.copy()
+    scn2s.pp.denoise(
+        adata,
+        method="lowrank",
+        batch_key="batch",
+        denoisers={"gene_means": (gene_means, {"weight": [1.0]})},
+        progress=False,
+    )
+    selection = adata.uns["denoised"]["selection"]
+    assert "batches" in selection["lowrank"]
+    assert selection["gene_means"]["batches"]["used"]
+    np.testing.assert_allclose(
+        adata.uns["denoised"]["comparison"]["loss"]["gene_means"], selection["gene_means"]["batches"]["loss_with"]
+    )
+
+
+def test_calibrate_with_a_one_batch_column_denoises_all_cells_together(batched):
+    adata = batched.copy()
+    adata.obs["one"] = "all"
+    with pytest.warns(UserWarning, match="one batch"):
+        scn2s.pp.calibrate(adata, gene_means, {"weight": [1.0]}, batch_key="one", progress=False)
+    assert "batches" not in adata.uns["denoised"]["selection"]["gene_means"]
+    with pytest.raises(KeyError, match="not a column"):
+        scn2s.pp.calibrate(adata, gene_means, {"weight": [1.0]}, batch_key="missing", progress=False)

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._batches import read_batches
 from .._memory import check_layer_fits
-from .._names import denoise_keys, denoise_ownership, split_ownership
+from .._names import denoise_keys, denoise_ownership, integrated_key, split_ownership
 from .._validate import check_writable, describe_source, gene_mask, get_counts
 from ._files import (
     InputError,
@@ -62,6 +62,9 @@ def denoise(args: argparse.Namespace) -> int:
             f"posterior, got --method {args.method} --output {args.output}"
         )
         raise InputError(msg)
+    if args.integrate and (args.batch_key is None or args.output != "layer"):
+        msg = "--integrate removes the batches from the cells' embedding and needs --batch-key (and --output layer)"
+        raise InputError(msg)
     check_paths(args.input, args.out, force=args.force)
     if args.device is not None and args.method != "lowrank":
         _check_device(args.device)
@@ -80,7 +83,9 @@ def denoise(args: argparse.Namespace) -> int:
                 lazy=False,
                 stacklevel=2,
             )
-        planned = denoise_keys(args.key_added, args.output, method=args.method, uncertainty=args.uncertainty)
+        planned = denoise_keys(
+            args.key_added, args.output, method=args.method, uncertainty=args.uncertainty, integrate=args.integrate
+        )
         check_writable(adata, planned, **denoise_ownership(args.key_added, args.layer))
     layer_size = adata.n_obs * adata.n_vars * 4 if args.output == "layer" else 0
     check_space(args.out, estimated_size(adata, extra=layer_size))
@@ -98,6 +103,7 @@ def denoise(args: argparse.Namespace) -> int:
             mask_var=args.genes,
             batch_key=args.batch_key,
             transform_batch=args.transform_batch,
+            integrate=args.integrate,
             p=args.p,
             n_splits=args.n_splits,
             lowrank_kwds={"max_rank": args.max_rank, "rank": args.rank},
@@ -122,10 +128,12 @@ def denoise(args: argparse.Namespace) -> int:
     key = args.key_added
     if args.output == "layer":
         sd = f", layers['{key}_sd'] (their posterior standard deviations)" if f"{key}_sd" in adata.layers else ""
+        integrated = integrated_key(key)
+        integrated = f", obsm[{integrated!r}] (the same, batches removed)" if integrated in adata.obsm else ""
         print(
             f"  wrote {args.out}: layers[{key!r}] (denoised expected counts of the {record['method']} model){sd}, "
-            f"obsm['X_{key}'] (the cells' embedding, for sc.pp.neighbors(use_rep='X_{key}')), uns[{key!r}] (the "
-            "selection record)"
+            f"obsm['X_{key}'] (the cells' embedding, for sc.pp.neighbors(use_rep='X_{key}')){integrated}, "
+            f"uns[{key!r}] (the selection record)"
         )
     else:
         print(

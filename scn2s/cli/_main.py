@@ -164,6 +164,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BATCH",
         help="with --batch-key: write every cell's expression as if measured in this batch",
     )
+    den.add_argument(
+        "--integrate",
+        action="store_true",
+        help="with --batch-key: also write obsm['X_KEY_integrated'], the cells' embedding with the batches removed "
+        "(Harmony), for clustering and UMAP across batches",
+    )
     den.add_argument("--p", type=_fraction, default=default("p"), help="training fraction of each split (%(default)s)")
     den.add_argument("--n-splits", type=_positive, default=default("n_splits"), help="splits averaged (%(default)s)")
     den.add_argument(

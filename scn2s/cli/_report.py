@@ -51,7 +51,7 @@ def selection_summary(record: dict, *, key: str, n_best: int = 5) -> list[str]:
 
 def _batches(batches: dict, family: str) -> str:
     """A family's use of the batches: used or not, and the held-out losses with and without them."""
-    what = "per-batch gene means" if family == "lowrank" else "batch covariate"
+    what = {"lowrank": "per-batch gene means", "autoencoder": "batch covariate"}.get(family, "each batch alone")
     where = f"obs[{str(batches['key'])!r}], {len(batches['levels'])} batches"
     used = bool(batches["used"])
     if not bool(batches["compared"]):

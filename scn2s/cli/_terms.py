@@ -19,6 +19,7 @@ FLAGS = {
     "device": "--device",
     "batch_key": "--batch-key",
     "transform_batch": "--transform-batch",
+    "integrate": "--integrate",
 }
 _NAMES = "|".join(sorted(FLAGS, key=len, reverse=True))
 _NONE = re.compile(rf"\b(pass )?({_NAMES})=None\b")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from .._batches import read_batches
 from .._memory import check_layer_fits
 from .._names import METHODS, denoise_ownership
 from .._sparse import canonical_csr, is_dask_array
@@ -27,6 +28,7 @@ from ..select import Splits
 from ..select.calibrate import (
     CalibratedDenoiser,
     DenoiserSelection,
+    PerBatch,
     candidate_label,
     expand_grid,
     run_denoiser,
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from scipy import sparse
 
+    from .._batches import Batches
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,6 +52,7 @@ def calibrate(
     *,
     layer: str | None = None,
     key_added: str = "denoised",
+    batch_key: str | None = None,
     p: float = 0.5,
     n_splits: int = 3,
     depth_correction: bool = True,
@@ -86,6 +91,11 @@ def calibrate(
         Layer holding the raw counts; ``None`` uses ``adata.X``.
     key_added
         Name of the layer and ``uns`` entry written.
+    batch_key
+        Column of ``adata.obs`` holding each cell's batch. Every candidate is then also scored with each batch's
+        cells denoised alone (the denoiser called once per batch), on the same held-out molecules, and the way with
+        the lower held-out loss, all cells together or each batch alone, is applied to the full counts: the
+        record's ``batches`` says which and by how much. Checked as :func:`~scn2s.pp.denoise` checks it.
     p
         Fraction of the molecules in each split's training half.
     n_splits
@@ -118,7 +128,10 @@ def calibrate(
         loss per entry, see :mod:`scn2s.loss`), ``nll_mean`` and ``nll_per_split`` (Poisson negative
         log-likelihood per held-out entry), ``seconds_per_split`` (each call's time), ``split_<parameter>``
         (chosen at depth ``p N``), ``<parameter>`` (applied to the full counts), ``chosen`` and ``applied`` (as
-        labels), ``depth_ratio`` (full over training depth), ``transferred``, ``p``, ``n_splits`` and ``seed``;
+        labels), ``depth_ratio`` (full over training depth), ``transferred``, ``p``, ``n_splits`` and ``seed``, and
+        with ``batch_key`` ``batches`` (``key``, ``levels``, ``how``, ``compared``, ``loss_with`` and ``chosen_with``
+        for each batch alone, ``loss_without`` and ``chosen_without`` for all cells together, ``loss_mean_with`` and
+        ``loss_mean_without`` per candidate, ``used``; the entry's other scores are those of the way used);
         ``version``; ``versions``; ``elapsed_seconds``; ``timings`` (``read``, ``split``, ``selection``,
         ``fit``, ``output``); ``output`` (``"layer"``). :func:`scn2s.pl.selection` plots it and the command
         line's summary reads it.
@@ -131,7 +144,10 @@ def calibrate(
         If ``layer`` does not exist.
     ValueError
         If the counts are not raw UMI counts, hold no molecule, or have fewer than 2 cells; if an argument is
-        out of range or ``grid`` holds no candidate; or if the counts are on disk or in a dask array.
+        out of range or ``grid`` holds no candidate; if the counts are on disk or in a dask array; or if the
+        ``batch_key`` column has missing values or a batch of a single cell.
+    KeyError
+        If ``batch_key`` is not a column of ``adata.obs``.
     scn2s.select.calibrate.DenoiserError
         A :class:`ValueError` raised when the denoiser raises or returns a wrong shape, negative, NaN or
         infinite values; the message names the candidate's parameters. Nothing is written.
@@ -161,6 +177,7 @@ def calibrate(
     if adata.isbacked and layer is None:
         msg = "calibrate needs the counts in memory; adata is backed. Read it with backed=None (the default)."
         raise ValueError(msg)
+    batches = read_batches(adata, batch_key, None, output="layer", lazy=False, stacklevel=3)
     timings = Timings()
     with timings.step("read"):
         counts = get_counts(adata, layer)
@@ -187,6 +204,7 @@ def calibrate(
         candidates,
         splits=splits,
         name=name,
+        batches=batches,
         depth_correction=depth_correction,
         progress=progress,
         timings=timings,
@@ -203,6 +221,8 @@ def calibrate(
         "seed": seed,
         "output": "layer",
     }
+    if batch_key is not None:
+        params["batch_key"] = batch_key
     record = {
         "method": name,
         "params": params,
@@ -230,13 +250,17 @@ def calibrate_family(
     *,
     splits: Splits,
     name: str,
+    batches: Batches | None = None,
     depth_correction: bool = True,
     progress: bool = False,
     timings: Timings | None = None,
 ) -> CalibratedDenoiser:
     """Score ``denoiser``'s candidates on ``splits`` and apply the best to the full ``counts`` (float64 CSR).
 
-    The choice is carried to the full depth by the denoiser's ``transfer`` rule, if it has one and
+    With ``batches``, every candidate is also scored with each batch's cells denoised alone
+    (:class:`~scn2s.select.calibrate.PerBatch`), on the same splits; the way (all cells together, or each batch
+    alone) whose best candidate has the lower held-out loss is applied, and the record's ``batches`` entry holds
+    both. The choice is carried to the full depth by the denoiser's ``transfer`` rule, if it has one and
     ``depth_correction``; its estimate on the full counts is brought to each cell's library size. A denoiser's
     ``clear()`` (what the denoisers of :mod:`scn2s.denoisers` keep between calls) is called at the end.
 
@@ -246,11 +270,15 @@ def calibrate_family(
         If a call fails or returns a bad estimate.
     """
     timings = Timings() if timings is None else timings
+    kwargs = {"splits": splits, "progress": progress, "timings": timings}
     try:
-        fit = search_denoiser(
-            denoiser, counts, candidates, splits=splits, name=name, progress=progress, timings=timings
-        )
-        chosen = fit.best_params
+        fit = search_denoiser(denoiser, counts, candidates, name=name, **kwargs)
+        alone = None
+        if batches is not None:
+            per_batch = PerBatch(denoiser, batches.codes, batches.levels)
+            alone = search_denoiser(per_batch, counts, candidates, name=f"{name} per batch", **kwargs)
+        used = alone is not None and alone.loss_mean[alone.best] < fit.loss_mean[fit.best]
+        chosen = (alone if used else fit).best_params
         ratio = 1 / splits.fractions[0]
         transfer = getattr(denoiser, "transfer", None) if depth_correction else None
         applied = dict(transfer(chosen, ratio)) if callable(transfer) else chosen
@@ -262,16 +290,46 @@ def calibrate_family(
                 candidate_label(applied),
             )
         with timings.step("fit"):
-            estimate = run_denoiser(denoiser, counts, applied, what="the full counts")
+            estimate = run_denoiser(per_batch if used else denoiser, counts, applied, what="the full counts")
     finally:
         clear = getattr(denoiser, "clear", None)
         if callable(clear):
             clear()
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     values = scale_to_library(estimate, library)
-    entry = _selection_record(fit, applied, ratio=ratio) | {"n_splits": len(splits)}
+    entry = _selection_record(alone if used else fit, applied, ratio=ratio) | {"n_splits": len(splits)}
+    if alone is not None:
+        entry["batches"] = _batches_record(batches, joint=fit, alone=alone, used=used)
+        logger.info(
+            "%s: each batch alone %s the held-out loss (%.6g against %.6g for all cells together)",
+            name,
+            "lowers" if used else "does not lower",
+            alone.loss_mean[alone.best],
+            fit.loss_mean[fit.best],
+        )
     params = {k: _storable(v) for k, v in applied.items()}
-    return CalibratedDenoiser(family=name, search=fit, params=params, values=values, entry=entry)
+    return CalibratedDenoiser(family=name, search=alone if used else fit, params=params, values=values, entry=entry)
+
+
+def _batches_record(batches: Batches, *, joint: DenoiserSelection, alone: DenoiserSelection, used: bool) -> dict:
+    """``selection[name]["batches"]``: each batch alone (``with``) against all cells together (``without``).
+
+    The best held-out loss and candidate each way, every candidate's mean loss both ways, and whether each batch
+    alone was used.
+    """
+    return {
+        "key": batches.key,
+        "levels": np.asarray(batches.levels),
+        "how": "each batch denoised alone",
+        "compared": True,
+        "loss_with": float(alone.loss_mean[alone.best]),
+        "loss_without": float(joint.loss_mean[joint.best]),
+        "chosen_with": candidate_label(alone.best_params),
+        "chosen_without": candidate_label(joint.best_params),
+        "loss_mean_with": alone.loss_mean,
+        "loss_mean_without": joint.loss_mean,
+        "used": bool(used),
+    }
 
 
 def _name(denoiser: Callable, name: str | None) -> str:
@@ -404,9 +462,17 @@ def extra_denoisers(denoisers: Mapping | None, *, output: str, lazy: bool) -> li
 
 
 def calibrate_extras(
-    extras: Sequence[ExtraDenoiser], counts: sparse.csr_matrix, *, splits: Splits, progress: bool, timings: Timings
+    extras: Sequence[ExtraDenoiser],
+    counts: sparse.csr_matrix,
+    *,
+    splits: Splits,
+    batches: Batches | None,
+    progress: bool,
+    timings: Timings,
 ) -> list[CalibratedDenoiser]:
     """Calibrate each of ``denoise``'s extra denoisers on ``counts`` (the modelled genes) and ``splits``.
+
+    With ``batches``, each is also scored with each batch alone (:func:`calibrate_family`).
 
     ``timings`` gets each one's total under its name and its steps as ``<name>.split``, ``.selection``, ``.fit``.
     """
@@ -421,6 +487,7 @@ def calibrate_extras(
                 extra.candidates,
                 splits=splits,
                 name=extra.name,
+                batches=batches,
                 progress=progress,
                 timings=steps,
             )

@@ -28,6 +28,7 @@ from .._validate import (
 from ..select import Splits, compare_families
 from ._calibrate import calibrate_extras, extra_denoisers
 from ._counts import check_modelled, is_lazy, read_counts
+from ._integrate import check_integrate, integrated_entries
 from ._output import check_uncertainty, output_entries
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ def denoise(
     mask_var: str | np.ndarray | None = None,
     batch_key: str | None = None,
     transform_batch: str | None = None,
+    integrate: bool = False,
     p: float = 0.5,
     n_splits: int = 3,
     sample_ratio: float | None = None,
@@ -98,6 +100,10 @@ def denoise(
         With ``batch_key``: a batch in which every cell is written as if measured (scVI's name): the low-rank family
         centres every cell on that batch's means, the autoencoder decodes every cell's code in that batch and moves
         the cell's output by the ratio. Applied only where the batches won.
+    integrate
+        With ``batch_key``: also write ``obsm[f"X_{key_added}_integrated"]``, the cells' embedding with the batches
+        removed by Harmony (:func:`scn2s.integrate.harmonize`), for ``sc.pp.neighbors``, UMAP and clustering across
+        batches. The layer and ``obsm[f"X_{key_added}"]`` are unchanged.
     p
         Fraction of the molecules in each split's training half.
     n_splits
@@ -118,8 +124,9 @@ def denoise(
         same loss: a mapping of names to a denoiser ``denoiser(counts, **params)`` (see :func:`scn2s.pp.calibrate`;
         run at its defaults) or to a ``(denoiser, grid)`` pair, e.g. ``{"magic": (scn2s.denoisers.magic, {"t":
         [1, 2, 3]})}``. Each gets the counts of the modelled genes (``mask_var``) and is scored on every split
-        (``n_splits``); if one has the lowest held-out loss, its chosen parameters are applied to the full counts
-        and written (no embedding). ``output="layer"`` and counts in memory only.
+        (``n_splits``), with ``batch_key`` also with each batch's cells denoised alone; if one has the lowest
+        held-out loss, its chosen parameters are applied to the full counts and written (no embedding).
+        ``output="layer"`` and counts in memory only.
     device
         Torch device of the autoencoder; ``None`` picks CUDA when available.
     output
@@ -154,6 +161,8 @@ def denoise(
         Whatever the output, the chosen family's cell embedding, for ``sc.pp.neighbors(adata,
         use_rep=f"X_{key_added}")``, UMAP and clustering: the low-rank cell scores ``U[:, :rank] * s[:rank]``, or
         the autoencoder's code (bottleneck) of each cell's counts.
+    ``adata.obsm[f"X_{key_added}_integrated"]``
+        With ``integrate=True``: that embedding with the batches removed (Harmony), for ``use_rep`` across batches.
     ``adata.varm[f"{key_added}_loadings"]``
         Low-rank family: the genes' loadings (zero outside ``mask_var``).
     ``adata.var``, ``adata.obs``
@@ -164,7 +173,8 @@ def denoise(
         The record: ``method`` (the family written), ``params``, ``best_params``, ``selection`` (per family
         searched; :func:`scn2s.pl.selection` plots it), ``comparison`` (``method="auto"``), ``version``,
         ``versions``, ``elapsed_seconds``, ``timings`` (seconds per step, with the autoencoder search's per
-        candidate: ``autoencoder.<label>.steps``, ``.heldout``, ``.scoring``, and ``autoencoder.refit``), ``keys``
+        candidate: ``autoencoder.<label>.steps``, ``.heldout``, ``.scoring``, and ``autoencoder.refit``),
+        ``integration`` (with ``integrate=True``: the correction's method, clusters, rounds and objective), ``keys``
         (the keys written, by attribute: ``layers``, ``obsm``, ``varm``, ``obs``, ``var``), ``output`` and, with
         ``output="factors"``, ``factors``.
 
@@ -180,8 +190,8 @@ def denoise(
         If the counts are not raw UMI counts or hold no molecule; if a key this run would write exists and no
         earlier scn2s record under ``key_added`` lists it (raised before any work, naming the key); if ``adata`` has
         fewer than 2 cells; if an argument is out of range or a ``*_kwds`` key unknown; if ``output="factors"`` or
-        dask counts come with a method other than ``"lowrank"``, or ``uncertainty=True`` with ``method="lowrank"``
-        or ``output="factors"``. Each message says what to do.
+        dask counts come with a method other than ``"lowrank"``, ``uncertainty=True`` with ``method="lowrank"``
+        or ``output="factors"``, or ``integrate=True`` without ``batch_key``. Each message says what to do.
     """
     start = time.perf_counter()
     lowrank_options = lowrank.LowRankOptions.from_kwds(lowrank_kwds)
@@ -189,10 +199,10 @@ def denoise(
     _check_arguments(method, output, lowrank_options.rank, key_added=key_added, layer=layer, p=p, n_splits=n_splits)
     check_sample_ratio(sample_ratio, held_out=True)
     check_uncertainty(uncertainty, method, output)
+    check_integrate(integrate, batch_key, output)
     owner = denoise_ownership(key_added, layer)
-    check_writable(
-        adata, denoise_keys(key_added, output, method=method, uncertainty=uncertainty), **owner
-    )  # before any work: write only keys scn2s owns
+    planned = denoise_keys(key_added, output, method=method, uncertainty=uncertainty, integrate=integrate)
+    check_writable(adata, planned, **owner)  # before any work: write only keys scn2s owns
     lazy = is_lazy(adata, layer, method)
     batches = read_batches(adata, batch_key, transform_batch, output=output, lazy=lazy, stacklevel=3)
     if batches is None and method != "lowrank" and autoencoder_options.needs_batches:
@@ -203,7 +213,7 @@ def denoise(
         check_layer_fits(adata.shape, key_added=key_added)  # before any work
     rng, seed = boundary_rng(rng)  # one integer seed reproduces the run: the record holds it
     requested, timings = method, Timings()
-    split_rng, lowrank_rng, autoencoder_rng = rng.spawn(3)
+    split_rng, lowrank_rng, autoencoder_rng, integrate_rng = rng.spawn(4)
     splits = Splits.draw(split_rng, n_splits, p, sample_ratio)
     counts = get_counts(adata, layer)
     genes = gene_mask(adata, mask_var)
@@ -229,7 +239,7 @@ def denoise(
             fits.append(autoencoder.select(data.modelled, options=autoencoder_options, **kwargs))
     if extras:
         modelled = data.modelled if data.modelled is not None else data.blocks.to_csr()
-        fits += calibrate_extras(extras, modelled, splits=splits, progress=progress, timings=timings)
+        fits += calibrate_extras(extras, modelled, splits=splits, batches=batches, progress=progress, timings=timings)
     comparison = compare_families(fits) if len(fits) > 1 else None
     fit = next(f for f in fits if f.family == (comparison["chosen"] if comparison else method))
     with timings.step("output"):
@@ -243,9 +253,17 @@ def denoise(
             uncertainty=uncertainty,
             progress=progress,
         )
+    if integrate:
+        with timings.step("integrate"):
+            integrated, output_record["integration"] = integrated_entries(
+                entries, batches, key_added=key_added, rng=integrate_rng
+            )
+        entries["obsm"] = entries.get("obsm", {}) | integrated
     options = {"lowrank_options": lowrank_options, "autoencoder_options": autoencoder_options}
     params = _params(requested, layer, mask_var, p, n_splits, sample_ratio, device, output, seed, **options)
     params["uncertainty"] = uncertainty
+    if integrate:
+        params["integrate"] = True
     if extras:
         params["denoisers"] = {extra.name: extra.grid for extra in extras}
     if batch_key is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "CalibratedDenoiser",
     "DenoiserError",
     "DenoiserSelection",
+    "PerBatch",
     "candidate_label",
     "check_estimate",
     "expand_grid",
@@ -158,6 +159,34 @@ def check_estimate(estimate, shape: tuple[int, int], params: Mapping) -> np.ndar
         )
         raise DenoiserError(msg)
     return estimate
+
+
+@dataclass(frozen=True)
+class PerBatch:
+    """``denoiser`` applied to each batch's cells alone, as one denoiser of all the cells.
+
+    ``groups`` holds each cell's batch (codes ``0..n-1``), ``levels`` their names (for the messages). Each call runs
+    ``denoiser(counts[cells of batch b], **params)`` for every batch and puts the estimates back in the cells' order;
+    each is checked as :func:`check_estimate` checks a whole estimate. The estimates stay on the denoiser's own
+    scale per cell, as they would for all cells at once.
+    """
+
+    denoiser: Callable
+    groups: np.ndarray
+    levels: Sequence[str]
+
+    def __call__(self, counts: sparse.csr_matrix, **params) -> np.ndarray:
+        """The estimates of every batch's cells, each from those cells alone (cells x genes, float64)."""
+        out = np.empty(counts.shape)
+        for code, level in enumerate(self.levels):
+            cells = np.flatnonzero(self.groups == code)
+            try:
+                estimate = self.denoiser(counts[cells], **params)
+            except Exception as error:
+                msg = f"on the {len(cells)} cells of batch {level!r} alone: {type(error).__name__}: {error}"
+                raise DenoiserError(msg) from error
+            out[cells] = check_estimate(estimate, (len(cells), counts.shape[1]), params)
+        return out
 
 
 def scale_to_library(estimate: np.ndarray, library: np.ndarray) -> np.ndarray:
