@@ -34,6 +34,26 @@ def data_file():
     return _data_file
 
 
+@pytest.fixture(scope="module")
+def batched():
+    """A simulation measured in three batches whose capture efficiency differs by gene (``obs["batch"]``: b0-b2).
+
+    One per test module: copy it before changing it.
+    """
+    import pandas as pd
+
+    import scn2s
+
+    adata = scn2s.datasets.simulate(600, 200, n_types=3, rank=3, depth=800, rng=0)
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, 3, adata.n_obs)
+    efficiency = rng.lognormal(0, 0.8, (3, adata.n_vars))
+    adata.layers["rates"] = adata.layers["rates"] * efficiency[batch]
+    adata.X = sparse.csr_matrix(rng.poisson(adata.layers["rates"]).astype(np.float32))
+    adata.obs["batch"] = pd.Categorical([f"b{b}" for b in batch])
+    return adata
+
+
 @pytest.fixture(scope="session")
 def poisson_counts() -> tuple[np.ndarray, np.ndarray]:
     """(rates, counts): a small low-rank Poisson matrix, 200 cells x 60 genes."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import sparse
 
@@ -13,19 +12,6 @@ import scn2s.select.calibrate
 from scn2s.cli._report import selection_summary
 from scn2s.loss import convert_sqrt_mean
 from scn2s.lowrank.model import BlockOperator, heldout_loss_per_rank, randomized_svd, reconstruct_counts
-
-
-@pytest.fixture(scope="module")
-def batched():
-    """A simulation measured in three batches whose capture efficiency differs by gene."""
-    adata = scn2s.datasets.simulate(600, 200, n_types=3, rank=3, depth=800, rng=0)
-    rng = np.random.default_rng(1)
-    batch = rng.integers(0, 3, adata.n_obs)
-    efficiency = rng.lognormal(0, 0.8, (3, adata.n_vars))
-    adata.layers["rates"] = adata.layers["rates"] * efficiency[batch]
-    adata.X = sparse.csr_matrix(rng.poisson(adata.layers["rates"]).astype(np.float32))
-    adata.obs["batch"] = pd.Categorical([f"b{b}" for b in batch])
-    return adata
 
 
 def test_the_operator_centres_each_cell_on_its_batch():

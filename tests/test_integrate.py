@@ -7,9 +7,7 @@ import sys
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import pytest
-from scipy import sparse
 from scipy.spatial.distance import cdist
 
 import scn2s
@@ -101,19 +99,6 @@ def test_the_correction_is_each_clusters_weighted_ridge_regression():
 def test_bad_input_is_refused(embedding, groups, match):
     with pytest.raises(ValueError, match=match):
         harmonize(embedding, groups, rng=np.random.default_rng(0))
-
-
-@pytest.fixture(scope="module")
-def batched():
-    """A simulation measured in three batches whose capture efficiency differs by gene."""
-    adata = scn2s.datasets.simulate(600, 200, n_types=3, rank=3, depth=800, rng=0)
-    rng = np.random.default_rng(1)
-    batch = rng.integers(0, 3, adata.n_obs)
-    efficiency = rng.lognormal(0, 0.8, (3, adata.n_vars))
-    adata.layers["rates"] = adata.layers["rates"] * efficiency[batch]
-    adata.X = sparse.csr_matrix(rng.poisson(adata.layers["rates"]).astype(np.float32))
-    adata.obs["batch"] = pd.Categorical([f"b{b}" for b in batch])
-    return adata
 
 
 def test_denoise_writes_the_integrated_embedding_and_changes_nothing_else(batched):
