@@ -35,7 +35,7 @@ class HarmonyResult:
     rounds
         Rounds of clustering and correction run.
     converged
-        Whether the objective's relative change fell below the tolerance before ``max_rounds``.
+        Whether the objective stopped falling (a relative decrease below ``tol``) within ``max_rounds``.
     objective
         The objective before the first round and after each round.
     params
@@ -204,7 +204,7 @@ def _cluster(unit, phi, assign, observed, expected, share, sigma, theta, iterati
             old = assign[cells]
             expected -= old.sum(axis=0)[:, None] * share[None, :]
             observed -= old.T @ batch
-            weights = plain[cells] * (log_ratio_power(expected, observed, theta) @ batch.T).T
+            weights = plain[cells] * (_diversity_factor(expected, observed, theta) @ batch.T).T
             new = weights / weights.sum(axis=1, keepdims=True)
             assign[cells] = new
             expected += new.sum(axis=0)[:, None] * share[None, :]
@@ -216,7 +216,7 @@ def _cluster(unit, phi, assign, observed, expected, share, sigma, theta, iterati
     return assign, observed, expected, centroids, distance
 
 
-def log_ratio_power(expected: np.ndarray, observed: np.ndarray, theta: float) -> np.ndarray:
+def _diversity_factor(expected: np.ndarray, observed: np.ndarray, theta: float) -> np.ndarray:
     """Harmony's diversity factor of each cluster and batch, ``((E + 1) / (O + 1)) ** theta`` (clusters x batches)."""
     return ((expected + 1.0) / (observed + 1.0)) ** theta
 
