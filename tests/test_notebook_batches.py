@@ -1,0 +1,71 @@
+"""The several-samples notebook runs top to bottom: on the four PBMC samples when present, on a simulation otherwise."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "several_samples_integrate.ipynb"
+TIME_LIMIT_S = 600
+
+
+def _execute(data_dir: Path, monkeypatch) -> tuple[str, int, float]:
+    """The text printed by the code cells, the number of figures shown, and the time taken."""
+    monkeypatch.setenv("SCN2S_DATA_DIR", str(data_dir))
+    # the kernel imports this checkout's scn2s, whatever is installed
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(
+        notebook, timeout=TIME_LIMIT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    )
+    start = time.perf_counter()
+    client.execute()
+    elapsed = time.perf_counter() - start
+    text, figures = [], 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream" and output.name == "stdout":
+                text.append(output.text)
+            figures += "image/png" in output.get("data", {})
+    return "".join(text), figures, elapsed
+
+
+def test_notebook_is_stored_without_outputs():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code
+    assert all(not cell.outputs and cell.execution_count is None for cell in code)
+
+
+def _check(text: str, figures: int) -> None:
+    assert "batches' means used" in text
+    assert "'X_denoised_integrated'" in text
+    assert "integration: harmony" in text
+    plain = float(re.search(r"X_denoised: batch entropy ([\d.]+)", text).group(1))
+    integrated = float(re.search(r"X_denoised_integrated: batch entropy ([\d.]+)", text).group(1))
+    assert integrated > plain + 0.2
+    assert figures == 2  # the two UMAPs
+
+
+@pytest.mark.data
+def test_notebook_runs_on_four_pbmc_samples(data_file, monkeypatch):
+    path = data_file("pbmc_4batches_3chemistries.h5ad")
+    text, figures, elapsed = _execute(path.parent, monkeypatch)
+    assert "data: pbmc_4batches_3chemistries.h5ad" in text
+    assert "7498 cells x 2000 genes" in text
+    _check(text, figures)
+    assert elapsed < TIME_LIMIT_S
+
+
+def test_notebook_falls_back_to_a_simulation(tmp_path, monkeypatch):
+    text, figures, _ = _execute(tmp_path, monkeypatch)
+    assert "counts simulated by scn2s.datasets.simulate" in text
+    _check(text, figures)
