@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from _notebooks import execute_notebook, notebook_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "pbmc3k_denoising.ipynb"
 TIME_LIMIT_S = 180
-
-
-def _execute(data_dir: Path, monkeypatch) -> tuple[nbformat.NotebookNode, float]:
-    monkeypatch.setenv("SCN2S_DATA_DIR", str(data_dir))
-    # the kernel imports this checkout's scn2s, whatever is installed
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(
-        notebook, timeout=TIME_LIMIT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
-    )
-    start = time.perf_counter()
-    client.execute()
-    return notebook, time.perf_counter() - start
-
-
-def _outputs(notebook: nbformat.NotebookNode) -> tuple[str, int]:
-    """The text printed by the code cells, and the number of figures they showed."""
-    text, figures = [], 0
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            if output.output_type == "stream" and output.name == "stdout":
-                text.append(output.text)
-            figures += "image/png" in output.get("data", {})
-    return "".join(text), figures
 
 
 def test_notebook_is_stored_with_its_outputs():
@@ -46,7 +20,7 @@ def test_notebook_is_stored_with_its_outputs():
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert code
     assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
-    text, figures = _outputs(notebook)
+    text, figures = notebook_outputs(notebook)
     assert "data: pbmc3k_10x_hg19.h5ad" in text
     assert "2638 cells x 13714 genes after QC" in text
     assert "silhouette of seurat_annotation in PCA of denoised counts" in text
@@ -61,8 +35,8 @@ def test_notebook_is_stored_with_its_outputs():
 @pytest.mark.data
 def test_notebook_runs_on_pbmc3k(data_file, monkeypatch):
     path = data_file("pbmc3k_10x_hg19.h5ad")
-    notebook, elapsed = _execute(path.parent, monkeypatch)
-    text, figures = _outputs(notebook)
+    notebook, elapsed = execute_notebook(NOTEBOOK, path.parent, monkeypatch, timeout=TIME_LIMIT_S)
+    text, figures = notebook_outputs(notebook)
     assert "data: pbmc3k_10x_hg19.h5ad" in text
     assert "2638 cells x 13714 genes after QC" in text
     assert "silhouette of seurat_annotation in PCA of denoised counts" in text
@@ -73,8 +47,8 @@ def test_notebook_runs_on_pbmc3k(data_file, monkeypatch):
 
 
 def test_notebook_falls_back_to_a_simulation(tmp_path, monkeypatch):
-    notebook, _ = _execute(tmp_path, monkeypatch)
-    text, figures = _outputs(notebook)
+    notebook, _ = execute_notebook(NOTEBOOK, tmp_path, monkeypatch, timeout=TIME_LIMIT_S)
+    text, figures = notebook_outputs(notebook)
     assert "counts simulated by scn2s.datasets.simulate" in text
     assert "silhouette of cell_type in PCA of denoised counts" in text
     assert "silhouette of cell_type in the embedding X_denoised" in text

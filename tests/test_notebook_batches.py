@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from _notebooks import execute_notebook, notebook_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "several_samples_integrate.ipynb"
@@ -18,23 +16,8 @@ TIME_LIMIT_S = 600
 
 def _execute(data_dir: Path, monkeypatch) -> tuple[str, int, float]:
     """The text printed by the code cells, the number of figures shown, and the time taken."""
-    monkeypatch.setenv("SCN2S_DATA_DIR", str(data_dir))
-    # the kernel imports this checkout's scn2s, whatever is installed
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(
-        notebook, timeout=TIME_LIMIT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
-    )
-    start = time.perf_counter()
-    client.execute()
-    elapsed = time.perf_counter() - start
-    text, figures = [], 0
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            if output.output_type == "stream" and output.name == "stdout":
-                text.append(output.text)
-            figures += "image/png" in output.get("data", {})
-    return "".join(text), figures, elapsed
+    notebook, elapsed = execute_notebook(NOTEBOOK, data_dir, monkeypatch, timeout=TIME_LIMIT_S)
+    return (*notebook_outputs(notebook), elapsed)
 
 
 def test_notebook_is_stored_without_outputs():
