@@ -35,3 +35,18 @@ def notebook_outputs(notebook: nbformat.NotebookNode) -> tuple[str, int]:
                 text.append(output.text)
             figures += "image/png" in output.get("data", {})
     return "".join(text), figures
+
+
+def run_notebook(path: Path, data_dir: Path, monkeypatch, *, timeout: int) -> tuple[str, int, float]:
+    """The text printed by the code cells of the executed notebook, the number of figures shown, and the time."""
+    notebook, elapsed = execute_notebook(path, data_dir, monkeypatch, timeout=timeout)
+    return (*notebook_outputs(notebook), elapsed)
+
+
+def assert_stored_without_outputs(path: Path) -> None:
+    """The notebook at ``path`` is valid, has code, and is stored unexecuted."""
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code
+    assert all(not cell.outputs and cell.execution_count is None for cell in code)

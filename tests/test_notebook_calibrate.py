@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
-from _notebooks import execute_notebook, notebook_outputs
+from _notebooks import assert_stored_without_outputs, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "pbmc3k_calibrate_magic.ipynb"
@@ -16,17 +15,11 @@ pytest.importorskip("magic")
 
 
 def _execute(data_dir: Path, monkeypatch) -> tuple[str, int, float]:
-    """The text printed by the code cells, the number of figures shown, and the time taken."""
-    notebook, elapsed = execute_notebook(NOTEBOOK, data_dir, monkeypatch, timeout=TIME_LIMIT_S)
-    return (*notebook_outputs(notebook), elapsed)
+    return run_notebook(NOTEBOOK, data_dir, monkeypatch, timeout=TIME_LIMIT_S)
 
 
 def test_notebook_is_stored_without_outputs():
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(notebook)
-    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert code
-    assert all(not cell.outputs and cell.execution_count is None for cell in code)
+    assert_stored_without_outputs(NOTEBOOK)
 
 
 def _check(text: str, figures: int) -> None:
