@@ -535,3 +535,70 @@ def test_thin_draws_the_non_zero_counts_only():
     assert bool(torch.all(kept >= 0))
     assert bool(torch.all(rest >= 0))
     assert float(kept.sum() / counts.sum()) == pytest.approx(0.3, abs=0.02)
+
+
+def test_a_widened_network_keeps_its_genes():
+    """The network for all genes starts as the split's network on the split's genes, and without weights elsewhere."""
+    torch.manual_seed(0)
+    small = CountAutoencoder(5, hidden=8, bottleneck=3, dropout=0.0, likelihood="nb").eval()
+    with torch.no_grad():
+        for parameter in small.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    genes = np.array([0, 2, 3, 5, 6])
+    others = np.setdiff1d(np.arange(8), genes)
+    wide = small.widened(genes, 8).eval()
+    x = torch.rand(4, 5)
+    wide_x = torch.zeros(4, 8)
+    wide_x[:, genes] = x
+    code = small.encode(x)
+    torch.testing.assert_close(wide.encode(wide_x), code)
+    logits = wide.decoder(code)
+    torch.testing.assert_close(logits[:, genes], small.decoder(code))
+    torch.testing.assert_close(logits[:, others], small.decoder[-1].bias.min().expand(4, len(others)))
+    torch.testing.assert_close(wide.log_shape[genes], small.log_shape)
+    torch.testing.assert_close(wide.log_theta[genes], small.log_theta)
+    assert not wide.encoder[0].weight[:, others].any()
+
+
+@pytest.mark.parametrize("refit", ["continue", "afresh", "none"])
+def test_the_refit_trains_on_the_full_counts_as_asked(halves, refit):
+    adata = halves[0]
+    counts = sparse.csr_matrix(adata.X)
+    splits = Splits.draw(np.random.default_rng(0), 1, 0.5)
+    selection = fit_autoencoder(
+        counts, splits=splits, configs=[{**TINY, "posterior": True}], rng=np.random.default_rng(1), refit=refit
+    )
+    record = selection.record()
+    epochs = {"continue": int(np.ceil(0.5 * selection.epochs)), "afresh": selection.epochs, "none": 0}[refit]
+    assert record["refit"] == refit
+    assert record["refit_epochs"] == epochs
+
+
+def test_the_continued_refit_starts_from_the_split_network(halves, monkeypatch):
+    """With a vanishing learning rate, the network for the full counts keeps the split's weights."""
+    from scn2s.autoencoder import search
+
+    adata = halves[0]
+    counts = sparse.csr_matrix(adata.X)
+    splits = Splits.draw(np.random.default_rng(0), 1, 0.5)
+    kept = fit_autoencoder(
+        counts, splits=splits, configs=[{**TINY, "posterior": True}], rng=np.random.default_rng(1), refit="none"
+    )
+    monkeypatch.setattr(search, "REFIT_LEARNING_RATE", 1e-9)
+    continued = fit_autoencoder(
+        counts, splits=splits, configs=[{**TINY, "posterior": True}], rng=np.random.default_rng(1), refit="continue"
+    )
+    assert continued.record()["refit_epochs"] > 0
+    torch.testing.assert_close(continued.model.encoder[0].weight, kept.model.encoder[0].weight, atol=1e-6, rtol=0)
+    afresh = fit_autoencoder(
+        counts, splits=splits, configs=[{**TINY, "posterior": True}], rng=np.random.default_rng(1), refit="afresh"
+    )
+    assert not torch.allclose(afresh.model.encoder[0].weight, kept.model.encoder[0].weight, atol=1e-3)
+
+
+def test_an_unknown_refit_is_refused(halves):
+    counts = sparse.csr_matrix(halves[0].X)
+    with pytest.raises(ValueError, match="refit must be one of"):
+        fit_autoencoder(
+            counts, splits=Splits.draw(np.random.default_rng(0), 1, 0.5), rng=np.random.default_rng(1), refit=True
+        )

@@ -149,3 +149,41 @@ class CountAutoencoder(nn.Module):
             library = counts.sum(dim=1, keepdim=True)
         log_post = torch.log(counts + torch.exp(log_shape)) - torch.logaddexp(torch.log(library), log_shape - log_freq)
         return torch.log_softmax(log_post, dim=-1)
+
+    def widened(self, genes: np.ndarray, n_genes: int) -> CountAutoencoder:
+        """A copy that models ``n_genes`` genes, this network's genes at positions ``genes`` of them.
+
+        The genes it did not model start without weight in or out: no input weight, a zero output weight and the
+        lowest output bias of the modelled genes (a frequency as low as that of the rarest modelled gene), the
+        initial prior shape and no dispersion or batch effect of their own.
+        """
+        genes = np.asarray(genes, dtype=np.int64)
+        first, last = self.encoder[0], self.decoder[-1]
+        wide = CountAutoencoder(
+            n_genes,
+            hidden=first.out_features,
+            bottleneck=self.encoder[-1].out_features,
+            dropout=self.encoder[3].p,
+            likelihood=self.likelihood,
+            posterior=self.log_shape is not None,
+            n_batches=self.n_batches,
+        ).to(first.weight.device)
+        index = torch.as_tensor(genes, device=first.weight.device)
+        with torch.no_grad():
+            for name, mine in self.state_dict().items():
+                theirs = wide.state_dict()[name]
+                if mine.shape == theirs.shape:
+                    theirs.copy_(mine)
+            wide.encoder[0].weight.zero_()
+            wide.encoder[0].weight[:, index] = first.weight
+            wide.decoder[-1].weight.zero_()
+            wide.decoder[-1].weight[index] = last.weight
+            wide.decoder[-1].bias.fill_(float(last.bias.min()))
+            wide.decoder[-1].bias[index] = last.bias
+            for name in ("log_shape", "log_theta"):
+                if getattr(self, name) is not None:
+                    getattr(wide, name)[index] = getattr(self, name)
+            if self.batch_logits is not None:
+                wide.batch_logits.zero_()
+                wide.batch_logits[:, index] = self.batch_logits
+        return wide

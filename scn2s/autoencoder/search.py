@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Literal
 
 import numpy as np
 from scipy import sparse
@@ -42,6 +43,16 @@ DEFAULT_CONFIGS: tuple[dict, ...] = (
 
 SHAPE_SCALES: tuple[float, ...] = tuple(2.0 ** (k / 2) for k in range(-4, 7))
 """Factors on the learned prior shapes tried at inference (0.25 to 8, by sqrt 2)."""
+
+Refit = Literal["continue", "afresh", "none"]
+"""How :func:`fit_autoencoder` makes the chosen network for the full counts (its ``refit``)."""
+REFITS: tuple[str, ...] = ("continue", "afresh", "none")
+
+REFIT_EPOCHS = 0.5
+"""Share of the chosen epochs for which ``refit="continue"`` trains the split's network on the full counts."""
+
+REFIT_LEARNING_RATE = 0.3
+"""Factor on the learning rate of those epochs."""
 
 LOSS = "heldout_sqrt_mse"
 """The name of the held-out loss in the record (:func:`scn2s.loss.heldout_sqrt_mse`)."""
@@ -139,6 +150,8 @@ class AutoencoderSelection(SplitLosses):
     mode: str  # its inference mode, "full" or "replicas"
     epochs: int  # its epochs on the full counts
     model: object  # the network trained on the full counts
+    refit: str  # how it was made: "continue", "afresh" or "none" (see fit_autoencoder)
+    refit_epochs: int  # its epochs on the full counts (0: none)
     counts: sparse.csr_matrix  # the counts it denoises (cells' own molecules are its input)
     genes: np.ndarray  # the genes it models: those with a molecule
     device: str
@@ -272,6 +285,8 @@ class AutoencoderSelection(SplitLosses):
             **curves,
             "chosen": labels[self.best],
             "epochs": self.epochs,
+            "refit": self.refit,
+            "refit_epochs": self.refit_epochs,
             "inference": self.mode,
             "device": self.device,
             "batch_size": self.batch_size,
@@ -295,7 +310,7 @@ def fit_autoencoder(
     rng: np.random.Generator,
     progress: bool = False,
     timings: Timings | None = None,
-    refit: bool = True,
+    refit: Refit = "continue",
     batches: Batches | None = None,
 ) -> AutoencoderSelection:
     """Choose autoencoder hyperparameters by held-out molecules and train the choice on the full counts.
@@ -315,7 +330,9 @@ def fit_autoencoder(
     With ``batches``, the best candidate so far is also trained with the batch covariate (the decoder told each
     cell's batch), stopped as the posterior's switch is, and competes on the same held-out molecules; the record's
     ``batches`` says which won and by how much.
-    The choice is then trained on the full counts for the chosen number of epochs.
+    The choice is then trained on the full counts (``refit``): by default the first split's network trained on for
+    half its epochs at a lower learning rate, which measured as good as or better than a network trained afresh for
+    all of them (``benchmarks/RESULTS.md``, "Speed of method='auto'").
 
     Parameters
     ----------
@@ -336,8 +353,11 @@ def fit_autoencoder(
     progress
         Show progress bars.
     refit
-        Train the choice afresh on the full counts; ``False``: keep the network the first split trained (on its
-        training half) where it models the same genes, and save that training.
+        How the choice's network for the full counts is made. ``"continue"``: the network the first split trained
+        (on its training half, at its best epoch), trained on for :data:`REFIT_EPOCHS` of its epochs on the full
+        counts at :data:`REFIT_LEARNING_RATE` of its learning rate (genes without a molecule in that half start
+        without weights); ``"afresh"``: a new network trained on the full counts for the chosen number of epochs;
+        ``"none"``: the first split's network as it is, where it models the same genes (else ``"afresh"``).
     batches
         Each cell's batch (``batch_key``) and, with ``reference``, the batch every cell is written as if measured in
         (if the covariate wins).
@@ -356,6 +376,9 @@ def fit_autoencoder(
     from . import distributed
     from .train import resolve_device, train
 
+    if refit not in REFITS:
+        msg = f"refit must be one of {REFITS}, got {refit!r}."
+        raise ValueError(msg)
     device = resolve_device(device)
     timings = Timings() if timings is None else timings
     candidates = make_configs(configs)
@@ -420,25 +443,35 @@ def fit_autoencoder(
         choice["shape_scale"],
     )
     genes = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() > 0)
-    if not refit and np.array_equal(halves[0].genes, genes):
-        model, batch_size = scores[choice["best"]].models[0], config.batch_size
+    split_model = scores[choice["best"]].models[0]
+    refit_epochs = 0
+    if refit == "none" and np.array_equal(halves[0].genes, genes):
+        model, batch_size = split_model, config.batch_size
     else:
+        init, refit_config, refit_epochs = None, config, choice["epochs"]
+        if refit == "continue":
+            init = split_model.widened(np.searchsorted(genes, halves[0].genes), len(genes))
+            refit_config = replace(config, learning_rate=config.learning_rate * REFIT_LEARNING_RATE)
+            refit_epochs = max(1, int(np.ceil(REFIT_EPOCHS * choice["epochs"])))
         with timings.step("autoencoder.refit"):
             final = train(
                 counts[:, genes],
-                config,
-                epochs=choice["epochs"],
+                refit_config,
+                epochs=refit_epochs,
                 device=device,
                 seed=seeds[-1],
                 progress=progress and main,
                 groups=groups,
                 n_groups=n_groups or None,
+                init=init,
             )
         model, batch_size = final.model, final.batch_size
     return AutoencoderSelection(
         configs=candidates,
         **choice,
         model=model,
+        refit=("afresh" if refit == "none" else refit) if refit_epochs else "none",
+        refit_epochs=refit_epochs,
         counts=counts,
         genes=genes,
         device=str(device),

@@ -15,6 +15,7 @@ then call :func:`train` and :func:`heldout_loss` with the same arguments.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -159,16 +160,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def sqrt_poisson_mean_torch(rate: torch.Tensor) -> torch.Tensor:
     """Torch version of :func:`scn2s.loss.sqrt_poisson_mean` (same table, evenly spaced in log rate)."""
+    log_m, slope, start, step, lam_min, lam_max = _sqrt_mean_tables(rate.device)
+    position = torch.log(rate.clamp(lam_min, lam_max)).sub_(start).div_(step)
+    idx = position.floor().long().clamp_(0, len(log_m) - 2)
+    out = torch.exp(position.sub_(idx).mul_(slope[idx]).add_(log_m[idx]))
+    low, high = rate < lam_min, rate > lam_max
+    if bool(high.any()):
+        root = torch.sqrt(rate.clamp_min(lam_max))
+        out = torch.where(high, root - 1 / (8 * root), out)
+    if bool(low.any()):
+        out = torch.where(low, rate.clamp_min(0), out)
+    return out
+
+
+@functools.cache
+def _sqrt_mean_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float, float, float, float]:
+    """The table of :func:`scn2s.loss.sqrt_mean_table` on ``device``: log m, its slopes, the grid and its ends."""
     table_log_lam, table_log_m = sqrt_mean_table()
-    log_m = torch.as_tensor(table_log_m, dtype=torch.float32, device=rate.device)
+    log_m = torch.as_tensor(table_log_m, dtype=torch.float32, device=device)
+    slope = torch.diff(log_m)
     start, step = float(table_log_lam[0]), float(table_log_lam[1] - table_log_lam[0])
-    lam_min, lam_max = float(np.exp(table_log_lam[0])), float(np.exp(table_log_lam[-1]))
-    position = (torch.log(rate.clamp(lam_min, lam_max)) - start) / step
-    idx = position.floor().long().clamp(0, len(log_m) - 2)
-    weight = position - idx
-    mid = torch.exp(log_m[idx] + (log_m[idx + 1] - log_m[idx]) * weight)
-    high = torch.sqrt(rate.clamp_min(lam_max)) - 1 / (8 * torch.sqrt(rate.clamp_min(lam_max)))
-    return torch.where(rate < lam_min, rate.clamp_min(0), torch.where(rate > lam_max, high, mid))
+    return log_m, slope, start, step, float(np.exp(table_log_lam[0])), float(np.exp(table_log_lam[-1]))
 
 
 def _nll(
@@ -350,6 +362,10 @@ def _rates(
     return torch.exp(log_freq) * library
 
 
+EVAL_ROWS = {"cpu": 256, "cuda": 4096}
+"""Cells per pass of the held-out loss (:func:`heldout_loss`), by device type; 1024 on others."""
+
+
 @torch.inference_mode()
 def heldout_loss(
     model: CountAutoencoder,
@@ -362,17 +378,20 @@ def heldout_loss(
     n_replicas: int = 8,
     shape_scales: Sequence[float] | None = None,
     generator: torch.Generator | None = None,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     rows: np.ndarray | None = None,
 ) -> float | np.ndarray:
     """Cross-molecule loss (:mod:`scn2s.loss`) of the network on held-out molecules, mean per entry.
 
     With ``shape_scales``, an array: the loss of the posterior with the learned shapes times each scale, from one
-    pass of the network. ``rows``: score these cells only (default all). Under ``torch.distributed``, each rank
+    pass of the network. ``rows``: score these cells only (default all). ``batch_size``: cells per pass (default
+    :data:`EVAL_ROWS` of the device's type: on the CPU a batch's dense tensors then stay in the cache). Under
+    ``torch.distributed``, each rank
     scores a contiguous share of the cells and the sum
     over the ranks is returned on every rank (the same number: added in rank order).
     """
     scales = (1.0,) if shape_scales is None else tuple(shape_scales)
+    batch_size = EVAL_ROWS.get(data.device.type, 1024) if batch_size is None else batch_size
     total = np.zeros(len(scales))
     cells = np.arange(len(data)) if rows is None else np.asarray(rows)
     n_cells = len(cells)
@@ -393,7 +412,7 @@ def heldout_loss(
         )
         for k, scale in enumerate(scales):
             diff = target - sqrt_poisson_mean_torch(_rates(model, log_freq, counts, library, scale) * depth_ratio)
-            total[k] += float((diff * diff).sum())
+            total[k] += float(torch.linalg.vecdot(diff.view(-1), diff.view(-1)))
     if distributed.is_distributed():
         total = distributed.gather(total).sum(axis=0)
     losses = total / (n_cells * data.shape[1])
@@ -413,6 +432,7 @@ def train(
     on_epoch: Callable[[int, float, float], None] | None = None,
     groups: np.ndarray | None = None,
     n_groups: int | None = None,
+    init: CountAutoencoder | None = None,
 ) -> TrainResult:
     """Train a :class:`CountAutoencoder` across molecules of ``counts``.
 
@@ -443,6 +463,8 @@ def train(
         Each cell's batch, codes ``0..n_groups-1`` (needed with ``config.batch_covariate``).
     n_groups
         Number of batches (default: the largest code plus one).
+    init
+        Start from a copy of this network's weights (of the same architecture and genes) instead of new ones.
 
     Returns
     -------
@@ -463,6 +485,7 @@ def train(
         seed=seed,
         groups=groups,
         n_groups=n_groups,
+        init=init,
     )
     n_epochs = config.max_epochs if heldout is not None or epochs is None else epochs
     show = progress and distributed.is_main_process()
@@ -498,6 +521,7 @@ class Trainer:
         batches: tuple[CsrBatches, CsrBatches | None] | None = None,
         groups: np.ndarray | None = None,
         n_groups: int | None = None,
+        init: CountAutoencoder | None = None,
     ) -> None:
         device = resolve_device(device)
         shared = distributed.is_distributed()
@@ -537,6 +561,8 @@ class Trainer:
                 posterior=config.posterior,
                 n_batches=self.data.n_groups if config.batch_covariate else 0,
             ).to(device)
+            if init is not None:
+                model.load_state_dict(init.state_dict())
             self._network = model
             if shared:
                 torch.manual_seed(distributed.rank_seed(seed))  # dropout masks of each rank's own cells
@@ -634,16 +660,16 @@ def _set_rng_states(states: list[torch.Tensor], devices: list[torch.device]) -> 
 
 
 def _optimiser(model: CountAutoencoder, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; the per-gene prior shapes and batch efficiencies (numbers per gene, on a log scale) take larger steps.
+    """AdamW, torch's fused kernel; the per-gene prior shapes and batch efficiencies take larger steps.
 
-    Those take ``shape_learning_rate``, undecayed.
+    Those (numbers per gene, on a log scale) take ``shape_learning_rate``, undecayed.
     """
     per_gene = [p for p in (model.log_shape, model.batch_logits) if p is not None]
     network = [p for p in model.parameters() if all(p is not q for q in per_gene)]
     groups = [{"params": network}]
     if per_gene:
         groups.append({"params": per_gene, "lr": config.shape_learning_rate, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
 
 
 def _run_epoch(
