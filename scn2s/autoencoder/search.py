@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from scipy import sparse
@@ -46,7 +46,7 @@ SHAPE_SCALES: tuple[float, ...] = tuple(2.0 ** (k / 2) for k in range(-4, 7))
 
 Refit = Literal["continue", "afresh", "none"]
 """How :func:`fit_autoencoder` makes the chosen network for the full counts (its ``refit``)."""
-REFITS: tuple[str, ...] = ("continue", "afresh", "none")
+REFITS: tuple[str, ...] = get_args(Refit)
 
 REFIT_EPOCHS = 0.5
 """Share of the chosen epochs for which ``refit="continue"`` trains the split's network on the full counts."""
@@ -148,8 +148,8 @@ class AutoencoderSelection(SplitLosses):
     train_curves: list
     best: int  # index of the chosen candidate
     mode: str  # its inference mode, "full" or "replicas"
-    epochs: int  # its epochs on the full counts
-    model: object  # the network trained on the full counts
+    epochs: int  # its best epoch on the splits (mean), the chosen number of epochs
+    model: object  # the network for the full counts
     refit: str  # how it was made: "continue", "afresh" or "none" (see fit_autoencoder)
     refit_epochs: int  # its epochs on the full counts (0: none)
     counts: sparse.csr_matrix  # the counts it denoises (cells' own molecules are its input)

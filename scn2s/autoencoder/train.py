@@ -362,8 +362,8 @@ def _rates(
     return torch.exp(log_freq) * library
 
 
-EVAL_ROWS = {"cpu": 256, "cuda": 4096}
-"""Cells per pass of the held-out loss (:func:`heldout_loss`), by device type; 1024 on others."""
+EVAL_ROWS = {"cpu": 256}
+"""Cells per pass of the held-out loss (:func:`heldout_loss`), by device type; 1024 on the others (CUDA)."""
 
 
 @torch.inference_mode()
@@ -386,9 +386,8 @@ def heldout_loss(
     With ``shape_scales``, an array: the loss of the posterior with the learned shapes times each scale, from one
     pass of the network. ``rows``: score these cells only (default all). ``batch_size``: cells per pass (default
     :data:`EVAL_ROWS` of the device's type: on the CPU a batch's dense tensors then stay in the cache). Under
-    ``torch.distributed``, each rank
-    scores a contiguous share of the cells and the sum
-    over the ranks is returned on every rank (the same number: added in rank order).
+    ``torch.distributed``, each rank scores a contiguous share of the cells and the sum over the ranks is returned
+    on every rank (the same number: added in rank order).
     """
     scales = (1.0,) if shape_scales is None else tuple(shape_scales)
     batch_size = EVAL_ROWS.get(data.device.type, 1024) if batch_size is None else batch_size
