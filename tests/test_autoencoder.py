@@ -6,16 +6,24 @@ import logging
 import numpy as np
 import pytest
 import torch
-from scipy import sparse
+from scipy import sparse, stats
 
 import scn2s
 from scn2s._record import selection_curves
 from scn2s.autoencoder import fit_autoencoder
 from scn2s.autoencoder import train as train_module
-from scn2s.autoencoder.data import CsrBatches, Staging, input_transform, thin
+from scn2s.autoencoder.data import SMALL_COUNT, CsrBatches, Staging, binomial, input_transform, thin
 from scn2s.autoencoder.module import CountAutoencoder
 from scn2s.autoencoder.search import RUNG_EPOCHS, SHAPE_SCALES, config_label
-from scn2s.autoencoder.train import TrainConfig, Trainer, heldout_loss, predict_rates, sqrt_poisson_mean_torch, train
+from scn2s.autoencoder.train import (
+    TrainConfig,
+    Trainer,
+    heldout_loss,
+    predict_rates,
+    sqrt_poisson_mean_of_log,
+    sqrt_poisson_mean_torch,
+    train,
+)
 from scn2s.cli._report import selection_summary
 from scn2s.datasets import simulate
 from scn2s.loss import sqrt_poisson_mean
@@ -169,6 +177,63 @@ def test_torch_sqrt_poisson_mean_matches_numpy():
     rate = np.concatenate([[0.0, 1e-8], np.geomspace(1e-5, 1e5, 300)])
     ours = sqrt_poisson_mean_torch(torch.tensor(rate, dtype=torch.float64)).numpy()
     np.testing.assert_allclose(ours, sqrt_poisson_mean(rate), rtol=1e-4, atol=1e-12)
+
+
+def test_sqrt_poisson_mean_of_log_rates_matches_numpy():
+    rate = np.concatenate([[0.0, 1e-8], np.geomspace(1e-5, 1e5, 300)])
+    expected = sqrt_poisson_mean(rate)
+    with np.errstate(divide="ignore"):
+        log_rate = torch.tensor(np.log(rate), dtype=torch.float32)
+    np.testing.assert_allclose(sqrt_poisson_mean_of_log(log_rate).numpy(), expected, rtol=2e-4, atol=1e-12)
+    # inside the table, the rates are not needed
+    inside = (rate > 1e-5) & (rate < 1e4)
+    ours = sqrt_poisson_mean_of_log(torch.tensor(np.log(rate[inside]), dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(ours, expected[inside], rtol=1e-4)
+
+
+@pytest.mark.parametrize("probs", [0.5, "per entry"])
+def test_binomial_draws_follow_the_binomial_law(probs):
+    """Small counts (sums of Bernoulli trials) and large ones (torch.binomial) alike: the law of each count."""
+    generator = torch.Generator().manual_seed(1)
+    levels = torch.tensor([0.0, 1, 2, 3, SMALL_COUNT, SMALL_COUNT + 1, 12, 60])
+    counts = levels.repeat_interleave(20_000)
+    p = 0.5 if probs == 0.5 else torch.tensor([0.1, 0.5, 0.85]).repeat(len(counts) // 3 + 1)[: len(counts)]
+    drawn = binomial(counts, p, generator)
+    assert drawn.dtype == counts.dtype
+    assert torch.equal(drawn, drawn.round())
+    assert bool(torch.all((drawn >= 0) & (drawn <= counts)))
+    p = torch.as_tensor(p).expand_as(counts)
+    for level in levels.tolist():
+        for prob in torch.unique(p).tolist():
+            mask = (counts == level) & (p == prob)
+            k = drawn[mask].numpy().astype(int)
+            observed = np.bincount(k, minlength=int(level) + 1)
+            expected = stats.binom.pmf(np.arange(int(level) + 1), int(level), prob) * len(k)
+            keep = expected > 5  # the chi-square test's cells
+            if keep.sum() < 2:
+                assert observed[~keep].sum() <= 5 + 3 * np.sqrt(5 + expected[~keep].sum())
+                continue
+            rest = observed[~keep].sum(), expected[~keep].sum()
+            obs = np.append(observed[keep], rest[0])
+            exp = np.append(expected[keep], rest[1])
+            exp = exp * obs.sum() / exp.sum()
+            assert stats.chisquare(obs[exp > 0], exp[exp > 0]).pvalue > 1e-4, (level, prob)
+
+
+def test_posteriors_at_several_scales_match_the_posterior():
+    torch.manual_seed(0)
+    model = CountAutoencoder(40, hidden=8, bottleneck=3, dropout=0.0, likelihood="poisson", posterior=True).eval()
+    with torch.no_grad():
+        model.log_shape.normal_(0, 1)
+    counts = torch.poisson(torch.full((30, 40), 1.5))
+    counts[0] = 0  # a cell without molecules: the prior
+    library = counts.sum(dim=1, keepdim=True)
+    log_freq = torch.log_softmax(torch.randn(30, 40) * 3, dim=-1)
+    scales = (0.25, 1.0, 8.0)
+    with torch.no_grad():
+        together = list(model.posteriors(log_freq, counts, library, scales))
+        for scale, one in zip(scales, together, strict=True):
+            torch.testing.assert_close(one, model.posterior(log_freq, counts, scale, library=library))
 
 
 @pytest.mark.parametrize("input_range", [None, (0.1, 0.9)])

@@ -178,21 +178,22 @@ def test_both_ranks_make_the_same_choice_and_network(torchrun):
 
 
 def test_two_processes_match_one(torchrun, single):
-    """Same choice as a single process, held-out losses within 1% (relative).
+    """Same choice as a single process, held-out losses within 3% (relative).
 
     The ranks thin their own cells with streams of their own, so the trajectories differ from a single process's
-    by the randomness of the thinning alone. Measured here (torch 2.13, CPU): at most 0.25% on the losses of the
-    search (``losses_full``, ``losses_replicas``) and 0.3% along the held-out curves.
+    by the randomness of the thinning alone. On these 129 cells (three steps an epoch) that randomness is not small:
+    a single process run with five other thinning streams (torch 2.13, CPU) gave losses of the search
+    (``losses_full``) up to 2.0% from this one's, and the two ranks together 1.3%.
     """
     _, (first, _) = torchrun
     assert int(first["best"]) == single.best
     assert int(first["epochs"]) == single.epochs
     assert str(first["mode"]) == single.mode
     np.testing.assert_array_equal(first["best_epochs"], single.best_epochs)
-    np.testing.assert_allclose(first["losses_full"], single.losses_full, rtol=0.01)
-    np.testing.assert_allclose(first["losses_replicas"], single.losses_replicas, rtol=0.01)
-    np.testing.assert_allclose(first["heldout_curve_0"], single.heldout_curves[0][0], rtol=0.01)
-    np.testing.assert_allclose(first["heldout_curve_1"], single.heldout_curves[0][1], rtol=0.01)
+    np.testing.assert_allclose(first["losses_full"], single.losses_full, rtol=0.03)
+    np.testing.assert_allclose(first["losses_replicas"], single.losses_replicas, rtol=0.03)
+    np.testing.assert_allclose(first["heldout_curve_0"], single.heldout_curves[0][0], rtol=0.03)
+    np.testing.assert_allclose(first["heldout_curve_1"], single.heldout_curves[0][1], rtol=0.03)
 
 
 def halved(self, rows, fraction, generator):

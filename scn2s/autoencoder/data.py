@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
-__all__ = ["CsrBatches", "Staging", "input_transform", "thin"]
+__all__ = ["CsrBatches", "Staging", "binomial", "input_transform", "nonzero_entries", "thin"]
 
 
 class CsrBatches:
@@ -82,8 +82,7 @@ class CsrBatches:
         counts are thinned, so the cost follows the non-zeros, not the batch size.
         """
         row_ids, cols, vals = self._entries(rows)
-        probs = fraction[row_ids] if isinstance(fraction, torch.Tensor) else torch.full_like(vals, fraction)
-        kept = torch.binomial(vals, probs, generator=generator)
+        kept = binomial(vals, fraction[row_ids] if isinstance(fraction, torch.Tensor) else fraction, generator)
         n = len(rows)
         return self._scatter(n, row_ids, cols, kept), self._scatter(n, row_ids, cols, vals - kept)
 
@@ -150,15 +149,49 @@ class Staging:
         return out
 
 
-def thin(counts: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+SMALL_COUNT = 4
+"""Counts up to this are thinned as sums of Bernoulli trials (:func:`binomial`), larger ones by ``torch.binomial``."""
+
+
+def binomial(counts: torch.Tensor, probs: torch.Tensor | float, generator: torch.Generator) -> torch.Tensor:
+    """``Binomial(counts, probs)`` draws of a 1-D tensor of counts (float, whole numbers), one per entry.
+
+    A count ``n`` of at most :data:`SMALL_COUNT` is the number of its ``n`` Bernoulli trials (uniform draws below
+    ``probs``) that succeed; the larger counts are drawn by ``torch.binomial``. Most molecule counts are ones and
+    twos: on pbmc1k's and zheng's counts this takes about two thirds of ``torch.binomial``'s time on the CPU.
+    ``probs``: one for all entries, or one per entry.
+    """
+    probs = torch.as_tensor(probs, dtype=counts.dtype, device=counts.device).expand_as(counts)
+    uniform = torch.rand((SMALL_COUNT, len(counts)), generator=generator, device=counts.device, dtype=counts.dtype)
+    trials = torch.arange(SMALL_COUNT, device=counts.device, dtype=counts.dtype)[:, None] < counts
+    drawn = ((uniform < probs) & trials).sum(dim=0, dtype=counts.dtype)
+    large = torch.nonzero(counts > SMALL_COUNT).squeeze(1)
+    if len(large):
+        drawn[large] = torch.binomial(counts[large], probs[large], generator=generator)
+    return drawn
+
+
+def nonzero_entries(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat positions and the values of the non-zero entries of a dense count tensor (for :func:`thin`)."""
+    flat = counts.view(-1).nonzero().squeeze(1)
+    return flat, counts.view(-1)[flat]
+
+
+def thin(
+    counts: torch.Tensor,
+    fraction: float,
+    generator: torch.Generator,
+    *,
+    entries: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Binomial thinning of a dense count tensor: ``(input, target)`` with ``input ~ Binomial(counts, fraction)``.
 
-    Only the non-zero counts are drawn (a zero stays zero), so the cost follows the non-zeros.
+    Only the non-zero counts are drawn (a zero stays zero), so the cost follows the non-zeros. ``entries``: those of
+    :func:`nonzero_entries`, if the same counts are thinned again.
     """
-    nonzero = counts.nonzero(as_tuple=True)
-    values = counts[nonzero]
+    flat, values = nonzero_entries(counts) if entries is None else entries
     kept = torch.zeros_like(counts)
-    kept[nonzero] = torch.binomial(values, torch.full_like(values, fraction), generator=generator)
+    kept.view(-1)[flat] = binomial(values, fraction, generator)
     return kept, counts - kept
 
 

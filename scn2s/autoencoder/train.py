@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..loss import sqrt_mean_table
 from . import distributed
-from .data import CsrBatches, input_transform, thin
+from .data import CsrBatches, input_transform, nonzero_entries, thin
 from .module import CountAutoencoder
 
 __all__ = [
@@ -160,16 +160,28 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def sqrt_poisson_mean_torch(rate: torch.Tensor) -> torch.Tensor:
     """Torch version of :func:`scn2s.loss.sqrt_poisson_mean` (same table, evenly spaced in log rate)."""
-    log_m, slope, start, step, lam_min, lam_max = _sqrt_mean_tables(rate.device)
-    position = torch.log(rate.clamp(lam_min, lam_max)).sub_(start).div_(step)
-    idx = position.floor().long().clamp_(0, len(log_m) - 2)
-    out = torch.exp(position.sub_(idx).mul_(slope[idx]).add_(log_m[idx]))
-    low, high = rate < lam_min, rate > lam_max
-    if bool(high.any()):
+    return sqrt_poisson_mean_of_log(torch.log(rate), rate)
+
+
+def sqrt_poisson_mean_of_log(log_rate: torch.Tensor, rate: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`sqrt_poisson_mean_torch` of the rates whose logs are ``log_rate`` (``rate``: the rates, if at hand).
+
+    The table is read at the log rates directly; the rates themselves are needed (and made, if not given) only where
+    some lie beyond the table's ends.
+    """
+    log_m, slope, start, step, lam_min, lam_max = _sqrt_mean_tables(log_rate.device)
+    last = len(log_m) - 1
+    position = ((log_rate - start) / step).clamp_(0, last)
+    idx = position.int().clamp_(0, last)  # the floor (the positions are not negative); NaN stays in the table
+    flat = idx.view(-1)
+    out = position.sub_(idx).mul_(slope.index_select(0, flat).view_as(idx))
+    out = torch.exp(out.add_(log_m.index_select(0, flat).view_as(idx)))
+    lowest, highest = torch.aminmax(log_rate)
+    if float(lowest) < np.log(lam_min) or float(highest) > np.log(lam_max):
+        rate = torch.exp(log_rate) if rate is None else rate
         root = torch.sqrt(rate.clamp_min(lam_max))
-        out = torch.where(high, root - 1 / (8 * root), out)
-    if bool(low.any()):
-        out = torch.where(low, rate.clamp_min(0), out)
+        out = torch.where(rate > lam_max, root - 1 / (8 * root), out)
+        out = torch.where(rate < lam_min, rate.clamp_min(0), out)
     return out
 
 
@@ -178,7 +190,7 @@ def _sqrt_mean_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
     """The table of :func:`scn2s.loss.sqrt_mean_table` on ``device``: log m, its slopes, the grid and its ends."""
     table_log_lam, table_log_m = sqrt_mean_table()
     log_m = torch.as_tensor(table_log_m, dtype=torch.float32, device=device)
-    slope = torch.diff(log_m)
+    slope = torch.cat([torch.diff(log_m), log_m.new_zeros(1)])  # the last entry: the table's end, read as it is
     start, step = float(table_log_lam[0]), float(table_log_lam[1] - table_log_lam[0])
     return log_m, slope, start, step, float(np.exp(table_log_lam[0])), float(np.exp(table_log_lam[-1]))
 
@@ -333,8 +345,10 @@ def _network_log_frequencies(
             return log_freq, model.decode(code, reference) - log_freq
         freq = torch.zeros_like(counts)
         moved = torch.zeros_like(counts) if reference is not None and model.n_batches else None
+        entries = nonzero_entries(counts)
         for _ in range(n_replicas):
-            code = model.encode(input_transform(thin(counts, input_fraction, generator)[0])[0], batch)
+            inputs = thin(counts, input_fraction, generator, entries=entries)[0]
+            code = model.encode(input_transform(inputs)[0], batch)
             freq += torch.exp(model.decode(code, batch))
             if moved is not None:
                 moved += torch.exp(model.decode(code, reference))
@@ -355,11 +369,23 @@ def _rates(
     ``shift``: log ratios of frequencies (a reference batch's over the cell's own) applied to the output before it
     is normalised again.
     """
+    return torch.exp(_output_log_frequencies(model, log_freq, counts, library, shape_scale, shift)) * library
+
+
+def _output_log_frequencies(
+    model: CountAutoencoder,
+    log_freq: torch.Tensor,
+    counts: torch.Tensor,
+    library: torch.Tensor,
+    shape_scale: float,
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The log frequencies of :func:`_rates` (the expected counts over the library sizes)."""
     if model.log_shape is not None:
         log_freq = model.posterior(log_freq, counts, shape_scale, library=library)
     if shift is not None:
         log_freq = torch.log_softmax(log_freq + shift, dim=-1)
-    return torch.exp(log_freq) * library
+    return log_freq
 
 
 EVAL_ROWS = {"cpu": 256}
@@ -400,6 +426,7 @@ def heldout_loss(
         batch = cells[start : start + batch_size]
         counts, target = data.dense(batch), torch.sqrt(heldout.dense(batch))
         library = counts.sum(dim=1, keepdim=True)
+        log_scale = torch.log(library * depth_ratio)  # expected counts at the held-out half's depth
         log_freq, _ = _network_log_frequencies(
             model,
             counts,
@@ -409,9 +436,13 @@ def heldout_loss(
             n_replicas=n_replicas,
             generator=generator,
         )
-        for k, scale in enumerate(scales):
-            diff = target - sqrt_poisson_mean_torch(_rates(model, log_freq, counts, library, scale) * depth_ratio)
-            total[k] += float(torch.linalg.vecdot(diff.view(-1), diff.view(-1)))
+        if model.log_shape is None:
+            outputs = [log_freq for _ in scales]
+        else:
+            outputs = model.posteriors(log_freq, counts, library, scales)
+        for k, output in enumerate(outputs):
+            diff = target.sub(sqrt_poisson_mean_of_log(output.add_(log_scale))).view(-1)
+            total[k] += float(torch.linalg.vecdot(diff, diff))
     if distributed.is_distributed():
         total = distributed.gather(total).sum(axis=0)
     losses = total / (n_cells * data.shape[1])
