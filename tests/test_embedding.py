@@ -161,7 +161,7 @@ def test_a_run_without_uncertainty_removes_an_earlier_sd(autoencoder_fit):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the target is not met: the intervals are too narrow in the tails (coverage 49/75/88% at 50/80/95% here), "
+    reason="the target is not met: the intervals are too narrow in the tails (coverage 49/76/89% at 50/80/95% here), "
     "benchmarks/RESULTS.md, 'Posterior standard deviations'",
 )
 def test_posterior_intervals_cover_the_truth():
