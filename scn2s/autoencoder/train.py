@@ -176,8 +176,8 @@ def sqrt_poisson_mean_of_log(log_rate: torch.Tensor, rate: torch.Tensor | None =
     flat = idx.view(-1)
     out = position.sub_(idx).mul_(slope.index_select(0, flat).view_as(idx))
     out = torch.exp(out.add_(log_m.index_select(0, flat).view_as(idx)))
-    lowest, highest = torch.aminmax(log_rate)
-    if float(lowest) < np.log(lam_min) or float(highest) > np.log(lam_max):
+    lowest, highest = torch.stack(torch.aminmax(log_rate)).tolist()  # one synchronisation on a GPU
+    if lowest < np.log(lam_min) or highest > np.log(lam_max):
         rate = torch.exp(log_rate) if rate is None else rate
         root = torch.sqrt(rate.clamp_min(lam_max))
         out = torch.where(rate > lam_max, root - 1 / (8 * root), out)
@@ -369,23 +369,11 @@ def _rates(
     ``shift``: log ratios of frequencies (a reference batch's over the cell's own) applied to the output before it
     is normalised again.
     """
-    return torch.exp(_output_log_frequencies(model, log_freq, counts, library, shape_scale, shift)) * library
-
-
-def _output_log_frequencies(
-    model: CountAutoencoder,
-    log_freq: torch.Tensor,
-    counts: torch.Tensor,
-    library: torch.Tensor,
-    shape_scale: float,
-    shift: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The log frequencies of :func:`_rates` (the expected counts over the library sizes)."""
     if model.log_shape is not None:
         log_freq = model.posterior(log_freq, counts, shape_scale, library=library)
     if shift is not None:
         log_freq = torch.log_softmax(log_freq + shift, dim=-1)
-    return log_freq
+    return torch.exp(log_freq) * library
 
 
 EVAL_ROWS = {"cpu": 256}
@@ -441,7 +429,7 @@ def heldout_loss(
         else:
             outputs = model.posteriors(log_freq, counts, library, scales)
         for k, output in enumerate(outputs):
-            diff = target.sub(sqrt_poisson_mean_of_log(output.add_(log_scale))).view(-1)
+            diff = target.sub(sqrt_poisson_mean_of_log(output + log_scale)).view(-1)
             total[k] += float(torch.linalg.vecdot(diff, diff))
     if distributed.is_distributed():
         total = distributed.gather(total).sum(axis=0)
