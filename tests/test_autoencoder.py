@@ -691,3 +691,30 @@ def test_an_unknown_refit_is_refused(halves):
         fit_autoencoder(
             counts, splits=Splits.draw(np.random.default_rng(0), 1, 0.5), rng=np.random.default_rng(1), refit=True
         )
+
+
+def test_the_search_scores_the_held_out_molecules_of_the_scored_cells(halves, monkeypatch):
+    """Above ``Splits.scored_cells`` every candidate is scored on the cells every family is scored on."""
+    adata, _, _ = halves
+    splits = Splits(p=0.5, seeds=(7,), scored_cells=120)
+    rows = splits.scored_rows(0, adata.n_obs)
+    scored = []
+    original = train_module.heldout_loss
+
+    def spy(*args, **kwargs):
+        if kwargs.get("shape_scales") is not None:  # the candidates' scoring (early stopping passes none)
+            scored.append(kwargs.get("rows"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "heldout_loss", spy)
+    configs = [{**TINY, "max_epochs": 2}, {**TINY, "hidden": 16, "max_epochs": 2}]
+    fit = fit_autoencoder(adata.X, splits=splits, configs=configs, device="cpu", rng=np.random.default_rng(0))
+    assert len(scored) == 2 * len(fit.configs)  # two inference modes per candidate
+    for seen in scored:
+        np.testing.assert_array_equal(seen, rows)
+    every = fit_autoencoder(
+        adata.X, splits=Splits(p=0.5, seeds=(7,)), configs=configs, device="cpu", rng=np.random.default_rng(0)
+    )
+    np.testing.assert_array_equal(every.best_epochs, fit.best_epochs)  # the same trainings
+    assert not np.allclose(every.losses_full, fit.losses_full, rtol=1e-6)
+    np.testing.assert_allclose(every.losses_full, fit.losses_full, rtol=0.1)

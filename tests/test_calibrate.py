@@ -427,3 +427,29 @@ def test_magic_back_transform_by_the_poisson_mean_beats_squaring(sim):
     assert adata.uns["denoised"]["best_params"]["back"] == "poisson_mean"
     with pytest.raises(ValueError, match="back must be"):
         scn2s.denoisers.magic(sim.X, back="cube")
+
+
+def test_a_calibration_scores_the_held_out_molecules_of_the_scored_cells_alone():
+    """Above ``Splits.scored_cells`` the denoiser still sees every cell's training molecules; the scored cells'
+    held-out molecules alone score it, as they score every family."""
+    from scn2s.datasets import simulate
+    from scn2s.select import Splits
+    from scn2s.select.calibrate import score_estimate, search_denoiser
+
+    counts = sparse.csr_matrix(simulate(200, 40, n_types=2, rank=2, depth=300, rng=3).X)
+
+    def shrink(x, *, weight):
+        dense = x.toarray().astype(np.float64)
+        return dense + weight * dense.mean(axis=0)
+
+    splits = Splits(p=0.5, seeds=(5,), scored_cells=70)
+    selection = search_denoiser(shrink, counts, [{"weight": 0.5}, {"weight": 4.0}], splits=splits)
+    train, heldout = splits.get(0, counts)
+    rows = splits.scored_rows(0, 200)
+    for j, weight in enumerate((0.5, 4.0)):
+        on_all = shrink(train, weight=weight)  # made from every cell's training molecules
+        loss, nll = score_estimate(on_all[rows], train[rows], heldout[rows], 1.0)
+        assert selection.losses[0, j] == pytest.approx(loss, rel=1e-12)
+        assert selection.nll[0, j] == pytest.approx(nll, rel=1e-12)
+    every = search_denoiser(shrink, counts, [{"weight": 0.5}], splits=Splits(p=0.5, seeds=(5,)))
+    assert every.losses[0, 0] != pytest.approx(selection.losses[0, 0], rel=1e-9)

@@ -225,3 +225,20 @@ def test_dask_counts_in_a_layer(client, small_blocks, blocked_counts):
     np.testing.assert_allclose(values, scn2s.tl.reconstruct(memory), **LAYER_TOL)
     rest = ~blocked_counts.var["highly_variable"].to_numpy()
     np.testing.assert_array_equal(values[:, rest], blocked_counts.X[:, rest].toarray())
+
+
+@pytest.mark.parametrize("p", [0.5, 0.4])
+def test_dask_rank_search_scores_the_same_cells(client, small_blocks, blocked_counts, p):
+    """Above ``Splits.scored_cells``, each chunk scores its own scored cells: the losses are those in memory."""
+    from scn2s.lowrank import search_lowrank
+    from scn2s.select import Splits
+
+    splits = Splits(p=p, seeds=(11, 12), scored_cells=90)
+    assert len(splits.scored_rows(0, blocked_counts.n_obs)) == 90
+    counts = blocked_counts.X
+    lazy = da.from_array(counts, chunks=(50, 50), asarray=False)
+    memory = search_lowrank(counts, max_rank=6, splits=splits, rng=np.random.default_rng(0)).losses
+    chunked = search_lowrank(lazy, max_rank=6, splits=splits, rng=np.random.default_rng(0)).losses
+    np.testing.assert_allclose(chunked, memory, rtol=1e-6)
+    every = search_lowrank(counts, max_rank=6, splits=Splits(p=p, seeds=(11, 12)), rng=np.random.default_rng(0))
+    assert not np.allclose(every.losses, memory, rtol=1e-6)

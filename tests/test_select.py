@@ -128,3 +128,83 @@ def test_compare_families_takes_any_selection_on_the_splits_all_used():
         "chosen": "lowrank",
     }
     assert compare_families([a, c])["chosen"] == "external"  # 0.65 against 1.5 on the two splits both used
+
+
+def test_splits_score_the_cells_of_a_random_subset_above_scored_cells():
+    from scn2s.select.splits import SCORED_CELLS
+
+    splits = Splits.draw(np.random.default_rng(0), 2, 0.5)
+    assert splits.scored_cells == SCORED_CELLS
+    assert splits.scored_rows(0, SCORED_CELLS) is None
+    assert splits.scored_mask(0, 100) is None
+    assert splits.n_scored(100) == 100
+    assert splits.n_scored(10**6) == SCORED_CELLS
+    few = Splits(p=0.5, seeds=splits.seeds, scored_cells=40)
+    rows = few.scored_rows(0, 100)
+    assert len(rows) == 40
+    assert np.all(np.diff(rows) > 0)
+    assert rows[0] >= 0
+    assert rows[-1] < 100
+    np.testing.assert_array_equal(rows, few.scored_rows(0, 100))  # the same for every family that asks
+    assert not np.array_equal(rows, few.scored_rows(1, 100))  # each split its own
+    mask = few.scored_mask(0, 100)
+    assert mask.sum() == 40
+    assert mask[rows].all()
+    assert Splits(p=0.5, seeds=(1,), scored_cells=None).scored_rows(0, 10**6) is None
+    # the molecules themselves are split as before: the subset only says which cells score
+    counts = sparse.random(100, 30, density=0.3, format="csr", random_state=0, data_rvs=lambda k: np.ones(k) * 3)
+    for a, b in zip(splits.get(0, counts), few.get(0, counts), strict=True):
+        assert (a != b).nnz == 0
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="scored_cells"):
+            Splits(p=0.5, seeds=(1,), scored_cells=bad)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.4])
+def test_the_rank_losses_of_the_scored_cells_are_those_of_their_rows_alone(simulation, p):
+    """``keep`` scores the marked cells' held-out molecules alone, on the exact and the converted path, by blocks."""
+    from scn2s.lowrank.model import LowRankFactors, heldout_loss_per_rank
+
+    counts = sparse.csr_matrix(simulation.X[:400, :200])
+    rng = np.random.default_rng(0)
+    K = 5
+    factors = LowRankFactors(
+        mean=rng.random(200),
+        U=np.linalg.qr(rng.normal(size=(400, K)))[0],
+        s=np.sort(rng.random(K))[::-1] * 20,
+        Vt=np.linalg.qr(rng.normal(size=(200, K)))[0].T,
+    )
+    scale = rng.random(400) + 0.5
+    keep = rng.random(400) < 0.3
+    rows = np.flatnonzero(keep)
+    ratio = (1 - p) / p
+    alone = heldout_loss_per_rank(
+        LowRankFactors(mean=factors.mean, U=factors.U[rows], s=factors.s, Vt=factors.Vt),
+        scale[rows],
+        counts[rows],
+        depth_ratio=ratio,
+    )
+    blocks = [counts[:150], counts[150:320], counts[320:]]
+    for heldout in (counts, blocks):
+        marked = heldout_loss_per_rank(factors, scale, heldout, depth_ratio=ratio, keep=keep)
+        np.testing.assert_allclose(marked, alone, rtol=1e-10)
+    everyone = heldout_loss_per_rank(factors, scale, counts, depth_ratio=ratio, keep=np.ones(400, dtype=bool))
+    np.testing.assert_allclose(everyone, heldout_loss_per_rank(factors, scale, counts, depth_ratio=ratio))
+
+
+def test_the_rank_search_scores_only_the_scored_cells(simulation):
+    """Above ``scored_cells`` the per-entry losses are those of the scored cells: close to every cell's, not equal."""
+    import dataclasses
+
+    counts = sparse.csr_matrix(simulation.X[:600, :300])
+    splits = Splits.draw(np.random.default_rng(4), 2, 0.5)
+    assert splits.scored_rows(0, 600) is None
+    few = dataclasses.replace(splits, scored_cells=250)
+    every = search_lowrank(counts, max_rank=10, splits=splits, rng=np.random.default_rng(0)).losses
+    scored = search_lowrank(counts, max_rank=10, splits=few, rng=np.random.default_rng(0)).losses
+    assert not np.allclose(every, scored, rtol=1e-6)
+    np.testing.assert_allclose(scored, every, rtol=0.1)
+    at_most = search_lowrank(
+        counts, max_rank=10, splits=dataclasses.replace(splits, scored_cells=600), rng=np.random.default_rng(0)
+    ).losses
+    np.testing.assert_array_equal(at_most, every)

@@ -546,12 +546,13 @@ def _show_epoch(bar, name: str, max_epochs: int) -> Callable[[int, float, float]
 
 
 def _timed_pass(half, candidates: list, *, depth_ratio: float, device, seed: int) -> list[tuple[float, float]]:
-    """Seconds of one training epoch, and of the scoring after training, of each candidate on all cells of ``half``.
+    """Seconds of one training epoch, and of the scoring after training, of each candidate on ``half``.
 
     Each candidate is trained for two epochs on at most :data:`_TIMED_CELLS` cells of the first split and scored as
     the search scores it (both inference modes, every shape factor); the second epoch and the scoring are timed
-    (the first epoch pays for the start) and scaled to the number of cells. The networks are thrown away, and the
-    search's results are unchanged (training and scoring draw from their own seeded streams).
+    (the first epoch pays for the start) and scaled to the cells of an epoch (at most the candidate's
+    ``epoch_cells``) and to the cells that score. The networks are thrown away, and the search's results are
+    unchanged (training and scoring draw from their own seeded streams).
     """
     import torch
 
@@ -561,7 +562,7 @@ def _timed_pass(half, candidates: list, *, depth_ratio: float, device, seed: int
     train_part, held_part = half.train_counts[:_TIMED_CELLS], half.heldout_counts[:_TIMED_CELLS]
     groups = None if half.groups is None else half.groups[:_TIMED_CELLS]
     n_groups = half.n_groups or None
-    scale = half.train_counts.shape[0] / train_part.shape[0]
+    n, sampled = half.train_counts.shape[0], train_part.shape[0]
     seconds = []
     for config in candidates:
         ends: list[float] = []
@@ -596,7 +597,9 @@ def _timed_pass(half, candidates: list, *, depth_ratio: float, device, seed: int
                 generator=torch.Generator(device=device).manual_seed(seed),
             )
         epoch = ends[-1] - ends[0] if len(ends) == 2 else 0.0
-        seconds.append((epoch * scale, (time.perf_counter() - start) * scale))
+        epoch_cells = n if config.epoch_cells is None else min(n, config.epoch_cells)
+        scored = n if half.scored is None else len(half.scored)
+        seconds.append((epoch * epoch_cells / sampled, (time.perf_counter() - start) * scored / sampled))
     return seconds
 
 
@@ -663,6 +666,7 @@ class _Half:
     gene_share: float  # modelled genes / all genes: the loss is per entry of the full matrix
     genes: np.ndarray  # the genes of the training half with a molecule
     unseen: float  # held-out molecules of genes absent from the training half (predicted as zero), per entry
+    scored: np.ndarray | None = None  # the cells whose held-out molecules score (Splits.scored_rows); None: all
     groups: np.ndarray | None = None  # each cell's batch (codes)
     n_groups: int = 0
 
@@ -673,7 +677,9 @@ class _Half:
         n, g = counts.shape
         train_half, heldout_half = splits.get(i, counts)
         genes = np.flatnonzero(np.asarray(train_half.sum(axis=0)).ravel() > 0)
-        unseen = float(heldout_half.sum()) - float(heldout_half[:, genes].sum())
+        scored = splits.scored_rows(i, n)
+        scoring = heldout_half if scored is None else heldout_half[scored]
+        unseen = float(scoring.sum()) - float(scoring[:, genes].sum())
         train_half, heldout_half = train_half[:, genes], heldout_half[:, genes]
         return cls(
             CsrBatches(train_half, device, groups=groups, n_groups=n_groups or None),
@@ -683,7 +689,8 @@ class _Half:
             splits.depth_ratio,
             len(genes) / g,
             genes,
-            unseen / (n * g),
+            unseen / (splits.n_scored(n) * g),
+            scored,
             groups,
             n_groups,
         )
@@ -788,6 +795,7 @@ def _score(config, runs: list, halves: list[_Half], timings: Timings, bar) -> _S
                     n_replicas=config.n_replicas,
                     shape_scales=scales,
                     generator=torch.Generator(device=half.train.device).manual_seed(trainer.seed),
+                    rows=half.scored,
                 )
                 by_mode[k, i] = half.loss(losses)
         logger.debug("split %d %s: epoch %d, loss %.6g", i, config_label(config), result.best_epoch, by_mode[0, i, 0])

@@ -80,10 +80,15 @@ class BlockCounts:
 
     @staticmethod
     def heldout_loss_per_rank(
-        factors: LowRankFactors, cell_scale: np.ndarray, heldout: list, *, depth_ratio: float
+        factors: LowRankFactors,
+        cell_scale: np.ndarray,
+        heldout: list,
+        *,
+        depth_ratio: float,
+        keep: np.ndarray | None = None,
     ) -> np.ndarray:
-        """:func:`~scn2s.lowrank.model.heldout_loss_per_rank` of held-out blocks."""
-        return heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=depth_ratio)
+        """:func:`~scn2s.lowrank.model.heldout_loss_per_rank` of held-out blocks (``keep``: the cells that score)."""
+        return heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=depth_ratio, keep=keep)
 
 
 def _narrow(counts: sparse.csr_matrix) -> sparse.csr_matrix:

@@ -182,10 +182,12 @@ class DaskRowBlocks:
 
     @staticmethod
     def heldout_loss_per_rank(
-        factors: LowRankFactors, cell_scale: np.ndarray, heldout, *, depth_ratio: float
+        factors: LowRankFactors, cell_scale: np.ndarray, heldout, *, depth_ratio: float, keep: np.ndarray | None = None
     ) -> np.ndarray:
-        """:func:`heldout_loss_per_rank_chunks` of the held-out chunks."""
-        return heldout_loss_per_rank_chunks(factors, cell_scale, heldout, depth_ratio=depth_ratio, chunk_size=2048)
+        """:func:`heldout_loss_per_rank_chunks` of the held-out chunks (``keep``: the cells that score)."""
+        return heldout_loss_per_rank_chunks(
+            factors, cell_scale, heldout, depth_ratio=depth_ratio, chunk_size=2048, keep=keep
+        )
 
 
 def _column_sums(block) -> np.ndarray:
@@ -288,23 +290,33 @@ class DaskTall:
         return A.compute()
 
 
-def _loss_chunk(heldout, a: np.ndarray, U: np.ndarray, *, factors: LowRankFactors, depth_ratio: float, chunk_size: int):
-    return block_loss_per_rank(factors, a, U, heldout, depth_ratio, chunk_size)[None]
+def _loss_chunk(
+    heldout, a: np.ndarray, U: np.ndarray, keep: np.ndarray, *, factors: LowRankFactors, depth_ratio: float, chunk_size
+):
+    return block_loss_per_rank(factors, a, U, heldout, depth_ratio, chunk_size, keep=keep)[None]
 
 
 def heldout_loss_per_rank_chunks(
-    factors: LowRankFactors, cell_scale: np.ndarray, heldout, *, depth_ratio: float, chunk_size: int
+    factors: LowRankFactors,
+    cell_scale: np.ndarray,
+    heldout,
+    *,
+    depth_ratio: float,
+    chunk_size: int,
+    keep: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`~scn2s.lowrank.model.heldout_loss_per_rank` of a dask array of held-out CSR row chunks.
 
     Each chunk is scored by :func:`~scn2s.lowrank.model.block_loss_per_rank` on its worker from its own rows of
-    ``U`` and ``cell_scale``; the per-chunk vectors are summed on the cluster.
+    ``U``, ``cell_scale`` and ``keep`` (the cells that score; ``None``: all); the per-chunk vectors are summed on
+    the cluster.
     """
     if len(heldout.chunks[1]) != 1:
         heldout = heldout.rechunk({1: -1})
     rows = heldout.chunks[0]
     K = factors.max_rank
     shared = LowRankFactors(mean=factors.mean, U=np.empty((0, K)), s=factors.s, Vt=factors.Vt)
+    keep = np.ones(heldout.shape[0], dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
     parts = da.blockwise(
         _loss_chunk,
         "bk",
@@ -314,6 +326,8 @@ def heldout_loss_per_rank_chunks(
         "b",
         da.from_array(factors.U, chunks=(rows, K)),
         "bl",
+        da.from_array(keep, chunks=(rows,)),
+        "b",
         new_axes={"k": K + 1},
         adjust_chunks={"b": 1},
         concatenate=True,

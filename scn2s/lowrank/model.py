@@ -297,6 +297,7 @@ def heldout_loss_per_rank(
     *,
     depth_ratio: float = 1.0,
     chunk_size: int = 2048,
+    keep: np.ndarray | None = None,
 ) -> np.ndarray:
     """Summed held-out loss of every rank ``0..K`` (0: the gene means alone) from one factorisation.
 
@@ -320,6 +321,8 @@ def heldout_loss_per_rank(
         Expected depth of the held-out half over that of the training half, ``(1 - p) / p``.
     chunk_size
         Rows per dense chunk on the non-linear path.
+    keep
+        Which cells score (a boolean mask, :meth:`scn2s.select.Splits.scored_mask`); ``None``: all.
 
     Returns
     -------
@@ -330,7 +333,14 @@ def heldout_loss_per_rank(
     for rows, block in zip(_block_rows(blocks), blocks, strict=True):
         groups = None if factors.groups is None else factors.groups[rows]
         loss += block_loss_per_rank(
-            factors, cell_scale[rows], factors.U[rows], block, depth_ratio, chunk_size, groups=groups
+            factors,
+            cell_scale[rows],
+            factors.U[rows],
+            block,
+            depth_ratio,
+            chunk_size,
+            groups=groups,
+            keep=None if keep is None else keep[rows],
         )
     return loss
 
@@ -344,14 +354,19 @@ def block_loss_per_rank(
     chunk_size: int = 2048,
     *,
     groups: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
 ) -> np.ndarray:
     """The summed held-out loss of every rank on one block of cells (:func:`heldout_loss_per_rank`'s terms).
 
     ``a`` and ``U`` are the block's rows of the cell scale and of ``factors.U`` (whose own ``U`` is not read), and
     ``groups`` its rows of ``factors.groups`` (with batches), so a block is scored from its own rows alone,
-    wherever it lives.
+    wherever it lives. ``keep``: the block's rows that score (a boolean mask; ``None``: all).
     """
     heldout = canonical_csr(heldout)
+    if keep is not None and not keep.all():
+        kept = np.flatnonzero(keep)
+        heldout, a, U = heldout[kept], a[kept], U[kept]
+        groups = None if groups is None else groups[kept]
     if depth_ratio == 1.0:
         return _loss_per_rank_linear(factors, a, U, heldout, groups)
     return _loss_per_rank_converted(factors, a, U, heldout, depth_ratio, chunk_size, groups)

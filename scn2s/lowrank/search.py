@@ -227,7 +227,8 @@ def search_lowrank(
 ) -> RankLosses:
     """Held-out loss of every rank ``0..max_rank`` on every split.
 
-    Each split's training half is factorised once; its held-out half scores all ranks. The counts are read
+    Each split's training half is factorised once; its held-out half scores all ranks (the held-out molecules of
+    the cells of :meth:`~scn2s.select.Splits.scored_rows`: all of them up to ``scored_cells``). The counts are read
     block by block, once per split; the two halves of a split are held in memory (as sparse blocks whose
     non-zeros are at most those of the counts) while it is scored. ``groups``: each cell's batch code, to centre
     each cell on its batch's means (rank 0 is then the batches' means).
@@ -255,8 +256,11 @@ def search_lowrank(
             factors = randomized_svd(_operator(blocks, train, groups), max_rank, rng=svd_rngs[i])
             del train
             cell_scale = np.sqrt(library / target_sum)
-            losses[i] = blocks.heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=splits.depth_ratio)
-            losses[i] /= n * g
+            keep = splits.scored_mask(i, n)
+            losses[i] = blocks.heldout_loss_per_rank(
+                factors, cell_scale, heldout, depth_ratio=splits.depth_ratio, keep=keep
+            )
+            losses[i] /= splits.n_scored(n) * g
             del heldout
         spectra[i] = factors.s
         logger.debug("split %d: best rank %d", i, int(np.argmin(losses[i])))

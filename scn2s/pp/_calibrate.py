@@ -227,7 +227,7 @@ def calibrate(
         "method": name,
         "params": params,
         "best_params": fit.best_params(),
-        "selection": {name: fit.record() | {"p": p, "seed": seed}},
+        "selection": {name: fit.record() | {"p": p, "seed": seed, "scored_cells": splits.n_scored(adata.n_obs)}},
         "version": _version(),
         "versions": versions(),
         "elapsed_seconds": time.perf_counter() - start,

@@ -270,11 +270,12 @@ def denoise(
         params["batch_key"] = batch_key
     if transform_batch is not None:
         params["transform_batch"] = str(transform_batch)
+    scored = splits.n_scored(data.blocks.shape[0])  # the cells whose held-out molecules scored each split
     record = {
         "method": fit.family,
         "params": params,
         "best_params": fit.best_params(),
-        "selection": {f.family: f.record() | {"p": p, "seed": seed} for f in fits},
+        "selection": {f.family: f.record() | {"p": p, "seed": seed, "scored_cells": scored} for f in fits},
         "version": _version(),
         "versions": versions(),
         "elapsed_seconds": time.perf_counter() - start,

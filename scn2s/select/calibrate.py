@@ -197,15 +197,23 @@ def scale_to_library(estimate: np.ndarray, library: np.ndarray) -> np.ndarray:
 
 
 def score_estimate(
-    estimate: np.ndarray, train: sparse.csr_matrix, heldout: sparse.csr_matrix, depth_ratio: float
+    estimate: np.ndarray,
+    train: sparse.csr_matrix,
+    heldout: sparse.csr_matrix,
+    depth_ratio: float,
+    *,
+    rows: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Held-out loss and Poisson NLL per entry of an estimate made from ``train``.
 
     The estimate is brought to each cell's training library size (in place) and multiplied by ``depth_ratio``,
     the expected depth of the held-out half over the training half: the predicted rate of each held-out count.
     The loss is :func:`scn2s.loss.heldout_sqrt_mse` of ``m(rate)`` (the depth conversion of every family); the
-    NLL is :func:`scn2s.loss.poisson_nll` of the held-out counts.
+    NLL is :func:`scn2s.loss.poisson_nll` of the held-out counts. ``rows``: only these cells score
+    (:meth:`scn2s.select.Splits.scored_rows`; ``None``: all).
     """
+    if rows is not None:
+        estimate, train, heldout = estimate[rows], train[rows], heldout[rows]
     library = np.asarray(train.sum(axis=1), dtype=np.float64).ravel()
     rates = scale_to_library(estimate, library)
     if depth_ratio != 1.0:
@@ -311,13 +319,14 @@ def search_denoiser(
         for i in range(len(splits)):
             with timings.step("split"):
                 train, heldout = splits.get(i, counts)
+            scored = splits.scored_rows(i, counts.shape[0])
             for j, params in enumerate(candidates):
                 with timings.step("selection"):
                     watch = Timings()
                     with watch.step("call"):
                         estimate = run_denoiser(denoiser, train, params, what=f"the training half of split {i}")
                     seconds[i, j] = watch.seconds["call"]
-                    losses[i, j], nll[i, j] = score_estimate(estimate, train, heldout, splits.depth_ratio)
+                    losses[i, j], nll[i, j] = score_estimate(estimate, train, heldout, splits.depth_ratio, rows=scored)
                 del estimate
                 logger.debug("%s split %d, %s: loss %.6g", name, i, candidate_label(params), losses[i, j])
                 bar.update()

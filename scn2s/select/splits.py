@@ -10,7 +10,10 @@ from scipy import sparse
 from .._blocks import RowBlocks
 from ..split import binomial_split, overlap_probabilities
 
-__all__ = ["Splits", "split_fractions"]
+__all__ = ["SCORED_CELLS", "Splits", "split_fractions"]
+
+SCORED_CELLS = 32_768
+"""Cells whose held-out molecules score each split when there are more (:attr:`Splits.scored_cells`)."""
 
 
 def split_fractions(p: float, sample_ratio: float | None) -> tuple[float, float]:
@@ -29,11 +32,22 @@ class Splits:
     candidates are scored on the same held-out molecules. The molecules of each block of
     :data:`scn2s._blocks.BLOCK_ROWS` cells are split by a stream of their own (the split's seed and the block's
     index), so a block read alone (:meth:`get_block`) is split exactly as in the whole matrix (:meth:`get`).
+
+    With more than ``scored_cells`` cells, the held-out molecules of that many cells, drawn at random from the
+    split's seed (:meth:`scored_rows`), score every candidate of every family; every cell's molecules are still
+    split, and every cell's training molecules are still the candidates' input. ``None``: every cell's score.
     """
 
     p: float
     seeds: tuple[int, ...]
     sample_ratio: float | None = None
+    scored_cells: int | None = SCORED_CELLS
+
+    def __post_init__(self) -> None:
+        cells = self.scored_cells
+        if cells is not None and (not isinstance(cells, (int, np.integer)) or isinstance(cells, bool) or cells < 1):
+            msg = f"scored_cells must be a positive integer or None, got {cells!r}."
+            raise ValueError(msg)
 
     @classmethod
     def draw(cls, rng: np.random.Generator, n_splits: int, p: float, sample_ratio: float | None = None) -> Splits:
@@ -57,6 +71,29 @@ class Splits:
         """``(training half, held-out half)`` of split ``i`` of block ``b`` (cells ``b * BLOCK_ROWS`` onwards)."""
         rng = np.random.default_rng([self.seeds[i], b])
         return binomial_split(block, self.p, rng=rng, sample_ratio=self.sample_ratio)
+
+    def scored_rows(self, i: int, n: int) -> np.ndarray | None:
+        """The cells (sorted indices) whose held-out molecules score split ``i`` of ``n`` cells; ``None``: all.
+
+        The same for every family and candidate: drawn from the split's seed, in a stream apart from the blocks'.
+        """
+        if self.scored_cells is None or n <= self.scored_cells:
+            return None
+        rng = np.random.default_rng(np.random.SeedSequence(self.seeds[i], spawn_key=(n,)))
+        return np.sort(rng.choice(n, self.scored_cells, replace=False))
+
+    def scored_mask(self, i: int, n: int) -> np.ndarray | None:
+        """:meth:`scored_rows` as a boolean mask over the ``n`` cells; ``None``: all."""
+        rows = self.scored_rows(i, n)
+        if rows is None:
+            return None
+        mask = np.zeros(n, dtype=bool)
+        mask[rows] = True
+        return mask
+
+    def n_scored(self, n: int) -> int:
+        """How many of ``n`` cells score each split."""
+        return n if self.scored_cells is None else min(n, self.scored_cells)
 
     @property
     def fractions(self) -> tuple[float, float]:
