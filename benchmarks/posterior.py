@@ -48,7 +48,7 @@ def compare(task_name: str, data_dir: Path) -> list[str]:
                 quantiles = np.quantile(result.model.log_shape.detach().exp().numpy(), [0.05, 0.5, 0.95])
                 shape = " / ".join(f"{q:.3g}" for q in quantiles)
             rows.append(
-                f"| {task_name} | {config_label(config)} | {np.nanmin(result.heldout_loss):.6f} | {replicas:.6f} | "
+                f"| {task_name} | {config_label(config)} | {min(result.heldout_loss):.6f} | {replicas:.6f} | "
                 f"{result.best_epoch} | {elapsed:.1f} | {shape} |"
             )
             print(rows[-1], flush=True)

@@ -144,7 +144,7 @@ class AutoencoderSelection(SplitLosses):
     shape_scales: np.ndarray  # the factors tried on the prior shapes
     losses_by_scale: np.ndarray  # (2 inference modes, n_splits_used, n_configs, n_scales)
     shape_scale: float  # the chosen candidate's factor in its inference mode (1 without a posterior)
-    heldout_curves: list  # [split][config] -> per-epoch held-out loss (NaN at epochs without an evaluation)
+    heldout_curves: list  # [split][config] -> per-epoch held-out loss
     train_curves: list
     best: int  # index of the chosen candidate
     mode: str  # its inference mode, "full" or "replicas"
@@ -532,15 +532,11 @@ def _show_epoch(bar, name: str, max_epochs: int) -> Callable[[int, float, float]
 
     The callback of :func:`~scn2s.autoencoder.train.train`; the lowest held-out loss so far is shown too.
     """
-    last, lowest = [np.nan], [np.inf]
+    lowest = [np.inf]
 
     def show(epoch: int, train_loss: float, heldout: float) -> None:
-        if np.isfinite(heldout):  # NaN after an epoch without an evaluation: the last one is shown
-            last[0], lowest[0] = heldout, min(lowest[0], heldout)
-        text = f"{name}: epoch {epoch}/{max_epochs}"
-        if np.isfinite(last[0]):
-            text += f", held-out loss {last[0]:.6g} (lowest {lowest[0]:.6g})"
-        bar.set_postfix_str(text)
+        lowest[0] = min(lowest[0], heldout)
+        bar.set_postfix_str(f"{name}: epoch {epoch}/{max_epochs}, held-out loss {heldout:.6g} (lowest {lowest[0]:.6g})")
 
     return show
 

@@ -62,9 +62,7 @@ class TrainConfig:
     through the same permutation): ``max_epochs``, ``patience`` and the held-out evaluations that end each epoch
     count in optimiser steps on large data, not in passes. The evaluations of early stopping score the held-out
     molecules of a fixed random subset of ``heldout_cells`` cells when there are more (``None``: all cells,
-    ``epoch_cells=None``: an epoch is always a whole pass); the search scores every cell's. They end every
-    ``heldout_every``-th epoch (and the last one, ``max_epochs``); the best epoch is one of those, and ``patience``
-    counts the epochs since it, checked at each evaluation.
+    ``epoch_cells=None``: an epoch is always a whole pass); the search scores every cell's.
 
     ``batch_covariate=True``: the decoder is told each cell's batch (``batch_key``; one-hot beside the code), so that
     shifts between batches need not be carried by the code. The training data must then hold each cell's batch.
@@ -86,7 +84,6 @@ class TrainConfig:
     shape_learning_rate: float = 0.05
     epoch_cells: int | None = 16384
     heldout_cells: int | None = 16384
-    heldout_every: int = 2
     batch_covariate: bool = False
 
     def __post_init__(self) -> None:
@@ -111,7 +108,6 @@ class TrainConfig:
         for name, minimum in (("hidden", 1), ("bottleneck", 1), ("max_epochs", 1), ("patience", 1)):
             integer(name, minimum)
         integer("batch_size", 1)
-        integer("heldout_every", 1)
         integer("n_replicas", 1)
         number("dropout", 0, 1, low_open=False, high_open=True)
         number("learning_rate", 0, np.inf, low_open=True, high_open=True)
@@ -149,7 +145,7 @@ class TrainResult:
     model: CountAutoencoder
     best_epoch: int
     train_loss: list[float] = field(default_factory=list)
-    heldout_loss: list[float] = field(default_factory=list)  # NaN after an epoch without an evaluation
+    heldout_loss: list[float] = field(default_factory=list)
     batch_size: int = 0
     step_seconds: float = 0.0  # wall time of the optimiser steps (with the batches' thinning)
     heldout_seconds: float = 0.0  # wall time of the held-out evaluations (with the copies of the best state)
@@ -480,8 +476,7 @@ def train(
     progress
         Show a progress bar over epochs.
     on_epoch
-        Called as ``on_epoch(epoch, train_loss, heldout_loss)`` after each epoch (``heldout_loss`` NaN after an
-        epoch without an evaluation: ``config.heldout_every``).
+        Called as ``on_epoch(epoch, train_loss, heldout_loss)`` after each epoch.
     groups
         Each cell's batch, codes ``0..n_groups-1`` (needed with ``config.batch_covariate``).
     n_groups
@@ -599,21 +594,15 @@ class Trainer:
     def stopped(self) -> bool:
         """Whether early stopping ended the training.
 
-        At an evaluation ``patience`` or more epochs after the best one, or after ``max_epochs``; never without
-        held-out molecules.
+        After ``patience`` epochs without a better held-out loss, or ``max_epochs``; never without held-out molecules.
         """
         config = self.config
         return self.held is not None and (self._stale >= config.patience or self.epoch >= config.max_epochs)
 
-    def _evaluates(self) -> bool:
-        """Whether the epoch just trained ends with a held-out evaluation (every ``heldout_every``-th, and the last)."""
-        config = self.config
-        return self.held is not None and (self.epoch % config.heldout_every == 0 or self.epoch >= config.max_epochs)
-
     def advance(self, epochs: int, on_epoch: Callable[[int, float, float], None] | None = None) -> None:
-        """Train up to ``epochs`` more epochs (fewer if it stops); every ``heldout_every``-th ends with a held-out loss.
+        """Train up to ``epochs`` more epochs (fewer if it stops), each followed by its held-out loss.
 
-        ``on_epoch(epoch, train_loss, heldout_loss)`` is called after each epoch (the loss NaN without an evaluation).
+        ``on_epoch(epoch, train_loss, heldout_loss)`` is called after each epoch.
         """
         result = self.result
         with torch.random.fork_rng(devices=self._devices):
@@ -629,7 +618,7 @@ class Trainer:
                 )
                 result.step_seconds += time.perf_counter() - began
                 loss = np.nan
-                if self._evaluates():
+                if self.held is not None:
                     began = time.perf_counter()
                     loss = heldout_loss(
                         result.model,
@@ -640,9 +629,10 @@ class Trainer:
                         rows=self._heldout_rows,
                     )
                     if loss < self.best_loss:
-                        self.best_loss, result.best_epoch = loss, self.epoch
+                        self.best_loss, self._stale, result.best_epoch = loss, 0, self.epoch
                         self._best_state = copy.deepcopy(result.model.state_dict())
-                    self._stale = self.epoch - result.best_epoch
+                    else:
+                        self._stale += 1
                     result.heldout_seconds += time.perf_counter() - began
                 result.train_loss.append(train_loss)
                 result.heldout_loss.append(loss)
