@@ -83,7 +83,7 @@ class TrainConfig:
     posterior: bool = True
     shape_learning_rate: float = 0.05
     epoch_cells: int | None = 16384
-    heldout_cells: int | None = 16384
+    heldout_cells: int | None = 8192
     batch_covariate: bool = False
 
     def __post_init__(self) -> None:
