@@ -68,7 +68,22 @@ def test_denoise_writes_output_and_summary(counts_file, workdir, capsys):
     assert "wrote out.h5ad: layers['denoised'] (denoised expected counts of the lowrank model)" in out
     assert "mean and sd over 3 splits" in out
     assert "obsm['X_denoised']" in out
+    assert "scored on:" not in out  # every cell scored
     assert sorted(p.name for p in workdir.iterdir()) == ["out.h5ad"]
+
+
+def test_summary_says_when_a_subset_of_cells_scored(counts_file, workdir, capsys, monkeypatch):
+    from dataclasses import replace
+
+    from scn2s.select.splits import Splits
+
+    draw = Splits.draw
+    monkeypatch.setattr(Splits, "draw", classmethod(lambda cls, *a, **k: replace(draw(*a, **k), scored_cells=120)))
+    assert main(["-q", "denoise", "--method", "lowrank", str(counts_file), "-o", "out.h5ad", "--max-rank", "6"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert ad.read_h5ad(workdir / "out.h5ad").uns["denoised"]["selection"]["lowrank"]["scored_cells"] == 120
+    assert out[1].startswith("  written: lowrank, rank")
+    assert out[2].startswith("  scored on: the held-out molecules of 120 of the 200 cells, drawn from each split")
 
 
 def test_denoise_options_match_the_python_call(counts_file, workdir, capsys):

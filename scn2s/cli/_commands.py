@@ -122,7 +122,7 @@ def denoise(args: argparse.Namespace) -> int:
         f"scn2s denoise: {args.input}, {adata.n_obs} cells x {adata.n_vars} genes "
         f"(counts in {describe_source(args.layer)}, modelled: {modelled})"
     )
-    for line in selection_summary(record, key=args.key_added):
+    for line in selection_summary(record, key=args.key_added, n_obs=adata.n_obs):
         print(f"  {line}")
     print(f"  time: {record['elapsed_seconds']:.1f} s denoising, {time.perf_counter() - start:.1f} s in all")
     key = args.key_added

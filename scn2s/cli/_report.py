@@ -14,10 +14,11 @@ if TYPE_CHECKING:
 __all__ = ["selection_summary"]
 
 
-def selection_summary(record: dict, *, key: str, n_best: int = 5) -> list[str]:
+def selection_summary(record: dict, *, key: str, n_obs: int | None = None, n_best: int = 5) -> list[str]:
     """Lines saying which family was written and why, then each family's choice and a table of its candidates.
 
-    The first line names the family written and its model. After ``method="auto"``, the next lines give both
+    The first line names the family written and its model. Where fewer than ``n_obs`` cells scored the candidates
+    (the selection entries' ``scored_cells``), a line says so. After ``method="auto"``, the next lines give both
     families' held-out loss on the splits both were scored on and the margin. Each family's table lists the
     ``n_best`` candidates with the lowest mean loss, the ends of the grid and the value applied to the full
     counts, in grid order; the sd column only when the losses are averaged over more than one split.
@@ -31,6 +32,12 @@ def selection_summary(record: dict, *, key: str, n_best: int = 5) -> list[str]:
         except ValueError:
             curves[family] = None
     lines = [f"written: {written}, {_model(record, written, curves.get(written))}"]
+    scored = {int(entry["scored_cells"]) for entry in record["selection"].values() if "scored_cells" in entry}
+    if n_obs is not None and len(scored) == 1 and (n_scored := scored.pop()) < n_obs:
+        lines.append(
+            f"scored on: the held-out molecules of {n_scored:,} of the {n_obs:,} cells, drawn from each split's seed "
+            "(every cell's molecules were split, and every cell's training molecules were the input)"
+        )
     comparison = record.get("comparison")
     if comparison is not None:
         lines.extend(_comparison(record, comparison, curves))
