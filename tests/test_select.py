@@ -192,6 +192,29 @@ def test_the_rank_losses_of_the_scored_cells_are_those_of_their_rows_alone(simul
     np.testing.assert_allclose(everyone, heldout_loss_per_rank(factors, scale, counts, depth_ratio=ratio))
 
 
+def test_the_heldout_blocks_keep_the_scored_cells_molecules_only(simulation):
+    """Above ``scored_cells`` the held-out blocks a split holds have the scored rows of the whole split, no others."""
+    import dataclasses
+
+    from scn2s._blocks import RowBlocks
+    from scn2s.lowrank.blocks import BlockCounts
+
+    counts = sparse.csr_matrix(simulation.X[:600, :300])
+    splits = Splits.draw(np.random.default_rng(4), 1, 0.5)
+    few = dataclasses.replace(splits, scored_cells=250)
+    blocks = BlockCounts(RowBlocks(counts, block_rows=170))
+    every, scored = blocks.split(splits, 0), blocks.split(few, 0)
+    keep = few.scored_mask(0, 600)
+    for rows, whole, part in zip(blocks.slices, every.heldout, scored.heldout, strict=True):
+        assert part.shape == whole.shape
+        np.testing.assert_array_equal(part[keep[rows]].toarray(), whole[keep[rows]].toarray())
+        assert part[~keep[rows]].nnz == 0
+    assert sum(part.nnz for part in scored.heldout) < 0.5 * sum(whole.nnz for whole in every.heldout)
+    for a, b in zip(every.train, scored.train, strict=True):
+        assert (a != b).nnz == 0  # the training half is every cell's, as before
+    np.testing.assert_array_equal(every.library, scored.library)
+
+
 def test_the_rank_search_scores_only_the_scored_cells(simulation):
     """Above ``scored_cells`` the per-entry losses are those of the scored cells: close to every cell's, not equal."""
     import dataclasses

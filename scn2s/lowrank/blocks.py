@@ -51,14 +51,19 @@ class BlockCounts:
         return self.blocks.library_sizes()
 
     def split(self, splits: Splits, i: int) -> SplitHalves:
-        """Split ``i`` of every block: the training blocks, the held-out blocks, the training library sizes."""
+        """Split ``i`` of every block: the training blocks, the held-out blocks, the training library sizes.
+
+        The held-out blocks keep the molecules of the cells that score the split (:meth:`Splits.scored_mask`)
+        only: the rows of the others are empty.
+        """
         train, heldout = [], []
         library = np.empty(self.shape[0])
+        keep = splits.scored_mask(i, self.shape[0])
         for b, rows, block in self.blocks:
             train_block, heldout_block = splits.get_block(i, b, block)
             library[rows] = np.asarray(train_block.sum(axis=1, dtype=np.float64)).ravel()
             train.append(train_block)
-            heldout.append(_narrow(heldout_block))
+            heldout.append(_narrow(heldout_block if keep is None else _rows_only(heldout_block, keep[rows])))
             del block
         return SplitHalves(train, heldout, library)
 
@@ -89,6 +94,15 @@ class BlockCounts:
     ) -> np.ndarray:
         """:func:`~scn2s.lowrank.model.heldout_loss_per_rank` of held-out blocks (``keep``: the cells that score)."""
         return heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=depth_ratio, keep=keep)
+
+
+def _rows_only(counts: sparse.csr_matrix, keep: np.ndarray) -> sparse.csr_matrix:
+    """``counts`` with the rows outside ``keep`` (a boolean mask) emptied: the same shape, their entries freed."""
+    lengths = np.diff(counts.indptr)
+    entries = np.repeat(keep, lengths)
+    indptr = np.zeros_like(counts.indptr)
+    np.cumsum(np.where(keep, lengths, 0), out=indptr[1:])
+    return sparse.csr_matrix((counts.data[entries], counts.indices[entries], indptr), shape=counts.shape)
 
 
 def _narrow(counts: sparse.csr_matrix) -> sparse.csr_matrix:
