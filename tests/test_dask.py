@@ -26,6 +26,7 @@ import sys
 import anndata as ad
 import numpy as np
 import pytest
+from scipy import sparse
 
 import scn2s
 
@@ -242,3 +243,23 @@ def test_dask_rank_search_scores_the_same_cells(client, small_blocks, blocked_co
     np.testing.assert_allclose(chunked, memory, rtol=1e-6)
     every = search_lowrank(counts, max_rank=6, splits=Splits(p=p, seeds=(11, 12)), rng=np.random.default_rng(0))
     assert not np.allclose(every.losses, memory, rtol=1e-6)
+
+
+def test_dask_split_keeps_the_scored_cells_heldout_molecules_only(client, small_blocks, blocked_counts):
+    """Each chunk's held-out half holds the scored cells' molecules alone, those the blocks in memory hold."""
+    from scn2s._blocks import RowBlocks
+    from scn2s.lowrank.blocks import BlockCounts
+    from scn2s.lowrank.dask import DaskRowBlocks
+    from scn2s.select import Splits
+
+    counts = blocked_counts.X
+    splits = Splits(p=0.5, seeds=(11,), scored_cells=90)
+    keep = splits.scored_mask(0, counts.shape[0])
+    lazy = DaskRowBlocks(da.from_array(counts, chunks=(50, 50), asarray=False)).split(splits, 0)
+    chunked = sparse.csr_matrix(lazy.heldout.compute())
+    memory = sparse.vstack(BlockCounts(RowBlocks(counts)).split(splits, 0).heldout, format="csr")
+    assert chunked.shape == memory.shape == counts.shape
+    assert (chunked != memory).nnz == 0
+    assert chunked[~keep].nnz == 0
+    assert chunked[keep].nnz > 0
+    np.testing.assert_array_equal(lazy.library, BlockCounts(RowBlocks(counts)).split(splits, 0).library)

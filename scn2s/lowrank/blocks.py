@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from scipy import sparse
 
+from .._sparse import rows_only
 from .model import BlockOperator, CentredOperator, LowRankFactors, heldout_loss_per_rank, sqrt_normalize
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class BlockCounts:
             train_block, heldout_block = splits.get_block(i, b, block)
             library[rows] = np.asarray(train_block.sum(axis=1, dtype=np.float64)).ravel()
             train.append(train_block)
-            heldout.append(_narrow(heldout_block if keep is None else _rows_only(heldout_block, keep[rows])))
+            heldout.append(_narrow(heldout_block if keep is None else rows_only(heldout_block, keep[rows])))
             del block
         return SplitHalves(train, heldout, library)
 
@@ -94,15 +95,6 @@ class BlockCounts:
     ) -> np.ndarray:
         """:func:`~scn2s.lowrank.model.heldout_loss_per_rank` of held-out blocks (``keep``: the cells that score)."""
         return heldout_loss_per_rank(factors, cell_scale, heldout, depth_ratio=depth_ratio, keep=keep)
-
-
-def _rows_only(counts: sparse.csr_matrix, keep: np.ndarray) -> sparse.csr_matrix:
-    """``counts`` with the rows outside ``keep`` (a boolean mask) emptied: the same shape, their entries freed."""
-    lengths = np.diff(counts.indptr)
-    entries = np.repeat(keep, lengths)
-    indptr = np.zeros_like(counts.indptr)
-    np.cumsum(np.where(keep, lengths, 0), out=indptr[1:])
-    return sparse.csr_matrix((counts.data[entries], counts.indices[entries], indptr), shape=counts.shape)
 
 
 def _narrow(counts: sparse.csr_matrix) -> sparse.csr_matrix:

@@ -27,7 +27,7 @@ from scipy import linalg, sparse
 
 from .. import _blocks
 from .._blocks import block_slices
-from .._sparse import canonical_csr
+from .._sparse import canonical_csr, rows_only
 from .._validate import check_counts
 from .blocks import SplitHalves
 from .model import LowRankFactors, block_loss_per_rank, cell_scale, sqrt_normalize, unscaled_counts
@@ -57,8 +57,10 @@ def _has_molecule(block) -> np.ndarray:
     return np.array([bool(block.data.any())])
 
 
-def _split_chunk(block, *, splits: Splits, i: int, block_id=None) -> sparse.csr_matrix:
+def _split_chunk(block, keep=None, *, splits: Splits, i: int, block_id=None) -> sparse.csr_matrix:
     train, heldout = splits.get_block(i, block_id[0], block)
+    if keep is not None:  # the held-out molecules of the cells that score the split only
+        heldout = rows_only(heldout, np.asarray(keep).ravel())
     return sparse.hstack([train, heldout], format="csr")
 
 
@@ -139,11 +141,15 @@ class DaskRowBlocks:
         """Split ``i`` of every chunk on its worker: ``(training half, held-out half, training library sizes)``.
 
         The halves are dask arrays of CSR chunks over the split computed once and held on the workers; the
-        library sizes come back to the client.
+        library sizes come back to the client. The held-out chunks keep the molecules of the cells that score the
+        split (:meth:`Splits.scored_mask`) only: the rows of the others are empty.
         """
         g = self.shape[1]
+        keep = splits.scored_mask(i, self.shape[0])
+        masks = () if keep is None else (da.from_array(keep[:, None], chunks=(self.chunks, (1,))),)
         pairs = self.array.map_blocks(
             _split_chunk,
+            *masks,
             splits=splits,
             i=i,
             chunks=(self.chunks, (2 * g,)),
