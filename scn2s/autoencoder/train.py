@@ -62,7 +62,8 @@ class TrainConfig:
     through the same permutation): ``max_epochs``, ``patience`` and the held-out evaluations that end each epoch
     count in optimiser steps on large data, not in passes. The evaluations of early stopping score the held-out
     molecules of a fixed random subset of ``heldout_cells`` cells when there are more (``None``: all cells,
-    ``epoch_cells=None``: an epoch is always a whole pass); the search scores every cell's.
+    ``epoch_cells=None``: an epoch is always a whole pass); the search scores its candidates on the held-out
+    molecules of the cells of :meth:`scn2s.select.Splits.scored_rows` (at most 32,768).
 
     ``batch_covariate=True``: the decoder is told each cell's batch (``batch_key``; one-hot beside the code), so that
     shifts between batches need not be carried by the code. The training data must then hold each cell's batch.
