@@ -14,7 +14,11 @@ Run from the repository root (needs the ``benchmarks`` extra)::
     python benchmarks/speed.py --tasks pbmc1k zheng --seeds 0 1 2 --trees /path/to/base . scvi
 
 ``scvi`` in ``--trees`` adds scVI's default training (scvi-tools, ``benchmarks/common.py``; its own seed 0 whatever
-the seed) on the same task at the same time, timed and scored alike.
+the seed) on the same task at the same time, timed and scored alike. ``PATH:NAME`` in ``--trees`` runs that checkout
+with the keywords of ``--variant NAME=JSON`` passed to ``denoise``, e.g. one candidate of the autoencoder::
+
+    python benchmarks/speed.py --tasks pbmc1k --trees /path/to/base . .:h128 \\
+        --variant 'h128={"autoencoder_kwds": {"configs": [{"hidden": 128, "bottleneck": 16, "dropout": 0}]}}'
 """
 
 from __future__ import annotations
@@ -57,8 +61,9 @@ def worker(task_name: str, seed: int, data_dir: Path, out: Path) -> None:
         task = load_task(task_name, data_dir)
         counts = task.counts
     adata = ad.AnnData(X=counts.copy())
+    kwds = json.loads(os.environ.get("SPEED_KWDS") or "{}")
     start = time.perf_counter()
-    scn2s.pp.denoise(adata, rng=seed, progress=False, device="cpu")
+    scn2s.pp.denoise(adata, rng=seed, progress=False, device="cpu", **kwds)
     seconds = time.perf_counter() - start
     record = adata.uns["denoised"]
     entry = {
@@ -67,6 +72,7 @@ def worker(task_name: str, seed: int, data_dir: Path, out: Path) -> None:
         "best_params": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in record["best_params"].items()},
         "timings": {k: float(v) for k, v in record["timings"].items()},
         "scn2s": scn2s.__file__,
+        "kwds": kwds,
     }
     estimate = np.asarray(adata.layers["denoised"], dtype=np.float64)
     if task_name.startswith("sim"):
@@ -98,13 +104,26 @@ def scvi_worker(task_name: str, data_dir: Path, out: Path) -> None:
     out.write_text(json.dumps(entry))
 
 
-def run(trees: list[Path], task: str, seed: int, data_dir: Path, threads: int | None) -> list[dict]:
+def checkout(tree: str) -> tuple[Path, str]:
+    """The path and the variant's name of a ``--trees`` entry (``PATH`` or ``PATH:NAME``)."""
+    path, _, name = tree.partition(":")
+    return Path(path), name
+
+
+def run(
+    trees: list[str], task: str, seed: int, data_dir: Path, threads: int | None, variants: dict[str, dict]
+) -> list[dict]:
     """One run per checkout, all at once (the load falls on all alike); each entry with its process's CPU seconds."""
     with tempfile.TemporaryDirectory() as scratch:
         running = {}
         for k, tree in enumerate(trees):
-            source = trees[0] if str(tree) == SCVI else tree  # scVI's run imports the first checkout's scn2s
-            env = dict(os.environ, PYTHONPATH=str(source.resolve()), SPEED_METHOD=SCVI if str(tree) == SCVI else "")
+            path, name = checkout(trees[0] if tree == SCVI else tree)  # scVI's run imports the first checkout's scn2s
+            env = dict(
+                os.environ,
+                PYTHONPATH=str(path.resolve()),
+                SPEED_METHOD=SCVI if tree == SCVI else "",
+                SPEED_KWDS=json.dumps(variants[name]) if name and tree != SCVI else "",
+            )
             if threads:
                 env |= {"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             out = Path(scratch) / f"{k}.json"
@@ -134,16 +153,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["pbmc1k", "zheng"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--trees", nargs="+", type=Path, default=[HERE.parent])
+    parser.add_argument("--trees", nargs="+", default=[str(HERE.parent)], help="PATH, PATH:NAME (a variant) or scvi")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME=JSON", help="keywords of denoise for PATH:NAME"
+    )
     parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs (default: inherited)")
     parser.add_argument("--json", type=Path, default=None, help="write every run's entry here")
     args = parser.parse_args()
+    variants = {}
+    for spec in args.variant:
+        name, _, kwds = spec.partition("=")
+        variants[name] = json.loads(kwds)
+    unknown = {checkout(t)[1] for t in args.trees if t != SCVI} - set(variants) - {""}
+    if unknown:
+        parser.error(f"no --variant for {sorted(unknown)}")
     results = []
     print(f"load average before: {os.getloadavg()}", flush=True)
     for task in args.tasks:
         for seed in args.seeds:
-            for tree, entry in zip(args.trees, run(args.trees, task, seed, args.data_dir, args.threads), strict=True):
+            entries = run(args.trees, task, seed, args.data_dir, args.threads, variants)
+            for tree, entry in zip(args.trees, entries, strict=True):
                 entry |= {"task": task, "seed": seed, "tree": str(tree)}
                 results.append(entry)
                 scores = " | ".join(
