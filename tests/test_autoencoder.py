@@ -236,6 +236,46 @@ def test_posteriors_at_several_scales_match_the_posterior():
             torch.testing.assert_close(one, model.posterior(log_freq, counts, scale, library=library))
 
 
+@pytest.mark.parametrize("mode", ["replicas", "full"])
+def test_posterior_sd_adds_the_spread_of_the_replicas(mode):
+    """sd^2 = mean^2 / (x + a) plus the unbiased variance of the thinned replicas' own posterior means."""
+    from scn2s.autoencoder.train import predict_posterior
+
+    torch.manual_seed(0)
+    model = CountAutoencoder(40, hidden=8, bottleneck=3, dropout=0.0, likelihood="poisson", posterior=True).eval()
+    with torch.no_grad():
+        model.log_shape.normal_(0, 1)
+    counts = sparse.csr_matrix(np.random.default_rng(1).poisson(2.0, (30, 40)).astype(np.float32))
+    data, rows, scale = CsrBatches(counts, "cpu"), np.arange(30), 1.41
+    options = {"input_fraction": 0.5, "shape_scale": scale}
+    shapes = torch.as_tensor(counts.toarray()).double() + torch.exp(model.log_shape.detach()).double() * scale
+    mean, sd = predict_posterior(
+        model, data, rows, mode=mode, n_replicas=6, generator=torch.Generator().manual_seed(3), **options
+    )
+    rates = predict_rates(
+        model, data, rows, mode=mode, n_replicas=6, generator=torch.Generator().manual_seed(3), **options
+    )
+    torch.testing.assert_close(mean, rates)
+    # the same thinnings, one at a time: in "full" mode they are drawn after the full input, which draws nothing
+    generator = torch.Generator().manual_seed(3)
+    each = torch.stack(
+        [
+            predict_rates(model, data, rows, mode="replicas", n_replicas=1, generator=generator, **options)
+            for _ in range(6)
+        ]
+    )
+    spread = each.double().var(dim=0, unbiased=True)
+    assert float(spread.max()) > 0
+    torch.testing.assert_close(
+        sd.double() ** 2 - mean.double() ** 2 / shapes, spread, rtol=2e-3, atol=1e-5 * float(spread.max())
+    )
+    # one replica: no spread, the gamma posterior's own standard deviation
+    one, alone = predict_posterior(
+        model, data, rows, mode=mode, n_replicas=1, generator=torch.Generator().manual_seed(5), **options
+    )
+    torch.testing.assert_close(alone.double() ** 2, one.double() ** 2 / shapes, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("input_range", [None, (0.1, 0.9)])
 def test_training_lowers_the_heldout_loss(halves, input_range):
     _, train_half, heldout = halves

@@ -110,20 +110,34 @@ def test_embedding_feeds_neighbors(counts_adata):
     assert adata.obsp["connectivities"].shape == (adata.n_obs, adata.n_obs)
 
 
-def test_posterior_sd_is_the_gamma_posterior(counts_adata, autoencoder_fit):
+def test_posterior_sd_is_written_for_the_modelled_genes(counts_adata, autoencoder_fit):
     adata = autoencoder_fit
-    mean, sd = adata.layers["denoised"], adata.layers["denoised_sd"]
+    sd = adata.layers["denoised_sd"]
     assert sd.shape == adata.shape
     assert sd.dtype == np.float32
     modelled = counts_adata.var["highly_variable"].to_numpy()
     assert np.all(np.isnan(sd[:, ~modelled]))
-    inside = sd[:, modelled]
-    assert np.all(inside >= 0)
+    assert np.all(sd[:, modelled] >= 0)
     assert adata.uns["denoised"]["params"]["uncertainty"] is True
-    # sd = mean / sqrt(x + a): the shape (mean / sd)^2 minus the count is one number per gene, the prior's shape
+
+
+def test_posterior_sd_of_one_replica_is_the_gamma_posterior(counts_adata):
+    """With one thinned replica there is no spread to add: sd = mean / sqrt(x + a), a one shape per gene."""
+    adata = scn2s.pp.denoise(
+        counts_adata,
+        method="autoencoder",
+        mask_var="highly_variable",
+        autoencoder_kwds={"configs": [{**TINY, "posterior": True, "n_replicas": 1}]},
+        uncertainty=True,
+        progress=False,
+        copy=True,
+    )
+    modelled = counts_adata.var["highly_variable"].to_numpy()
+    mean, inside = adata.layers["denoised"][:, modelled], adata.layers["denoised_sd"][:, modelled]
+    # the shape (mean / sd)^2 minus the count is one number per gene, the prior's shape
     counts = counts_adata.X[:, modelled].toarray()
     positive = inside > 0
-    shape = np.where(positive, (mean[:, modelled] / np.where(positive, inside, 1)) ** 2, np.nan) - counts
+    shape = np.where(positive, (mean / np.where(positive, inside, 1)) ** 2, np.nan) - counts
     per_gene = np.nanmedian(shape, axis=0)
     assert np.all(per_gene > 0)
     np.testing.assert_allclose(

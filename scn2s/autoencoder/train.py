@@ -252,7 +252,7 @@ def predict_rates(
     reference batch to those in its own (from the same code), then normalised again, so that the cell keeps what
     its own molecules say and loses its batch's shift.
     """
-    return _predict(model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference)[0]
+    return _predict(model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference)
 
 
 @torch.inference_mode()
@@ -272,9 +272,14 @@ def predict_posterior(
 
     Given the prior of shape :math:`a_g` (the learned shape times ``shape_scale``) and a cell's count :math:`x_{ig}`,
     the posterior of the expected count is a gamma distribution of shape :math:`x_{ig} + a_g` whose mean is the
-    output :math:`\mu_{ig}` (after the normalisation over genes, a common factor per cell), so its standard deviation
-    is :math:`\mu_{ig} / \sqrt{x_{ig} + a_g}`. ``reference``: as :func:`predict_rates`; the shift between batches is
-    taken as known, so the standard deviations scale with the means.
+    output :math:`\mu_{ig}` (after the normalisation over genes, a common factor per cell), of variance
+    :math:`\mu_{ig}^2 / (x_{ig} + a_g)`. That posterior takes the network's prior as exact, but the prior is made
+    from the cell's own molecules and moves with their sampling noise. The variance therefore adds the spread of
+    that noise: the variance (over ``n_replicas`` thinnings of the cell's molecules to ``input_fraction``) of the
+    posterior means that each thinned replica's prior gives. In ``mode="replicas"`` these are the replicas the mean
+    averages; in ``mode="full"`` they are drawn for the spread alone. With one replica there is no spread, and the
+    standard deviation is the gamma posterior's, :math:`\mu_{ig} / \sqrt{x_{ig} + a_g}`. ``reference``: as
+    :func:`predict_rates`; each replica's output is moved by its own ratio.
 
     Raises
     ------
@@ -284,15 +289,50 @@ def predict_posterior(
     if model.log_shape is None:
         msg = "The network was trained without a posterior (posterior=False): it has no posterior standard deviation."
         raise ValueError(msg)
-    rates, counts = _predict(model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference)
-    shape = counts + torch.exp(model.log_shape.float()) * shape_scale
-    return rates, rates * torch.rsqrt(shape)
+    counts = data.dense(rows)
+    library = counts.sum(dim=1, keepdim=True)
+    spread = _Spread()
+    log_freq, shift = _network_log_frequencies(
+        model,
+        counts,
+        data.one_hot(rows),
+        data.one_hot(rows, reference=reference) if reference is not None else None,
+        mode=mode,
+        input_fraction=input_fraction,
+        n_replicas=n_replicas,
+        generator=generator,
+        each=lambda log_freq_r, shift_r: spread.add(_rates(model, log_freq_r, counts, library, shape_scale, shift_r)),
+    )
+    rates = _rates(model, log_freq, counts, library, shape_scale, shift)
+    variance = rates.square().div_(counts + torch.exp(model.log_shape.float()) * shape_scale)
+    if spread.n > 1:
+        variance += spread.variance()
+    return rates, variance.sqrt_()
 
 
-def _predict(
-    model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cells' expected counts (as :func:`predict_rates`) and their counts, dense on the device."""
+class _Spread:
+    """The running mean and unbiased variance (Welford's updates) of tensors of one shape, added one at a time."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def add(self, value: torch.Tensor) -> None:
+        self.n += 1
+        if self.mean is None:
+            self.mean, self.squares = value.clone(), torch.zeros_like(value)
+            return
+        delta = value - self.mean
+        self.mean += delta / self.n
+        self.squares += delta * (value - self.mean)
+
+    def variance(self) -> torch.Tensor:
+        return self.squares / (self.n - 1)
+
+
+def _predict(model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference) -> torch.Tensor:
+    """The cells' expected counts (as :func:`predict_rates`), dense on the device."""
     counts = data.dense(rows)
     log_freq, shift = _network_log_frequencies(
         model,
@@ -304,7 +344,7 @@ def _predict(
         n_replicas=n_replicas,
         generator=generator,
     )
-    return _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale, shift), counts
+    return _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale, shift)
 
 
 @torch.inference_mode()
@@ -329,32 +369,54 @@ def _network_log_frequencies(
     input_fraction: float,
     n_replicas: int,
     generator: torch.Generator | None,
+    each: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The network's log frequencies of the cells: from all their molecules, or of the mean over thinned replicas.
 
     ``batch``: the cells' batches (one-hot) for a network with batches. With ``reference`` (one-hot, every cell in
     the reference batch), also the log ratio of the frequencies decoded in the reference batch to those in the
-    cell's own, from the same codes; ``None`` otherwise.
+    cell's own, from the same codes; ``None`` otherwise. ``each``: called with every thinned replica's log
+    frequencies and log ratio (or ``None``); in ``mode="full"`` the replicas are drawn for it, after the full input.
     """
     model.eval()
     with _autocast(counts.device):
+        moves = reference is not None and model.n_batches
         if mode == "full":
             code = model.encode(input_transform(counts)[0], batch)
             log_freq = model.decode(code, batch)
-            if reference is None or not model.n_batches:
-                return log_freq, None
-            return log_freq, model.decode(code, reference) - log_freq
+            shift = model.decode(code, reference) - log_freq if moves else None
+            if each is not None:
+                for log_freq_r, log_moved_r in _replicas(
+                    model, counts, batch, reference, input_fraction, n_replicas, generator
+                ):
+                    each(log_freq_r, None if log_moved_r is None else log_moved_r - log_freq_r)
+            return log_freq, shift
         freq = torch.zeros_like(counts)
-        moved = torch.zeros_like(counts) if reference is not None and model.n_batches else None
-        entries = nonzero_entries(counts)
-        for _ in range(n_replicas):
-            inputs = thin(counts, input_fraction, generator, entries=entries)[0]
-            code = model.encode(input_transform(inputs)[0], batch)
-            freq += torch.exp(model.decode(code, batch))
+        moved = torch.zeros_like(counts) if moves else None
+        for log_freq_r, log_moved_r in _replicas(
+            model, counts, batch, reference, input_fraction, n_replicas, generator
+        ):
+            freq += torch.exp(log_freq_r)
             if moved is not None:
-                moved += torch.exp(model.decode(code, reference))
+                moved += torch.exp(log_moved_r)
+            if each is not None:
+                each(log_freq_r, None if log_moved_r is None else log_moved_r - log_freq_r)
         log_freq = torch.log(freq / n_replicas)
         return log_freq, None if moved is None else torch.log(moved / n_replicas) - log_freq
+
+
+def _replicas(model, counts, batch, reference, input_fraction, n_replicas, generator):
+    """The network's log frequencies of each of ``n_replicas`` thinnings of ``counts`` to ``input_fraction``.
+
+    Each comes with those decoded in the reference batch from the same code, for a network with batches and a
+    ``reference``; else with ``None``.
+    """
+    entries = nonzero_entries(counts)
+    for _ in range(n_replicas):
+        inputs = thin(counts, input_fraction, generator, entries=entries)[0]
+        code = model.encode(input_transform(inputs)[0], batch)
+        log_freq = model.decode(code, batch)
+        yield log_freq, model.decode(code, reference) if reference is not None and model.n_batches else None
 
 
 def _rates(
