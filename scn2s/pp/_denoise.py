@@ -136,8 +136,10 @@ def denoise(
         :func:`scn2s.tl.write_denoised` writes it chunk by chunk.
     uncertainty
         Also write ``layers[f"{key_added}_sd"]``, the posterior standard deviation of every denoised value under the
-        autoencoder's gamma-Poisson posterior (``method="autoencoder"`` or ``"auto"``, ``output="layer"``; a
-        :class:`UserWarning`, and no such layer, if the family or candidate chosen has no posterior).
+        autoencoder's gamma-Poisson posterior, widened by the spread of the thinned replicas' posterior means
+        (:func:`scn2s.autoencoder.train.predict_posterior`). ``method="autoencoder"`` or ``"auto"``,
+        ``output="layer"``; a :class:`UserWarning`, and no such layer, if the family or candidate chosen has no
+        posterior.
     rng
         Integer seed (any size), ``None``, :class:`numpy.random.Generator` or :class:`numpy.random.RandomState`;
         the run is seeded by one integer (drawn from a generator, which moves on), recorded in ``params["seed"]``:
