@@ -237,17 +237,22 @@ def test_posteriors_at_several_scales_match_the_posterior():
 
 
 @pytest.mark.parametrize("mode", ["replicas", "full"])
-def test_posterior_sd_adds_the_spread_of_the_replicas(mode):
-    """sd^2 = mean^2 / (x + a) plus the unbiased variance of the thinned replicas' own posterior means."""
+@pytest.mark.parametrize("reference", [None, 0])
+def test_posterior_sd_adds_the_spread_of_the_replicas(mode, reference):
+    """sd^2 = mean^2 / (x + a) plus the unbiased variance of the thinned replicas' own posterior means; with a
+    reference batch, of each replica's output moved to that batch."""
     from scn2s.autoencoder.train import predict_posterior
 
     torch.manual_seed(0)
-    model = CountAutoencoder(40, hidden=8, bottleneck=3, dropout=0.0, likelihood="poisson", posterior=True).eval()
+    model = CountAutoencoder(
+        40, hidden=8, bottleneck=3, dropout=0.0, likelihood="poisson", posterior=True, n_batches=2
+    ).eval()
     with torch.no_grad():
         model.log_shape.normal_(0, 1)
+        model.batch_logits.normal_()
     counts = sparse.csr_matrix(np.random.default_rng(1).poisson(2.0, (30, 40)).astype(np.float32))
-    data, rows, scale = CsrBatches(counts, "cpu"), np.arange(30), 1.41
-    options = {"input_fraction": 0.5, "shape_scale": scale}
+    data, rows, scale = CsrBatches(counts, "cpu", groups=np.arange(30) % 2, n_groups=2), np.arange(30), 1.41
+    options = {"input_fraction": 0.5, "shape_scale": scale, "reference": reference}
     shapes = torch.as_tensor(counts.toarray()).double() + torch.exp(model.log_shape.detach()).double() * scale
     mean, sd = predict_posterior(
         model, data, rows, mode=mode, n_replicas=6, generator=torch.Generator().manual_seed(3), **options
