@@ -252,7 +252,7 @@ def predict_rates(
     reference batch to those in its own (from the same code), then normalised again, so that the cell keeps what
     its own molecules say and loses its batch's shift.
     """
-    return _predict(model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference)
+    return _predict(model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference)[0]
 
 
 @torch.inference_mode()
@@ -289,21 +289,10 @@ def predict_posterior(
     if model.log_shape is None:
         msg = "The network was trained without a posterior (posterior=False): it has no posterior standard deviation."
         raise ValueError(msg)
-    counts = data.dense(rows)
-    library = counts.sum(dim=1, keepdim=True)
     spread = _Spread()
-    log_freq, shift = _network_log_frequencies(
-        model,
-        counts,
-        data.one_hot(rows),
-        data.one_hot(rows, reference=reference) if reference is not None else None,
-        mode=mode,
-        input_fraction=input_fraction,
-        n_replicas=n_replicas,
-        generator=generator,
-        each=lambda log_freq_r, shift_r: spread.add(_rates(model, log_freq_r, counts, library, shape_scale, shift_r)),
+    rates, counts = _predict(
+        model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference, spread=spread
     )
-    rates = _rates(model, log_freq, counts, library, shape_scale, shift)
     variance = rates.square().div_(counts + torch.exp(model.log_shape.float()) * shape_scale)
     if spread.n > 1:
         variance += spread.variance()
@@ -331,9 +320,19 @@ class _Spread:
         return self.squares / (self.n - 1)
 
 
-def _predict(model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference) -> torch.Tensor:
-    """The cells' expected counts (as :func:`predict_rates`), dense on the device."""
+def _predict(
+    model, data, rows, mode, input_fraction, n_replicas, shape_scale, generator, reference, spread=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cells' expected counts (as :func:`predict_rates`) and their counts, dense on the device.
+
+    ``spread`` (a :class:`_Spread`): each thinned replica's own expected counts are added to it.
+    """
     counts = data.dense(rows)
+    library = counts.sum(dim=1, keepdim=True)
+
+    def each(log_freq: torch.Tensor, shift: torch.Tensor | None) -> None:
+        spread.add(_rates(model, log_freq, counts, library, shape_scale, shift))
+
     log_freq, shift = _network_log_frequencies(
         model,
         counts,
@@ -343,8 +342,9 @@ def _predict(model, data, rows, mode, input_fraction, n_replicas, shape_scale, g
         input_fraction=input_fraction,
         n_replicas=n_replicas,
         generator=generator,
+        each=None if spread is None else each,
     )
-    return _rates(model, log_freq, counts, counts.sum(dim=1, keepdim=True), shape_scale, shift)
+    return _rates(model, log_freq, counts, library, shape_scale, shift), counts
 
 
 @torch.inference_mode()
