@@ -8,6 +8,9 @@ the layer estimates). Also by bins of the true value, and the share of misses be
 
     python benchmarks/uncertainty.py --cells 800 --genes 300 --epochs 150
 
+``--search``: the default candidates and their search instead of the one candidate (what ``method="autoencoder"``
+runs without ``autoencoder_kwds``); ``--epochs`` is then ignored.
+
 ``--factors``: the coverage again with the sd times a factor per gene ``c_g`` (the gamma's shape divided by
 ``c_g**2``, its mean kept): ``c_g`` from the truth (an oracle, ``c_g**2 = mean_i (truth - mean)**2 / mean_i sd**2``),
 and from the held-out half of one split, by a network of the same settings trained on the training half
@@ -84,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulation")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--factors", action="store_true", help="also with a variance factor per gene (see above)")
+    parser.add_argument("--search", action="store_true", help="the default candidates (see above)")
     args = parser.parse_args(argv)
+    if args.factors and args.search:
+        parser.error("--factors needs the one candidate: leave out --search")
     if args.threads is not None:
         import torch
 
@@ -92,9 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     adata = scn2s.datasets.simulate(args.cells, args.genes, depth=args.depth, rng=args.seed)
     config = {"hidden": 128, "bottleneck": 16, "dropout": 0.0, "max_epochs": args.epochs, "posterior": True}
     start = time.perf_counter()
-    scn2s.pp.denoise(
-        adata, method="autoencoder", autoencoder_kwds={"configs": [config]}, uncertainty=True, progress=False
-    )
+    kwds = None if args.search else {"configs": [config]}
+    scn2s.pp.denoise(adata, method="autoencoder", autoencoder_kwds=kwds, uncertainty=True, progress=False)
     seconds = time.perf_counter() - start
     rates = adata.layers["rates"].astype(np.float64)
     library = np.asarray(adata.X.sum(axis=1), dtype=np.float64).ravel()
