@@ -139,7 +139,7 @@ def denoise(
         autoencoder's gamma-Poisson posterior, widened by the spread of the thinned replicas' posterior means
         (:func:`scn2s.autoencoder.train.predict_posterior`). ``method="autoencoder"`` or ``"auto"``,
         ``output="layer"``; a :class:`UserWarning`, and no such layer, if the family or candidate chosen has no
-        posterior.
+        posterior. The intervals it gives are too narrow on simulations (the README's "Uncertainty").
     rng
         Integer seed (any size), ``None``, :class:`numpy.random.Generator` or :class:`numpy.random.RandomState`;
         the run is seeded by one integer (drawn from a generator, which moves on), recorded in ``params["seed"]``:
